@@ -1,0 +1,91 @@
+"""Prompt text -> SDXL conditioning tensors, through compel, in A1111 or compel syntax.
+
+compel does the hard parts (both text encoders, pooled output, 77-token chunks for long prompts,
+weights applied per token); A1111 syntax is parsed by `prompts.parse_attention` and handed to compel as
+weighted fragments, since compel's own parser reads `(red:1.3)` as literal text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from compel import Compel, ReturnedEmbeddingsType
+from compel.prompt_parser import Conjunction, FlattenedPrompt
+
+from . import prompts
+
+SYNTAXES = ("a1111", "compel")
+
+
+@dataclass
+class Conditioning:
+    embeds: torch.Tensor  # (1, 77*k, te1_width + te2_width)
+    pooled: torch.Tensor  # (1, te2_projection)
+    negative_embeds: torch.Tensor
+    negative_pooled: torch.Tensor
+    te2_width: int
+
+    def for_refiner(self) -> "Conditioning":
+        """The refiner sees only the OpenCLIP half: compel builds each encoder's part separately."""
+        return Conditioning(self.embeds[..., -self.te2_width:], self.pooled,
+                            self.negative_embeds[..., -self.te2_width:], self.negative_pooled, self.te2_width)
+
+    def repeat(self, n: int) -> "Conditioning":
+        return Conditioning(self.embeds.repeat(n, 1, 1), self.pooled.repeat(n, 1),
+                            self.negative_embeds.repeat(n, 1, 1), self.negative_pooled.repeat(n, 1), self.te2_width)
+
+
+class PromptEncoder:
+    def __init__(self, pipe, syntax: str = "a1111"):
+        if syntax not in SYNTAXES:
+            raise ValueError(f"prompt syntax must be one of {SYNTAXES}")
+        self.syntax = syntax
+        kind = ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED
+        self.compel_1 = Compel(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder,
+                               returned_embeddings_type=kind, truncate_long_prompts=False)
+        self.compel_2 = Compel(tokenizer=pipe.tokenizer_2, text_encoder=pipe.text_encoder_2,
+                               returned_embeddings_type=kind, truncate_long_prompts=False, requires_pooled=True)
+        self.te2_width = pipe.text_encoder_2.config.hidden_size
+
+    def _parse(self, text: str) -> tuple[Conjunction, str]:
+        """compel's structure for the text, and the plain words for the pooled embedding."""
+        if self.syntax == "compel":
+            try:
+                conjunction = Compel.parse_prompt_string(text)
+                return conjunction, text
+            except Exception:
+                # compel's parser can fail on odd input; fall through to plain A1111 reading
+                pass
+        runs = prompts.parse_attention(text)
+        return Conjunction([FlattenedPrompt([(t, w) for t, w in runs])]), "".join(t for t, _ in runs)
+
+    @torch.no_grad()
+    def _encode_one(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        conjunction, plain = self._parse(text)
+        left, _, _ = self.compel_1.build_conditioning_tensor_for_conjunction(conjunction, return_tokenization=True)
+        right, _, _ = self.compel_2.build_conditioning_tensor_for_conjunction(conjunction, return_tokenization=True)
+        pooled = self.compel_2.conditioning_provider.get_pooled_embeddings([plain], device=self.compel_2.device)
+        return torch.cat([left, right], dim=-1), pooled
+
+    @torch.no_grad()
+    def encode(self, prompt: str, negative_prompt: str) -> Conditioning:
+        embeds, pooled = self._encode_one(prompt)
+        negative, negative_pooled = self._encode_one(negative_prompt)
+        # Long prompts are chunked by 77 tokens; the shorter side is padded with empty chunks.
+        if embeds.shape[1] != negative.shape[1]:
+            empty, _ = self._encode_one("")
+            target = max(embeds.shape[1], negative.shape[1])
+            embeds, negative = _pad(embeds, empty, target), _pad(negative, empty, target)
+        return Conditioning(embeds, pooled, negative, negative_pooled, self.te2_width)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens the prompt uses (without start/end markers), for the UI's chunk counter."""
+        _, plain = self._parse(prompts.extract_lora_tags(text)[0])
+        return len(self.compel_1.conditioning_provider.tokenizer(plain, truncation=False).input_ids) - 2
+
+
+def _pad(embeds: torch.Tensor, empty: torch.Tensor, target: int) -> torch.Tensor:
+    while embeds.shape[1] < target:
+        embeds = torch.cat([embeds, empty], dim=1)
+    return embeds

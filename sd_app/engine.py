@@ -1,0 +1,413 @@
+"""The engine: loaded pipelines, one lock, and `generate(params) -> images`.
+
+The UI, the API and the notebook all call `Engine.generate` with a `GenerationParams`; nothing here
+knows about Gradio or HTTP. One GPU runs one job at a time, so jobs take the engine's lock in turn;
+each job carries its own `Job` handle, so interrupting one user's job never touches another's.
+"""
+
+from __future__ import annotations
+
+import gc
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from . import __version__, infotext, samplers
+from .encoding import PromptEncoder
+from .errors import UserError
+from .loading import load_base, load_refiner, check_kind
+from .models import Checkpoint, CheckpointLibrary
+from .params import GenerationParams
+from .preview import latent_preview
+
+MEMORY_MODES = ("auto", "none", "model-offload", "sequential-offload")
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+GIB = 1024**3
+
+
+@dataclass
+class EngineOptions:
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU) | float16 | bfloat16 | float32
+    memory_mode: str = "auto"  # see MEMORY_MODES; auto picks by free VRAM
+    vae_tiling: bool = False  # decode large images tile by tile (less VRAM, a little slower)
+    prompt_syntax: str = "a1111"  # a1111 | compel
+    preview_every: int = 3  # steps between live previews; 0 turns them off
+    save_images: bool = True
+    outputs_dir: Path = Path("outputs")
+
+
+class Job:
+    """One request's progress and controls; safe to read and to interrupt from other threads."""
+
+    def __init__(self, params: GenerationParams | None = None):
+        self.params = params
+        self.created = time.time()
+        self.started: float | None = None
+        self.finished: float | None = None
+        self.job_no = 0  # the batch running now (A1111's state.job_no)
+        self.job_count = 1  # batches in this job (n_iter)
+        self.sampling_step = 0
+        self.sampling_steps = 0
+        self.progress = 0.0  # 0..1 over the whole job
+        self.preview: Image.Image | None = None
+        self.preview_step = -1
+        self._interrupt = threading.Event()
+        self._skip = threading.Event()
+
+    def interrupt(self) -> None:
+        """Stop after the current step; what is done so far is decoded and returned."""
+        self._interrupt.set()
+
+    def skip(self) -> None:
+        """Finish the current batch early and go on with the next one."""
+        self._skip.set()
+
+    @property
+    def interrupted(self) -> bool:
+        return self._interrupt.is_set()
+
+    @property
+    def skipped(self) -> bool:
+        return self._skip.is_set()
+
+    @property
+    def running(self) -> bool:
+        return self.started is not None and self.finished is None
+
+    def eta(self) -> float | None:
+        """Seconds left, from the pace so far."""
+        if not self.started or self.progress <= 0:
+            return None
+        elapsed = time.time() - self.started
+        return max(0.0, elapsed / self.progress * (1 - self.progress))
+
+
+@dataclass
+class GenerationResult:
+    images: list[Image.Image]
+    infotexts: list[str]
+    seeds: list[int]
+    paths: list[Path]
+    params: GenerationParams  # as run: the seed is the real one, never -1
+    interrupted: bool = False
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
+
+
+@dataclass
+class LoadedModel:
+    checkpoint: Checkpoint
+    pipe: object
+    short_hash: str
+    scheduler_config: dict
+
+    @property
+    def title(self) -> str:
+        return f"{self.checkpoint.short_name} [{self.short_hash}]" if self.short_hash else self.checkpoint.short_name
+
+
+class Engine:
+    def __init__(self, checkpoints: CheckpointLibrary, options: EngineOptions | None = None):
+        self.checkpoints = checkpoints
+        self.options = options or EngineOptions()
+        self.device = _pick_device(self.options.device)
+        self.dtype = _pick_dtype(self.options.dtype, self.device)
+        self.base: LoadedModel | None = None
+        self.refiner: LoadedModel | None = None
+        self.encoder: PromptEncoder | None = None
+        self.current_job: Job | None = None
+        self._lock = threading.RLock()  # one job or model change at a time
+
+    # ---- models -------------------------------------------------------------------------------
+
+    def load_checkpoint(self, name: str) -> LoadedModel:
+        """Make `name` the base checkpoint. If it cannot be loaded, the previous one stays loaded."""
+        with self._lock:
+            return self._ensure_base(name)
+
+    def _ensure_base(self, name: str | None) -> LoadedModel:
+        if name is None:
+            if self.base is None:
+                raise UserError("no checkpoint is loaded; choose one (put SDXL .safetensors files into "
+                                f"{self.checkpoints.folder})", field="checkpoint", status=503)
+            return self.base
+        checkpoint = self.checkpoints.get(name)
+        if self.base is not None and self.base.checkpoint.path == checkpoint.path:
+            return self.base
+        check_kind(checkpoint, "sdxl-base")  # cheap checks first: the old model stays if they fail
+        short_hash = self.checkpoints.short_hash(checkpoint)
+        previous = self.base.checkpoint if self.base else None
+        self._unload_all()  # one SDXL at a time: holding two would need twice the memory
+        try:
+            pipe = load_base(checkpoint, self.dtype)
+        except UserError:
+            if previous is not None:
+                self._install_base(previous, load_base(previous, self.dtype), self.checkpoints.short_hash(previous))
+            raise
+        return self._install_base(checkpoint, pipe, short_hash)
+
+    def _install_base(self, checkpoint: Checkpoint, pipe, short_hash: str) -> LoadedModel:
+        scheduler_config = dict(pipe.scheduler.config)
+        self._place(pipe)
+        self.base = LoadedModel(checkpoint, pipe, short_hash, scheduler_config)
+        self.encoder = PromptEncoder(pipe, self.options.prompt_syntax)
+        return self.base
+
+    def _ensure_refiner(self, name: str) -> LoadedModel:
+        checkpoint = self.checkpoints.get(name)
+        if self.refiner is not None and self.refiner.checkpoint.path == checkpoint.path:
+            return self.refiner
+        check_kind(checkpoint, "sdxl-refiner")
+        short_hash = self.checkpoints.short_hash(checkpoint)
+        self._drop_refiner()
+        pipe = load_refiner(checkpoint, self.dtype, base=self.base.pipe)
+        scheduler_config = dict(pipe.scheduler.config)
+        self._place(pipe)
+        self.refiner = LoadedModel(checkpoint, pipe, short_hash, scheduler_config)
+        return self.refiner
+
+    def unload_refiner(self) -> None:
+        with self._lock:
+            self._drop_refiner()
+
+    def _drop_refiner(self) -> None:
+        if self.refiner is not None:
+            self.refiner = None
+            _free_memory()
+
+    def _unload_all(self) -> None:
+        self.refiner = None
+        self.base = None
+        self.encoder = None
+        _free_memory()
+
+    def memory_mode(self) -> str:
+        mode = self.options.memory_mode
+        if mode not in MEMORY_MODES:
+            raise UserError(f"unknown memory mode {mode!r}; choose one of: {', '.join(MEMORY_MODES)}",
+                            field="memory_mode")
+        if self.device.type != "cuda":
+            return "none"  # offloading moves weights between CPU and GPU; without a GPU there is nothing to gain
+        if mode != "auto":
+            return mode
+        free, _ = torch.cuda.mem_get_info(self.device)
+        # SDXL base in fp16 is ~7 GB of weights; 1024x1024 sampling needs ~3 GB more.
+        if free >= 12 * GIB:
+            return "none"
+        return "model-offload" if free >= 6 * GIB else "sequential-offload"
+
+    def _place(self, pipe) -> None:
+        mode = self.memory_mode()
+        if mode == "model-offload":
+            pipe.enable_model_cpu_offload(device=self.device)
+        elif mode == "sequential-offload":
+            pipe.enable_sequential_cpu_offload(device=self.device)
+        else:
+            pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+        pipe.vae.enable_slicing()  # batches decode one image at a time: same pixels, far less memory
+        if self.options.vae_tiling:
+            pipe.vae.enable_tiling()
+
+    # ---- generation -------------------------------------------------------------------------
+
+    def generate(self, params: GenerationParams, job: Job | None = None) -> GenerationResult:
+        params.check()
+        prompt, lora_tags = _split_loras(params.prompt)
+        sampler, schedule = samplers.resolve(params.sampler_name, params.scheduler)
+        seed = params.seed if params.seed != -1 else random.randrange(2**32 - params.batch_size * params.n_iter)
+        params = params.replace(seed=seed)
+        job = job or Job(params)
+        job.params = params
+        with self._lock:
+            self.current_job = job
+            job.started = time.time()
+            job.job_count = params.n_iter
+            try:
+                return self._run(params, prompt, sampler, schedule, job)
+            except (torch.OutOfMemoryError, MemoryError):
+                _free_memory()
+                raise UserError("out of memory: lower the size or batch size, or choose a memory-saving mode in "
+                                "Settings", status=507) from None
+            finally:
+                job.finished = time.time()
+                self.current_job = None
+
+    def _run(self, params, prompt, sampler, schedule, job) -> GenerationResult:
+        timings = {"load": 0.0, "encode": 0.0, "denoise": 0.0, "decode": 0.0, "save": 0.0}
+        mark = time.perf_counter()
+        base = self._ensure_base(params.checkpoint)
+        refiner = None
+        if params.refiner_checkpoint and params.refiner_switch_at < 1.0:
+            refiner = self._ensure_refiner(params.refiner_checkpoint)
+        timings["load"] = time.perf_counter() - mark
+
+        mark = time.perf_counter()
+        cond = self.encoder.encode(prompt, params.negative_prompt)
+        batch = cond.repeat(params.batch_size)
+        refiner_batch = batch.for_refiner() if refiner else None
+        timings["encode"] = time.perf_counter() - mark
+
+        result = GenerationResult([], [], [], [], params, timings=timings)
+        for batch_no in range(params.n_iter):
+            if job.interrupted:
+                break
+            job.job_no = batch_no
+            job._skip.clear()
+            seeds = [params.seed + batch_no * params.batch_size + i for i in range(params.batch_size)]
+            mark = time.perf_counter()
+            latents = self._denoise(params, base, refiner, batch, refiner_batch, sampler, schedule, seeds, job)
+            timings["denoise"] += time.perf_counter() - mark
+            mark = time.perf_counter()
+            images = decode_latents(base.pipe.vae, latents)
+            timings["decode"] += time.perf_counter() - mark
+            mark = time.perf_counter()
+            for image, seed in zip(images, seeds):
+                text = self.infotext(params, sampler, schedule, seed, base, refiner)
+                result.images.append(image)
+                result.infotexts.append(text)
+                result.seeds.append(seed)
+                if self.options.save_images:
+                    folder = Path(self.options.outputs_dir) / "txt2img-images"
+                    result.paths.append(infotext.save_png(image, text, folder, seed))
+            timings["save"] += time.perf_counter() - mark
+        result.interrupted = job.interrupted
+        job.progress = 1.0
+        return result
+
+    def _denoise(self, params, base, refiner, batch, refiner_batch, sampler, schedule, seeds, job):
+        generators, noise = [], []
+        height, width = params.height // 8, params.width // 8
+        channels = base.pipe.unet.config.in_channels
+        for seed in seeds:
+            # Noise is drawn on the CPU from the seed: the same picture on any GPU, and on the CPU.
+            generator = torch.Generator("cpu").manual_seed(seed)
+            noise.append(torch.randn((channels, height, width), generator=generator, dtype=torch.float32))
+            generators.append(generator)
+        latents = torch.stack(noise).to(self.device, self.dtype)
+        switch = params.refiner_switch_at if refiner else None
+        base.pipe.scheduler = samplers.make_scheduler(base.scheduler_config, sampler, schedule, seeds[0])
+        latents = base.pipe(
+            prompt_embeds=batch.embeds, pooled_prompt_embeds=batch.pooled,
+            negative_prompt_embeds=batch.negative_embeds, negative_pooled_prompt_embeds=batch.negative_pooled,
+            num_inference_steps=params.steps, guidance_scale=params.cfg_scale,
+            width=params.width, height=params.height, latents=latents, generator=generators,
+            denoising_end=switch, output_type="latent",
+            callback_on_step_end=self._progress_callback(job, params, 0.0, switch or 1.0),
+        ).images
+        if refiner is None or job.interrupted or job.skipped:
+            return latents
+        refiner.pipe.scheduler = samplers.make_scheduler(refiner.scheduler_config, sampler, schedule, seeds[0])
+        return refiner.pipe(
+            image=latents, prompt_embeds=refiner_batch.embeds, pooled_prompt_embeds=refiner_batch.pooled,
+            negative_prompt_embeds=refiner_batch.negative_embeds,
+            negative_pooled_prompt_embeds=refiner_batch.negative_pooled,
+            num_inference_steps=params.steps, guidance_scale=params.cfg_scale, denoising_start=switch,
+            generator=generators, output_type="latent",
+            callback_on_step_end=self._progress_callback(job, params, switch, 1.0),
+        ).images
+
+    def _progress_callback(self, job: Job, params: GenerationParams, start: float, end: float):
+        every = self.options.preview_every
+
+        def callback(pipe, step_index, timestep, kwargs):
+            total = max(1, getattr(pipe, "num_timesteps", 0) or params.steps)
+            stage = start + (end - start) * (step_index + 1) / total
+            job.sampling_steps = params.steps
+            job.sampling_step = min(params.steps, round(stage * params.steps))
+            job.progress = min(1.0, (job.job_no + stage) / job.job_count)
+            if every and (step_index % every == 0 or step_index + 1 == total):
+                job.preview = latent_preview(kwargs["latents"][0])
+                job.preview_step = job.sampling_step
+            if job.interrupted or job.skipped:
+                pipe._interrupt = True  # diffusers skips the remaining steps and returns the latents
+            return kwargs
+
+        return callback
+
+    def infotext(self, params, sampler, schedule, seed, base: LoadedModel, refiner: LoadedModel | None) -> str:
+        fields = {
+            "Steps": params.steps,
+            "Sampler": sampler.name,
+            "Schedule type": schedule.name,
+            "CFG scale": params.cfg_scale,
+            "Seed": seed,
+            "Size": f"{params.width}x{params.height}",
+            "Model hash": base.short_hash or None,
+            "Model": base.checkpoint.short_name,
+            "Refiner": refiner.title if refiner else None,
+            "Refiner switch at": params.refiner_switch_at if refiner else None,
+            "Version": f"Homegrown {__version__}",
+        }
+        return infotext.build(params.prompt, params.negative_prompt, fields)
+
+
+def decode_latents(vae, latents: torch.Tensor) -> list[Image.Image]:
+    """Latents -> images. SDXL's VAE overflows in fp16 (NaN, black images): it decodes in fp32 when its
+    config says so (`force_upcast`), and any NaN from a half-precision decode is redone in fp32, as A1111 does."""
+    wanted = torch.float32 if vae.dtype == torch.float16 and vae.config.force_upcast else vae.dtype
+    pixels = _decode_as(vae, latents, wanted)
+    if not torch.isfinite(pixels).all() and wanted != torch.float32:
+        pixels = _decode_as(vae, latents, torch.float32)
+    pixels = (pixels / 2 + 0.5).clamp(0, 1).nan_to_num(0.0)
+    array = (pixels.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype("uint8")
+    return [Image.fromarray(a) for a in array]
+
+
+@torch.no_grad()
+def _decode_as(vae, latents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    original = vae.dtype
+    if original != dtype:
+        vae.to(dtype=dtype)
+    try:
+        return vae.decode(latents.to(dtype) / vae.config.scaling_factor).sample
+    finally:
+        if original != dtype:
+            vae.to(dtype=original)
+
+
+def _split_loras(prompt: str) -> tuple[str, list]:
+    from .prompts import extract_lora_tags
+
+    text, tags = extract_lora_tags(prompt)
+    if tags:
+        raise UserError("LoRA tags (<lora:...>) are not supported by this version yet; remove them from the prompt",
+                        field="prompt")
+    return text, tags
+
+
+def _pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N", field="device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("device cuda was asked for, but PyTorch sees no CUDA GPU", field="device")
+    return device
+
+
+def _pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
+    if name not in DTYPES:
+        raise UserError(f"unknown dtype {name!r}; choose auto, {', '.join(DTYPES)}", field="dtype")
+    if device.type == "cpu" and DTYPES[name] == torch.float16:
+        raise UserError("float16 is not supported on the CPU; use float32 or bfloat16", field="dtype")
+    return DTYPES[name]
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,152 @@
+"""A1111's "infotext" (the generation parameters stored in each PNG) and saving images with it.
+
+Format, as A1111 writes it, so civitai, A1111's PNG Info and other readers understand our images:
+
+    a photo of a cat
+    Negative prompt: blurry
+    Steps: 30, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1234, Size: 1024x1024, ...
+
+A value is JSON-quoted only when it holds ",", ":" or a newline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from .params import GenerationParams
+
+_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_SIZE = re.compile(r"^(\d+)x(\d+)$")
+PNG_KEY = "parameters"
+
+
+def quote(value: Any) -> str:
+    text = format_value(value)
+    if "," not in text and "\n" not in text and ":" not in text:
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def unquote(text: str) -> str:
+    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # "CFG scale: 7", as in A1111's own examples
+    return str(value)
+
+
+def build(prompt: str, negative_prompt: str, fields: dict[str, Any]) -> str:
+    """The infotext; fields in A1111's order, None values left out."""
+    params = ", ".join(f"{k}: {quote(v)}" for k, v in fields.items() if v is not None)
+    negative = f"\nNegative prompt: {negative_prompt}" if negative_prompt else ""
+    return f"{prompt}{negative}\n{params}".strip()
+
+
+def parse(text: str) -> tuple[str, str, dict[str, str]]:
+    """Split infotext into (prompt, negative prompt, {field: value}) like A1111's parser."""
+    *lines, last = text.strip().split("\n")
+    if len(_PARAM.findall(last)) < 3:
+        lines.append(last)
+        last = ""
+    prompt_lines: list[str] = []
+    negative_lines: list[str] = []
+    in_negative = False
+    for line in lines:
+        line = line.strip()
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line[len("Negative prompt:"):].strip()
+        (negative_lines if in_negative else prompt_lines).append(line)
+    fields = {key.strip(): unquote(value.strip()) for key, value in _PARAM.findall(last)}
+    return "\n".join(prompt_lines), "\n".join(negative_lines), fields
+
+
+def to_params(text: str, base: GenerationParams | None = None) -> GenerationParams:
+    """A request from pasted infotext: the fields Homegrown knows, on top of `base` (defaults)."""
+    prompt, negative, fields = parse(text)
+    changes: dict[str, Any] = {"prompt": prompt, "negative_prompt": negative}
+
+    def number(key: str, kind):
+        try:
+            return kind(float(fields[key])) if kind is int else kind(fields[key])
+        except (KeyError, ValueError):
+            return None
+
+    for key, attr, kind in (("Steps", "steps", int), ("CFG scale", "cfg_scale", float), ("Seed", "seed", int),
+                            ("Refiner switch at", "refiner_switch_at", float)):
+        value = number(key, kind)
+        if value is not None:
+            changes[attr] = value
+    size = _SIZE.match(fields.get("Size", ""))
+    if size:
+        changes["width"], changes["height"] = int(size.group(1)), int(size.group(2))
+    if "Sampler" in fields:
+        changes["sampler_name"] = fields["Sampler"]
+        changes["scheduler"] = fields.get("Schedule type", "Automatic")
+    if "Model" in fields:
+        changes["checkpoint"] = fields["Model"]
+    if "Refiner" in fields:
+        changes["refiner_checkpoint"] = re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", fields["Refiner"])
+    return (base or GenerationParams()).replace(**changes)
+
+
+def read_png(path_or_image) -> str | None:
+    """The infotext stored in an image, or None."""
+    image = path_or_image if isinstance(path_or_image, Image.Image) else Image.open(path_or_image)
+    text = image.info.get(PNG_KEY)
+    return text if isinstance(text, str) else None
+
+
+def save_png(image: Image.Image, infotext: str | None, folder: str | Path, seed: int,
+             now: datetime | None = None) -> Path:
+    """Save as `folder/YYYY-MM-DD/NNNNN-SEED.png`, atomically: a crash leaves no half-written file,
+    and two savers never take the same number."""
+    day = Path(folder) / (now or datetime.now()).strftime("%Y-%m-%d")
+    day.mkdir(parents=True, exist_ok=True)
+    meta = PngInfo()
+    if infotext:
+        meta.add_text(PNG_KEY, infotext)
+    fd, tmp_name = tempfile.mkstemp(prefix=".saving-", suffix=".png", dir=day)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format="PNG", pnginfo=meta)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        number = _next_number(day)
+        while True:
+            target = day / f"{number:05d}-{seed}.png"
+            try:
+                os.link(tmp, target)  # fails if the name is taken: no overwrite, no race
+                return target
+            except FileExistsError:
+                number += 1
+            except OSError:  # filesystems without hard links
+                if not target.exists():
+                    os.replace(tmp, target)
+                    return target
+                number += 1
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _next_number(folder: Path) -> int:
+    numbers = [int(m.group(1)) for p in folder.iterdir() if (m := re.match(r"^(\d{5,})-", p.name))]
+    return max(numbers, default=-1) + 1

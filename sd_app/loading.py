@@ -1,0 +1,116 @@
+"""Building diffusers pipelines from files on disk, with no network at all.
+
+Single-file SDXL checkpoints carry weights but no configs; diffusers would fetch those from the hub.
+Homegrown ships them in sd_app/configs (the configs of stabilityai's SDXL 1.0 base and refiner, and of
+the tiny demo models) together with CLIP's tokenizer files, and passes them in explicitly.
+"""
+
+from __future__ import annotations
+
+import gc
+import warnings
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+from .models import KIND_LABELS, SUPPORTED_TEXT, Checkpoint, read_header, kind_of
+
+CONFIGS_DIR = Path(__file__).parent / "configs"
+TOKENIZER_DIR = CONFIGS_DIR / "clip-tokenizer"
+DEFAULT_CONFIGS = {"sdxl-base": "sdxl-base", "sdxl-refiner": "sdxl-refiner"}
+
+
+def load_tokenizers():
+    """SDXL's two CLIP tokenizers: the same vocabulary; the second pads with "!" (OpenCLIP's pad id 0)."""
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), model_max_length=77)
+    tokenizer_2 = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), model_max_length=77, pad_token="!")
+    return tokenizer, tokenizer_2
+
+
+def config_folder(kind: str, metadata: dict[str, str]) -> Path:
+    """The shipped config set for a file: the one its metadata names (demo models), else by kind."""
+    named = metadata.get("homegrown.config")
+    if named and (CONFIGS_DIR / named / "model_index.json").is_file() and "/" not in named and ".." not in named:
+        return CONFIGS_DIR / named
+    return CONFIGS_DIR / DEFAULT_CONFIGS[kind]
+
+
+def check_kind(checkpoint: Checkpoint, wanted: str) -> str:
+    kind = checkpoint.kind()
+    if kind not in ("sdxl-base", "sdxl-refiner"):
+        raise UserError(f"{checkpoint.filename} is {KIND_LABELS[kind]}. {SUPPORTED_TEXT}.", field="checkpoint")
+    if kind != wanted:
+        field = "refiner_checkpoint" if wanted == "sdxl-refiner" else "checkpoint"
+        raise UserError(f"{checkpoint.filename} is {KIND_LABELS[kind]}, but {KIND_LABELS[wanted]} is needed here",
+                        field=field)
+    return kind
+
+
+def load_base(checkpoint: Checkpoint, dtype: torch.dtype):
+    """A StableDiffusionXLPipeline on the CPU, from a single file or a diffusers folder."""
+    from diffusers import StableDiffusionXLPipeline
+
+    check_kind(checkpoint, "sdxl-base")
+    with _quiet():
+        if checkpoint.is_folder:
+            return _guard(checkpoint, lambda: StableDiffusionXLPipeline.from_pretrained(
+                str(checkpoint.path), torch_dtype=dtype, local_files_only=True))
+        tokenizer, tokenizer_2 = load_tokenizers()
+        config = config_folder("sdxl-base", read_header(checkpoint.path).metadata)
+        return _guard(checkpoint, lambda: StableDiffusionXLPipeline.from_single_file(
+            str(checkpoint.path), config=str(config), local_files_only=True, torch_dtype=dtype,
+            tokenizer=tokenizer, tokenizer_2=tokenizer_2))
+
+
+def load_refiner(checkpoint: Checkpoint, dtype: torch.dtype, base=None):
+    """A StableDiffusionXLImg2ImgPipeline that shares the base's OpenCLIP encoder and VAE when given one.
+
+    SDXL's refiner was trained with the same OpenCLIP ViT-bigG encoder and VAE as the base, so one copy
+    of each serves both (about 1.5 GB less in fp16).
+    """
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    check_kind(checkpoint, "sdxl-refiner")
+    shared = {}
+    if base is not None:
+        shared = {"text_encoder_2": base.text_encoder_2, "vae": base.vae, "tokenizer_2": base.tokenizer_2}
+    with _quiet():
+        if checkpoint.is_folder:
+            return _guard(checkpoint, lambda: StableDiffusionXLImg2ImgPipeline.from_pretrained(
+                str(checkpoint.path), torch_dtype=dtype, local_files_only=True, **shared))
+        if "tokenizer_2" not in shared:
+            shared["tokenizer_2"] = load_tokenizers()[1]
+        config = config_folder("sdxl-refiner", read_header(checkpoint.path).metadata)
+        return _guard(checkpoint, lambda: StableDiffusionXLImg2ImgPipeline.from_single_file(
+            str(checkpoint.path), config=str(config), local_files_only=True, torch_dtype=dtype,
+            text_encoder=None, tokenizer=None, **shared))
+
+
+def _guard(checkpoint: Checkpoint, load):
+    """Turn the many ways a damaged or mismatched file fails inside diffusers into one readable error."""
+    try:
+        return load()
+    except UserError:
+        raise
+    except (torch.OutOfMemoryError, MemoryError):
+        gc.collect()
+        raise UserError(f"not enough memory to load {checkpoint.filename}; close other programs or choose a "
+                        "memory-saving mode in Settings", status=507) from None
+    except Exception as exc:  # diffusers raises ValueError, KeyError, RuntimeError, SafetensorError...
+        gc.collect()
+        raise UserError(f"could not load {checkpoint.filename}: the file looks damaged or is not a standard SDXL "
+                        f"checkpoint ({type(exc).__name__}: {str(exc)[:300]})", field="checkpoint") from exc
+
+
+class _quiet(warnings.catch_warnings):
+    def __enter__(self):
+        super().__enter__()
+        warnings.simplefilter("ignore")
+        return self
+
+
+def header_kind(path: Path) -> str:
+    return kind_of(read_header(path).tensors)

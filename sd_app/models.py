@@ -1,0 +1,220 @@
+"""Model files on disk: finding checkpoints the A1111 way, telling what a file is, hashing it once.
+
+Nothing here loads tensors: a safetensors file starts with a JSON header that names every tensor,
+which is enough to tell an SDXL base from a refiner, an SD 1.5 checkpoint or a stray LoRA.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+# What each kind is called in messages.
+KIND_LABELS = {
+    "sdxl-base": "an SDXL base checkpoint",
+    "sdxl-refiner": "an SDXL refiner checkpoint",
+    "sd1": "a Stable Diffusion 1.x checkpoint",
+    "sd2": "a Stable Diffusion 2.x checkpoint",
+    "lora": "a LoRA (it belongs in the Lora folder)",
+    "vae": "a VAE (it belongs in the VAE folder)",
+    "unknown": "not a checkpoint Homegrown recognises",
+}
+SUPPORTED_KINDS = ("sdxl-base", "sdxl-refiner")
+SUPPORTED_TEXT = "Homegrown runs SDXL checkpoints: SDXL 1.0 base, the SDXL refiner and fine-tunes of them"
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    tensors: dict[str, dict]  # name -> {"dtype", "shape", "data_offsets"}
+    metadata: dict[str, str]
+
+
+def read_header(path: str | Path) -> SafetensorsHeader:
+    """Read the JSON header of a .safetensors file without touching the tensors."""
+    path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise UserError(pickle_message(path), status=415)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise UserError(f"{path.name} is empty or cut short: it is not a valid .safetensors file")
+            (length,) = struct.unpack("<Q", head)
+            size = path.stat().st_size
+            if length > min(MAX_HEADER_BYTES, size - 8):
+                raise UserError(f"{path.name} is not a valid .safetensors file (its header is damaged, "
+                                "or the file was cut short while downloading)")
+            header = json.loads(f.read(length))
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist", status=404) from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{path.name} is not a valid .safetensors file (its header is not readable JSON)") from None
+    if not isinstance(header, dict):
+        raise UserError(f"{path.name} is not a valid .safetensors file")
+    metadata = header.pop("__metadata__", None) or {}
+    end = max((t.get("data_offsets", [0, 0])[1] for t in header.values() if isinstance(t, dict)), default=0)
+    if 8 + length + end > size:
+        raise UserError(f"{path.name} is incomplete ({size} bytes, its header describes {8 + length + end}): "
+                        "download it again")
+    return SafetensorsHeader(header, {str(k): str(v) for k, v in metadata.items()})
+
+
+def pickle_message(path: Path) -> str:
+    return (f"{path.name} is a pickle file ({path.suffix}). Loading pickle files can run any code hidden in them, "
+            "so Homegrown never opens them. Use the .safetensors version of this model (most model pages offer "
+            "one), or convert it on a machine you trust, e.g. with diffusers' "
+            "scripts/convert_original_stable_diffusion_to_diffusers.py --to_safetensors.")
+
+
+def kind_of(keys) -> str:
+    """The kind of a checkpoint, from its tensor names."""
+    keys = set(keys)
+
+    def has(prefix: str) -> bool:
+        return any(k.startswith(prefix) for k in keys)
+
+    if has("lora_unet_") or has("lora_te") or any(".lora_down." in k or ".lora_A." in k for k in keys):
+        return "lora"
+    if has("model.diffusion_model."):
+        if has("conditioner.embedders.1.model.") and has("conditioner.embedders.0.transformer."):
+            return "sdxl-base"
+        if has("conditioner.embedders.0.model.") and not has("conditioner.embedders.1."):
+            return "sdxl-refiner"
+        if has("cond_stage_model.model."):
+            return "sd2"
+        if has("cond_stage_model.transformer."):
+            return "sd1"
+        return "unknown"
+    if has("encoder.conv_in.") and has("decoder.conv_in.") or has("first_stage_model.") and len(
+            {k.split(".")[0] for k in keys}) == 1:
+        return "vae"
+    return "unknown"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint found on disk: a single .safetensors file or a diffusers-format folder."""
+
+    name: str  # path below the checkpoint folder, without extension, "/" separated (A1111's model_name)
+    path: Path
+    is_folder: bool = False
+
+    @property
+    def filename(self) -> str:
+        return self.path.name
+
+    @property
+    def short_name(self) -> str:
+        # What A1111 writes as "Model:" in infotext: the file's own name without extension.
+        return self.name.rsplit("/", 1)[-1]
+
+    def kind(self) -> str:
+        if self.is_folder:
+            index = json.loads((self.path / "model_index.json").read_text())
+            return "sdxl-refiner" if "Img2Img" in index.get("_class_name", "") else (
+                "sdxl-base" if "XL" in index.get("_class_name", "") else "unknown")
+        return kind_of(read_header(self.path).tensors)
+
+
+class HashCache:
+    """sha256 of model files, computed once and kept in a JSON file keyed by path, size and mtime."""
+
+    def __init__(self, path: str | Path | None):
+        self.path = Path(path) if path else None
+        self._lock = threading.Lock()
+        self._data: dict[str, dict] = {}
+        if self.path and self.path.exists():
+            try:
+                self._data = json.loads(self.path.read_text())
+            except (OSError, json.JSONDecodeError):
+                self._data = {}  # a damaged cache only costs a rehash
+
+    def sha256(self, file: str | Path) -> str:
+        file = Path(file).resolve()
+        stat = file.stat()
+        key = str(file)
+        with self._lock:
+            entry = self._data.get(key)
+            if entry and entry.get("size") == stat.st_size and entry.get("mtime") == stat.st_mtime:
+                return entry["sha256"]
+        digest = hashlib.sha256()
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(16 * 1024 * 1024), b""):
+                digest.update(block)
+        value = digest.hexdigest()
+        with self._lock:
+            self._data[key] = {"size": stat.st_size, "mtime": stat.st_mtime, "sha256": value}
+            self._save()
+        return value
+
+    def _save(self) -> None:
+        if not self.path:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self._data, indent=1))
+        os.replace(tmp, self.path)
+
+
+class CheckpointLibrary:
+    """The checkpoints under one folder (A1111's models/Stable-diffusion), found fresh on each call."""
+
+    def __init__(self, folder: str | Path, hashes: HashCache):
+        self.folder = Path(folder)
+        self.hashes = hashes
+
+    def list(self) -> list[Checkpoint]:
+        if not self.folder.is_dir():
+            return []
+        found = []
+        folders: list[Path] = []
+        for path in sorted(self.folder.rglob("*")):
+            if any(f in path.parents for f in folders):
+                continue  # the weights inside a diffusers folder are not checkpoints of their own
+            if path.is_file() and path.suffix.lower() == ".safetensors":
+                found.append(Checkpoint(self._name(path.with_suffix("")), path))
+            elif path.is_dir() and (path / "model_index.json").is_file():
+                found.append(Checkpoint(self._name(path), path, is_folder=True))
+                folders.append(path)
+        return found
+
+    def _name(self, path: Path) -> str:
+        return path.relative_to(self.folder).as_posix()
+
+    def get(self, name: str) -> Checkpoint:
+        """Find a checkpoint by name, file name, A1111 title ("name.safetensors [hash]") or short name."""
+        if not isinstance(name, str) or not name.strip():
+            raise UserError("no checkpoint named", field="checkpoint")
+        wanted = name.strip()
+        if wanted.endswith("]") and " [" in wanted:
+            wanted = wanted.rsplit(" [", 1)[0]
+        wanted = wanted.removesuffix(".safetensors")
+        if any(wanted.lower().endswith(s) for s in PICKLE_SUFFIXES):
+            raise UserError(pickle_message(Path(wanted)), field="checkpoint", status=415)
+        checkpoints = self.list()
+        for match in (lambda c: c.name == wanted, lambda c: c.short_name == wanted,
+                      lambda c: c.name.lower() == wanted.lower()):
+            hits = [c for c in checkpoints if match(c)]
+            if hits:
+                return hits[0]
+        for suffix in PICKLE_SUFFIXES:
+            if (self.folder / (wanted + suffix)).is_file():
+                raise UserError(pickle_message(self.folder / (wanted + suffix)), field="checkpoint", status=415)
+        names = ", ".join(c.name for c in checkpoints) or f"none: put .safetensors files into {self.folder}"
+        raise UserError(f"no checkpoint {name!r}; available: {names}", field="checkpoint", status=404)
+
+    def short_hash(self, checkpoint: Checkpoint) -> str:
+        """A1111's model hash: the first 10 hex digits of the file's sha256 (folders have none)."""
+        if checkpoint.is_folder:
+            return ""
+        return self.hashes.sha256(checkpoint.path)[:10]

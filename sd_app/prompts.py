@@ -1,0 +1,118 @@
+"""A1111 prompt syntax: attention weights and `<lora:name:weight>` tags. Pure text, no torch.
+
+A1111 weights: `(word)` x1.1, `[word]` /1.1, `(word:1.3)` x1.3, nesting multiplies, `\\(` is a literal
+bracket. Unclosed brackets weigh the rest of the prompt, stray closers are text, and a malformed weight
+(`(a:1.2.3)`) is text: a prompt never fails to parse.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+ROUND_MULTIPLIER = 1.1
+SQUARE_MULTIPLIER = 1 / 1.1
+
+_TOKEN = re.compile(
+    r"""
+    \\[()\[\]\\:]            # escaped bracket, backslash or colon
+  | \\                       # a lone backslash
+  | \(                       # open
+  | \[
+  | :\s*([+-]?[.\d]+)\s*\)   # weight and close
+  | \)
+  | \]
+  | [^\\()\[\]:]+            # plain text
+  | :                        # a colon that is not a weight
+    """,
+    re.X,
+)
+_BREAK = re.compile(r"\s*\bBREAK\b\s*")
+_LORA_TAG = re.compile(r"<lora:([^:>]*)(?::([^:>]*))?(?::[^>]*)?>", re.I)
+
+
+@dataclass(frozen=True)
+class LoraTag:
+    name: str
+    weight: float
+
+
+def parse_attention(text: str) -> list[tuple[str, float]]:
+    """A1111's `parse_prompt_attention`: the prompt as (text, weight) runs, neighbours of equal weight merged.
+
+    `BREAK` ends a 77-token chunk in A1111; here it splits the text at that point (the word itself is
+    not sent to the encoder).
+    """
+    runs: list[list] = []
+    round_open: list[int] = []
+    square_open: list[int] = []
+
+    def scale(start: int, factor: float) -> None:
+        for run in runs[start:]:
+            run[1] *= factor
+
+    for match in _TOKEN.finditer(text):
+        piece, weight = match.group(0), match.group(1)
+        if piece.startswith("\\") and len(piece) == 2:
+            runs.append([piece[1], 1.0])
+        elif piece == "(":
+            round_open.append(len(runs))
+        elif piece == "[":
+            square_open.append(len(runs))
+        elif weight is not None and round_open and _is_number(weight):
+            scale(round_open.pop(), float(weight))
+        elif piece == ")" and round_open:
+            scale(round_open.pop(), ROUND_MULTIPLIER)
+        elif piece == "]" and square_open:
+            scale(square_open.pop(), SQUARE_MULTIPLIER)
+        else:
+            for i, part in enumerate(_BREAK.split(piece)):
+                if i > 0:
+                    runs.append([" ", 1.0])
+                runs.append([part, 1.0])
+    for start in round_open:
+        scale(start, ROUND_MULTIPLIER)
+    for start in square_open:
+        scale(start, SQUARE_MULTIPLIER)
+
+    merged: list[list] = []
+    for text_part, weight in runs:
+        if not text_part:
+            continue
+        if merged and merged[-1][1] == weight:
+            merged[-1][0] += text_part
+        else:
+            merged.append([text_part, weight])
+    return [(t, w) for t, w in merged] or [("", 1.0)]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def plain_text(prompt: str) -> str:
+    """The prompt without weight syntax, as the encoder sees its words."""
+    return "".join(t for t, _ in parse_attention(prompt))
+
+
+def extract_lora_tags(prompt: str) -> tuple[str, list[LoraTag]]:
+    """Remove `<lora:name[:weight]>` tags; return the rest of the prompt and the tags in order.
+
+    A weight that is not a number is kept as the text it was, so the caller can report it.
+    """
+    tags: list[LoraTag] = []
+
+    def take(match: re.Match) -> str:
+        weight_text = (match.group(2) or "1").strip()
+        try:
+            weight = float(weight_text)
+        except ValueError:
+            weight = float("nan")
+        tags.append(LoraTag(match.group(1).strip(), weight))
+        return ""
+
+    return _LORA_TAG.sub(take, prompt), tags

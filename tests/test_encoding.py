@@ -1,0 +1,67 @@
+import torch
+
+from sd_app.encoding import PromptEncoder
+
+TOKENS_PER_CHUNK = 77
+
+
+def cat_position(engine, prompt="a photo of a cat"):
+    ids = engine.base.pipe.tokenizer(prompt).input_ids
+    return ids.index(2368)  # "cat</w>"
+
+
+def test_a_weighted_word_moves_its_embedding_further_with_more_weight(engine):
+    enc = engine.encoder
+    plain = enc.encode("a photo of a cat", "").embeds
+    pos = cat_position(engine)
+    moved = [(enc.encode(f"a photo of a (cat:{w})", "").embeds[0, pos] - plain[0, pos]).norm().item()
+             for w in (1.0, 1.2, 1.5)]
+    assert moved[0] < 1e-5 < moved[1] < moved[2]
+    # Other tokens before the weighted word are untouched (causal encoder).
+    assert torch.allclose(enc.encode("a photo of a (cat:1.5)", "").embeds[0, :pos], plain[0, :pos])
+
+
+def test_a1111_brackets_mean_1_1(engine):
+    enc = engine.encoder
+    assert torch.allclose(enc.encode("a photo of a (cat)", "").embeds, enc.encode("a photo of a (cat:1.1)", "").embeds)
+    assert torch.allclose(enc.encode("a photo of a [cat]", "").embeds,
+                          enc.encode(f"a photo of a (cat:{1 / 1.1})", "").embeds)
+
+
+def test_compel_syntax_setting(engine):
+    compel = PromptEncoder(engine.base.pipe, syntax="compel")
+    a1111 = engine.encoder
+    # compel's "cat++" is A1111's "(cat:1.21)"; compel reads "(cat:1.21)" as text.
+    assert torch.allclose(compel.encode("a photo of a cat++", "").embeds,
+                          a1111.encode("a photo of a (cat:1.21)", "").embeds, atol=1e-5)
+    assert not torch.allclose(compel.encode("a photo of a (cat:1.5)", "").embeds,
+                              a1111.encode("a photo of a (cat:1.5)", "").embeds)
+
+
+def test_long_prompt_is_chunked_not_truncated(engine):
+    words = ["red", "green", "blue", "cat", "dog", "tree", "house", "sky"]
+    long_prompt = " ".join(words[i % len(words)] for i in range(200))
+    assert engine.encoder.count_tokens(long_prompt) == 200
+    cond = engine.encoder.encode(long_prompt, "blurry")
+    assert cond.embeds.shape[1] == 3 * TOKENS_PER_CHUNK  # 200 tokens -> three chunks of 75
+    assert cond.negative_embeds.shape == cond.embeds.shape  # the negative prompt is padded to match
+    changed = engine.encoder.encode(long_prompt + " moon", "blurry").embeds
+    assert not torch.allclose(changed[0, 2 * TOKENS_PER_CHUNK:], cond.embeds[0, 2 * TOKENS_PER_CHUNK:])
+
+
+def test_long_negative_prompt_pads_the_positive(engine):
+    cond = engine.encoder.encode("cat", "ugly " * 100)
+    assert cond.embeds.shape == cond.negative_embeds.shape and cond.embeds.shape[1] == 2 * TOKENS_PER_CHUNK
+
+
+def test_refiner_conditioning_is_the_openclip_half(engine):
+    cond = engine.encoder.encode("a cat", "")
+    refiner = cond.for_refiner()
+    width = engine.base.pipe.text_encoder_2.config.hidden_size
+    assert refiner.embeds.shape[-1] == width
+    assert torch.equal(refiner.embeds, cond.embeds[..., -width:])
+
+
+def test_malformed_prompts_generate(engine, small):
+    for prompt in ["((((cat", "cat)))]]", "(cat:1.2.3)", "a:b:c", "", "\\", "(cat:-1)"]:
+        assert len(engine.generate(small.replace(prompt=prompt)).images) == 1

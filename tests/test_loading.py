@@ -1,0 +1,129 @@
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from sd_app import demo, loading
+from sd_app.errors import UserError
+from sd_app.models import Checkpoint, kind_of, read_header
+
+from conftest import BASE, REFINER, make_engine
+
+
+def _same_weights(expected: torch.nn.Module, loaded: torch.nn.Module):
+    a, b = expected.state_dict(), loaded.state_dict()
+    assert set(a) == set(b)
+    for key in a:
+        # The files are fp16, like the released SDXL ones.
+        assert torch.equal(a[key].half().float(), b[key].float()), key
+
+
+def test_single_file_base_and_refiner_load_offline_with_every_weight(ckpt_dir, no_network):
+    parts = demo._tiny_components()
+    base = loading.load_base(Checkpoint(BASE, ckpt_dir / demo.BASE_FILE), torch.float32)
+    _same_weights(parts["unet"], base.unet)
+    _same_weights(parts["vae"], base.vae)
+    _same_weights(parts["text_encoder"], base.text_encoder)
+    _same_weights(parts["text_encoder_2"], base.text_encoder_2)
+    assert base.tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert base.tokenizer_2.pad_token == "!"
+
+    refiner = loading.load_refiner(Checkpoint(REFINER, ckpt_dir / demo.REFINER_FILE), torch.float32, base=base)
+    _same_weights(parts["refiner_unet"], refiner.unet)
+    # One copy of the shared parts, not two.
+    assert refiner.text_encoder_2 is base.text_encoder_2 and refiner.vae is base.vae
+    alone = loading.load_refiner(Checkpoint(REFINER, ckpt_dir / demo.REFINER_FILE), torch.float32)
+    _same_weights(parts["text_encoder_2"], alone.text_encoder_2)
+
+
+def test_demo_files_have_the_real_sdxl_key_layout(ckpt_dir):
+    keys = set(read_header(ckpt_dir / demo.BASE_FILE).tensors)
+    for key in ["model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight",
+                "model.diffusion_model.label_emb.0.0.weight", "model.diffusion_model.middle_block.1.proj_in.weight",
+                "model.diffusion_model.output_blocks.2.2.conv.weight", "first_stage_model.decoder.up.0.block.2.conv1.weight",
+                "first_stage_model.encoder.mid.attn_1.q.weight",
+                "conditioner.embedders.0.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight",
+                "conditioner.embedders.1.model.transformer.resblocks.9.attn.in_proj_weight",
+                "conditioner.embedders.1.model.text_projection"]:
+        assert key in keys
+    refiner = set(read_header(ckpt_dir / demo.REFINER_FILE).tensors)
+    assert "conditioner.embedders.0.model.transformer.resblocks.0.attn.in_proj_weight" in refiner
+    assert "model.diffusion_model.output_blocks.2.1.conv.weight" in refiner  # 4 levels: upsampler without attention
+
+
+def _fake(path, keys, metadata=None):
+    save_file({k: torch.zeros(1) for k in keys}, str(path), metadata=metadata)
+    return path
+
+
+@pytest.mark.parametrize("keys, kind, words", [
+    (["model.diffusion_model.input_blocks.0.0.weight", "cond_stage_model.transformer.text_model.x"], "sd1", "1.x"),
+    (["model.diffusion_model.input_blocks.0.0.weight", "cond_stage_model.model.transformer.x"], "sd2", "2.x"),
+    (["lora_unet_input_blocks_4_1_proj_in.lora_down.weight"], "lora", "Lora folder"),
+    (["encoder.conv_in.weight", "decoder.conv_in.weight"], "vae", "VAE folder"),
+    (["something.else"], "unknown", "not a checkpoint"),
+])
+def test_other_kinds_get_a_clear_error(tmp_path, keys, kind, words):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    _fake(folder / "other.safetensors", keys)
+    assert kind_of(keys) == kind
+    engine = make_engine(folder, tmp_path)
+    with pytest.raises(UserError) as err:
+        engine.load_checkpoint("other")
+    assert words in err.value.message and "SDXL" in err.value.message
+
+
+class _Exploit:
+    def __reduce__(self):
+        import os
+        return (os.system, ("touch pwned-by-pickle",))
+
+
+@pytest.mark.parametrize("suffix", [".ckpt", ".pt", ".bin"])
+def test_pickle_files_are_refused_and_never_unpickled(tmp_path, monkeypatch, suffix):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / f"evil{suffix}").write_bytes(pickle.dumps({"state_dict": _Exploit()}))
+    engine = make_engine(folder, tmp_path)
+    for name in ("evil", f"evil{suffix}"):
+        with pytest.raises(UserError) as err:
+            engine.load_checkpoint(name)
+        assert "pickle" in err.value.message and "safetensors" in err.value.message
+    with pytest.raises(UserError):
+        read_header(folder / f"evil{suffix}")
+    assert not (tmp_path / "pwned-by-pickle").exists()
+
+
+def test_unknown_checkpoint_lists_the_valid_names(tmp_path, ckpt_dir):
+    engine = make_engine(ckpt_dir, tmp_path)
+    with pytest.raises(UserError) as err:
+        engine.load_checkpoint("sd_xl_base_1.0")
+    assert err.value.status == 404 and BASE in err.value.message
+
+
+def test_checkpoint_names_as_a1111_writes_them(tmp_path, ckpt_dir):
+    engine = make_engine(ckpt_dir, tmp_path)
+    lib = engine.checkpoints
+    assert lib.get(BASE + ".safetensors").name == BASE
+    assert lib.get(f"{BASE}.safetensors [{lib.short_hash(lib.get(BASE))}]").name == BASE
+
+
+def test_refiner_file_as_base_is_refused(tmp_path, ckpt_dir):
+    engine = make_engine(ckpt_dir, tmp_path)
+    with pytest.raises(UserError) as err:
+        engine.load_checkpoint(REFINER)
+    assert "refiner" in err.value.message
+
+
+def test_diffusers_folder_loads(tmp_path, ckpt_dir):
+    pipe = loading.load_base(Checkpoint(BASE, ckpt_dir / demo.BASE_FILE), torch.float32)
+    folder = tmp_path / "ckpt" / "my-diffusers-model"
+    pipe.save_pretrained(folder)
+    engine = make_engine(tmp_path / "ckpt", tmp_path)
+    names = [c.name for c in engine.checkpoints.list()]
+    assert names == ["my-diffusers-model"]
+    loaded = engine.load_checkpoint("my-diffusers-model")
+    assert torch.equal(loaded.pipe.unet.conv_in.weight, pipe.unet.conv_in.weight)

@@ -1,0 +1,42 @@
+import pytest
+
+from sd_app.errors import UserError
+from sd_app.params import GenerationParams
+
+
+@pytest.mark.parametrize("change, field, words", [
+    ({"width": 1020}, "width", "multiple of 8"),
+    ({"height": 32}, "height", "between 64"),
+    ({"width": -512}, "width", "between"),
+    ({"steps": 0}, "steps", "between 1 and 150"),
+    ({"steps": 20.5}, "steps", "whole number"),
+    ({"steps": "20"}, "steps", "whole number"),
+    ({"steps": True}, "steps", "whole number"),
+    ({"cfg_scale": 0.5}, "cfg_scale", "between"),
+    ({"cfg_scale": float("nan")}, "cfg_scale", "number"),
+    ({"seed": -2}, "seed", "between -1"),
+    ({"seed": 2**40}, "seed", "between -1"),
+    ({"batch_size": 0}, "batch_size", "between 1 and 8"),
+    ({"batch_size": 500}, "batch_size", "between 1 and 8"),
+    ({"n_iter": 1000}, "n_iter", "between 1 and 100"),
+    ({"width": 4096, "height": 4096, "batch_size": 2}, "batch_size", "too many pixels"),
+    ({"refiner_switch_at": 0}, "refiner_switch_at", "between"),
+    ({"refiner_switch_at": 1.5}, "refiner_switch_at", "between"),
+    ({"sampler_name": "Nope"}, "sampler_name", "choose one of"),
+    ({"sampler_name": None}, "sampler_name", "text"),
+    ({"scheduler": "Nope"}, "scheduler", "choose one of"),
+    ({"prompt": None}, "prompt", "text"),
+    ({"prompt": "x" * 20001}, "prompt", "at most"),
+    ({"negative_prompt": 5}, "negative_prompt", "text"),
+    ({"checkpoint": 3}, "checkpoint", "checkpoint name"),
+])
+def test_every_bad_value_names_its_field(change, field, words):
+    with pytest.raises(UserError) as err:
+        GenerationParams(**change).check()
+    assert err.value.field == field
+    assert words in err.value.message
+    assert field in str(err.value)
+
+
+def test_defaults_are_valid():
+    assert GenerationParams(prompt="x").check().sampler_name == "DPM++ 2M"

@@ -1,0 +1,53 @@
+import pytest
+
+from sd_app.prompts import extract_lora_tags, parse_attention, plain_text
+
+
+def close(runs, expected):
+    assert len(runs) == len(expected), runs
+    for (text, weight), (etext, eweight) in zip(runs, expected):
+        assert text == etext
+        assert weight == pytest.approx(eweight)
+
+
+@pytest.mark.parametrize("prompt, expected", [
+    ("normal text", [("normal text", 1.0)]),
+    ("an (important) word", [("an ", 1.0), ("important", 1.1), (" word", 1.0)]),
+    ("(unbalanced", [("unbalanced", 1.1)]),
+    ("\\(literal\\]", [("(literal]", 1.0)]),
+    ("(unnecessary)(parens)", [("unnecessaryparens", 1.1)]),
+    ("a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).",
+     [("a ", 1.0), ("house", 1.5730000000000004), (" ", 1.1), ("on", 1.0), (" a ", 1.1), ("hill", 0.55),
+      (", sun, ", 1.1), ("sky", 1.4641000000000006), (".", 1.1)]),
+    ("[a] (b:1.3) [[c]]", [("a", 1 / 1.1), (" ", 1.0), ("b", 1.3), (" ", 1.0), ("c", 1 / 1.21)]),
+    ("", [("", 1.0)]),
+])
+def test_a1111_attention_matches_a1111(prompt, expected):
+    close(parse_attention(prompt), expected)
+
+
+@pytest.mark.parametrize("prompt", [
+    "(a:1.2.3)", "a:b", ")))", "]]][[", "(a:)", "((a:x))", "\\", "(a:1e5)", "[(a]:1.2)", "a BREAK b", ":::", "(:1.2)",
+])
+def test_malformed_prompts_never_fail(prompt):
+    runs = parse_attention(prompt)
+    assert runs and all(isinstance(t, str) and isinstance(w, float) for t, w in runs)
+
+
+def test_stray_colon_and_bad_weight_stay_text():
+    assert plain_text("a:b") == "a:b"
+    assert plain_text("(a:1.2.3)") == "a:1.2.3)"
+
+
+def test_negative_weight():
+    close(parse_attention("(ugly:-0.5)"), [("ugly", -0.5)])
+
+
+def test_break_separates_without_the_word():
+    assert "BREAK" not in plain_text("a cat BREAK a dog")
+
+
+def test_lora_tags_are_extracted():
+    text, tags = extract_lora_tags("a cat <lora:style:0.8>, <lora:sub/detail> <LORA:neg:-1>")
+    assert "<" not in text
+    assert [(t.name, t.weight) for t in tags] == [("style", 0.8), ("sub/detail", 1.0), ("neg", -1.0)]
