@@ -21,9 +21,11 @@ from . import __version__, infotext, samplers
 from .encoding import PromptEncoder
 from .errors import UserError
 from .loading import load_base, load_refiner, check_kind
+from .lora import ActiveLora, LoraLibrary, LoraSet, WeightCache, resolve_tags
 from .models import Checkpoint, CheckpointLibrary
 from .params import GenerationParams
 from .preview import latent_preview
+from .prompts import extract_lora_tags
 
 MEMORY_MODES = ("auto", "none", "model-offload", "sequential-offload")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -105,6 +107,7 @@ class LoadedModel:
     pipe: object
     short_hash: str
     scheduler_config: dict
+    loras: LoraSet | None = None
 
     @property
     def title(self) -> str:
@@ -112,8 +115,11 @@ class LoadedModel:
 
 
 class Engine:
-    def __init__(self, checkpoints: CheckpointLibrary, options: EngineOptions | None = None):
+    def __init__(self, checkpoints: CheckpointLibrary, options: EngineOptions | None = None,
+                 loras: LoraLibrary | None = None):
         self.checkpoints = checkpoints
+        self.loras = loras
+        self.lora_weights = WeightCache()  # survives checkpoint switches: no disk read for recent LoRAs
         self.options = options or EngineOptions()
         self.device = _pick_device(self.options.device)
         self.dtype = _pick_dtype(self.options.dtype, self.device)
@@ -154,7 +160,7 @@ class Engine:
     def _install_base(self, checkpoint: Checkpoint, pipe, short_hash: str) -> LoadedModel:
         scheduler_config = dict(pipe.scheduler.config)
         self._place(pipe)
-        self.base = LoadedModel(checkpoint, pipe, short_hash, scheduler_config)
+        self.base = LoadedModel(checkpoint, pipe, short_hash, scheduler_config, LoraSet(pipe, self.lora_weights))
         self.encoder = PromptEncoder(pipe, self.options.prompt_syntax)
         return self.base
 
@@ -218,7 +224,10 @@ class Engine:
 
     def generate(self, params: GenerationParams, job: Job | None = None) -> GenerationResult:
         params.check()
-        prompt, lora_tags = _split_loras(params.prompt)
+        prompt, tags = extract_lora_tags(params.prompt)
+        if tags and self.loras is None:
+            raise UserError("this Homegrown has no LoRA folder configured", field="prompt")
+        active = resolve_tags(self.loras, tags) if tags else []
         sampler, schedule = samplers.resolve(params.sampler_name, params.scheduler)
         seed = params.seed if params.seed != -1 else random.randrange(2**32 - params.batch_size * params.n_iter)
         params = params.replace(seed=seed)
@@ -229,7 +238,7 @@ class Engine:
             job.started = time.time()
             job.job_count = params.n_iter
             try:
-                return self._run(params, prompt, sampler, schedule, job)
+                return self._run(params, prompt, active, sampler, schedule, job)
             except (torch.OutOfMemoryError, MemoryError):
                 _free_memory()
                 raise UserError("out of memory: lower the size or batch size, or choose a memory-saving mode in "
@@ -238,14 +247,19 @@ class Engine:
                 job.finished = time.time()
                 self.current_job = None
 
-    def _run(self, params, prompt, sampler, schedule, job) -> GenerationResult:
-        timings = {"load": 0.0, "encode": 0.0, "denoise": 0.0, "decode": 0.0, "save": 0.0}
+    def _run(self, params, prompt, active: list[ActiveLora], sampler, schedule, job) -> GenerationResult:
+        timings = {"load": 0.0, "lora": 0.0, "encode": 0.0, "denoise": 0.0, "decode": 0.0, "save": 0.0}
         mark = time.perf_counter()
         base = self._ensure_base(params.checkpoint)
         refiner = None
         if params.refiner_checkpoint and params.refiner_switch_at < 1.0:
             refiner = self._ensure_refiner(params.refiner_checkpoint)
         timings["load"] = time.perf_counter() - mark
+
+        mark = time.perf_counter()
+        base.loras.apply(active)  # exactly this job's LoRAs, before the text encoders run
+        lora_hashes = ", ".join(f"{a.info.stem}: {self.loras.short_hash(a.info)}" for a in active) or None
+        timings["lora"] = time.perf_counter() - mark
 
         mark = time.perf_counter()
         cond = self.encoder.encode(prompt, params.negative_prompt)
@@ -268,7 +282,8 @@ class Engine:
             timings["decode"] += time.perf_counter() - mark
             mark = time.perf_counter()
             for image, seed in zip(images, seeds):
-                text = self.infotext(params, sampler, schedule, seed, base, refiner)
+                text = self.infotext(params, sampler, schedule, seed, base, refiner, lora_hashes)
+                image.info[infotext.PNG_KEY] = text  # kept by anything that saves the image as PNG
                 result.images.append(image)
                 result.infotexts.append(text)
                 result.seeds.append(seed)
@@ -330,7 +345,8 @@ class Engine:
 
         return callback
 
-    def infotext(self, params, sampler, schedule, seed, base: LoadedModel, refiner: LoadedModel | None) -> str:
+    def infotext(self, params, sampler, schedule, seed, base: LoadedModel, refiner: LoadedModel | None,
+                 lora_hashes: str | None = None) -> str:
         fields = {
             "Steps": params.steps,
             "Sampler": sampler.name,
@@ -342,6 +358,7 @@ class Engine:
             "Model": base.checkpoint.short_name,
             "Refiner": refiner.title if refiner else None,
             "Refiner switch at": params.refiner_switch_at if refiner else None,
+            "Lora hashes": lora_hashes,
             "Version": f"Homegrown {__version__}",
         }
         return infotext.build(params.prompt, params.negative_prompt, fields)
@@ -369,16 +386,6 @@ def _decode_as(vae, latents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     finally:
         if original != dtype:
             vae.to(dtype=original)
-
-
-def _split_loras(prompt: str) -> tuple[str, list]:
-    from .prompts import extract_lora_tags
-
-    text, tags = extract_lora_tags(prompt)
-    if tags:
-        raise UserError("LoRA tags (<lora:...>) are not supported by this version yet; remove them from the prompt",
-                        field="prompt")
-    return text, tags
 
 
 def _pick_device(name: str) -> torch.device:

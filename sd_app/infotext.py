@@ -77,9 +77,15 @@ def parse(text: str) -> tuple[str, str, dict[str, str]]:
     return "\n".join(prompt_lines), "\n".join(negative_lines), fields
 
 
-def to_params(text: str, base: GenerationParams | None = None) -> GenerationParams:
-    """A request from pasted infotext: the fields Homegrown knows, on top of `base` (defaults)."""
+def to_params(text: str, base: GenerationParams | None = None, loras=None) -> GenerationParams:
+    """A request from pasted infotext: the fields Homegrown knows, on top of `base` (defaults).
+
+    With a LoRA library, `<lora:...>` tags whose file is known here under another name (found by the
+    hash in "Lora hashes") are renamed to the local name, as A1111 does.
+    """
     prompt, negative, fields = parse(text)
+    if loras is not None and fields.get("Lora hashes"):
+        prompt = _rename_loras_by_hash(prompt, fields["Lora hashes"], loras)
     changes: dict[str, Any] = {"prompt": prompt, "negative_prompt": negative}
 
     def number(key: str, kind):
@@ -104,6 +110,18 @@ def to_params(text: str, base: GenerationParams | None = None) -> GenerationPara
     if "Refiner" in fields:
         changes["refiner_checkpoint"] = re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", fields["Refiner"])
     return (base or GenerationParams()).replace(**changes)
+
+
+def _rename_loras_by_hash(prompt: str, hashes: str, loras) -> str:
+    for entry in hashes.split(","):
+        name, _, short_hash = entry.partition(":")
+        name, short_hash = name.strip(), short_hash.strip()
+        if not name or not re.fullmatch(r"[0-9a-fA-F]{6,64}", short_hash):
+            continue
+        local = loras.find_by_hash(short_hash)
+        if local is not None and local.stem != name:
+            prompt = re.sub(rf"<lora:{re.escape(name)}(?=[:>])", lambda m: f"<lora:{local.name}", prompt)
+    return prompt
 
 
 def read_png(path_or_image) -> str | None:

@@ -8,15 +8,23 @@ import warnings
 
 # Tests run as a user in the jungle would: no hub, no telemetry.
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")  # as sd_app sets it; here before anything loads torch
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", category=FutureWarning)
 
+
+def pytest_configure(config):
+    # diffusers' schedulers trip numpy 2's copy-keyword deprecation on every step: noise, not signal.
+    config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning")
+    config.addinivalue_line("filterwarnings", "ignore::FutureWarning")
+
 import pytest  # noqa: E402
 
 from sd_app.demo import write_demo  # noqa: E402
 from sd_app.engine import Engine, EngineOptions  # noqa: E402
+from sd_app.lora import LoraLibrary  # noqa: E402
 from sd_app.models import CheckpointLibrary, HashCache  # noqa: E402
 from sd_app.params import GenerationParams  # noqa: E402
 
@@ -36,9 +44,11 @@ def ckpt_dir(demo_root):
     return demo_root / "models" / "Stable-diffusion"
 
 
-def make_engine(ckpt_dir, tmp_path, **options) -> Engine:
-    library = CheckpointLibrary(ckpt_dir, HashCache(tmp_path / "hashes.json"))
-    return Engine(library, EngineOptions(outputs_dir=tmp_path / "outputs", **options))
+def make_engine(ckpt_dir, tmp_path, lora_dir=None, **options) -> Engine:
+    hashes = HashCache(tmp_path / "hashes.json")
+    library = CheckpointLibrary(ckpt_dir, hashes)
+    loras = LoraLibrary(lora_dir or ckpt_dir.parent / "Lora", hashes)
+    return Engine(library, EngineOptions(outputs_dir=tmp_path / "outputs", **options), loras=loras)
 
 
 @pytest.fixture(scope="session")

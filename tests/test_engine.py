@@ -269,12 +269,6 @@ def test_memory_mode_and_dtype_choices(ckpt_dir, tmp_path):
         make_engine(ckpt_dir, tmp_path, device="cuda")
 
 
-def test_lora_tags_are_refused_until_supported(engine, small):
-    with pytest.raises(UserError) as err:
-        engine.generate(small.replace(prompt="a cat <lora:demo-style:1>"))
-    assert err.value.field == "prompt"
-
-
 def test_engine_module_has_no_ui_or_http_imports():
     source = open(engine_module.__file__).read()
     assert "gradio" not in source and "fastapi" not in source
