@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
-
 from . import ldm_format
 from .loading import CONFIGS_DIR
 
@@ -136,9 +135,33 @@ def write_demo(root: str | Path, overwrite: bool = False) -> dict[str, Path]:
     return paths
 
 
+_DTYPES = {torch.float16: "F16", torch.float32: "F32", torch.bfloat16: "BF16", torch.int64: "I64"}
+
+
 def _atomic_save(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write a .safetensors file with its header in sorted order.
+
+    The safetensors library writes header keys in hash-map order, so the same tensors give a different
+    file (and sha256) on every run; the demo files should hash the same everywhere, so that the demo's
+    infotexts ("Model hash: ...") are the same on every machine.
+    """
+    header: dict = {"__metadata__": dict(sorted(metadata.items()))}
+    offset = 0
+    names = sorted(state)
+    for name in names:
+        tensor = state[name]
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {"dtype": _DTYPES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the format aligns the data to 8 bytes
     tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=metadata)
+    with open(tmp, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        for name in names:
+            f.write(state[name].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    os.chmod(tmp, 0o644)
     tmp.replace(path)
 
 

@@ -80,9 +80,15 @@ class PromptEncoder:
         return Conditioning(embeds, pooled, negative, negative_pooled, self.te2_width)
 
     def count_tokens(self, text: str) -> int:
-        """Tokens the prompt uses (without start/end markers), for the UI's chunk counter."""
-        _, plain = self._parse(prompts.extract_lora_tags(text)[0])
-        return len(self.compel_1.conditioning_provider.tokenizer(plain, truncation=False).input_ids) - 2
+        return count_tokens(self.compel_1.conditioning_provider.tokenizer, text, self.syntax)
+
+
+def count_tokens(tokenizer, text: str, syntax: str = "a1111") -> int:
+    """Tokens a prompt uses (without start/end markers), for the UI's chunk counter."""
+    text = prompts.extract_lora_tags(text)[0]
+    if syntax == "a1111":
+        text = prompts.plain_text(text)
+    return len(tokenizer(text, truncation=False, verbose=False).input_ids) - 2
 
 
 def _pad(embeds: torch.Tensor, empty: torch.Tensor, target: int) -> torch.Tensor:

@@ -42,6 +42,12 @@ class EngineOptions:
     preview_every: int = 3  # steps between live previews; 0 turns them off
     save_images: bool = True
     outputs_dir: Path = Path("outputs")
+    output_format: str = "png"  # png | jpeg | webp
+    filename_pattern: str = "[seed]"  # after the file's number; see infotext.file_name
+    embed_metadata: bool = True
+
+    # Changing these means loading the checkpoint again.
+    RELOAD_FIELDS = ("device", "dtype", "memory_mode", "vae_tiling")
 
 
 class Job:
@@ -222,7 +228,9 @@ class Engine:
 
     # ---- generation -------------------------------------------------------------------------
 
-    def generate(self, params: GenerationParams, job: Job | None = None) -> GenerationResult:
+    def generate(self, params: GenerationParams, job: Job | None = None, save: bool | None = None,
+                 output_format: str | None = None) -> GenerationResult:
+        """Run one request. `save` and `output_format` override the options for this request alone."""
         params.check()
         prompt, tags = extract_lora_tags(params.prompt)
         if tags and self.loras is None:
@@ -238,7 +246,9 @@ class Engine:
             job.started = time.time()
             job.job_count = params.n_iter
             try:
-                return self._run(params, prompt, active, sampler, schedule, job)
+                save = self.options.save_images if save is None else save
+                return self._run(params, prompt, active, sampler, schedule, job, save,
+                                 output_format or self.options.output_format)
             except (torch.OutOfMemoryError, MemoryError):
                 _free_memory()
                 raise UserError("out of memory: lower the size or batch size, or choose a memory-saving mode in "
@@ -247,7 +257,8 @@ class Engine:
                 job.finished = time.time()
                 self.current_job = None
 
-    def _run(self, params, prompt, active: list[ActiveLora], sampler, schedule, job) -> GenerationResult:
+    def _run(self, params, prompt, active: list[ActiveLora], sampler, schedule, job, save: bool,
+             output_format: str) -> GenerationResult:
         timings = {"load": 0.0, "lora": 0.0, "encode": 0.0, "denoise": 0.0, "decode": 0.0, "save": 0.0}
         mark = time.perf_counter()
         base = self._ensure_base(params.checkpoint)
@@ -287,13 +298,41 @@ class Engine:
                 result.images.append(image)
                 result.infotexts.append(text)
                 result.seeds.append(seed)
-                if self.options.save_images:
-                    folder = Path(self.options.outputs_dir) / "txt2img-images"
-                    result.paths.append(infotext.save_png(image, text, folder, seed))
+                if save:
+                    result.paths.append(self._save(image, text, params, seed, base, output_format))
             timings["save"] += time.perf_counter() - mark
         result.interrupted = job.interrupted
         job.progress = 1.0
         return result
+
+    def _save(self, image, text: str, params: GenerationParams, seed: int, base: LoadedModel, fmt: str) -> Path:
+        values = {"seed": seed, "model": base.checkpoint.short_name, "width": params.width, "height": params.height,
+                  "steps": params.steps, "sampler": params.sampler_name, "date": time.strftime("%Y-%m-%d")}
+        return infotext.save_image(image, text if self.options.embed_metadata else None,
+                                   Path(self.options.outputs_dir) / "txt2img-images",
+                                   infotext.file_name(self.options.filename_pattern, values), fmt)
+
+    def configure(self, options: EngineOptions) -> str:
+        """Apply new options; reload the checkpoint if device, precision or memory mode changed.
+
+        Returns a sentence for the user saying what happened."""
+        with self._lock:
+            reload = any(getattr(options, f) != getattr(self.options, f) for f in EngineOptions.RELOAD_FIELDS)
+            device = _pick_device(options.device)
+            dtype = _pick_dtype(options.dtype, device)
+            syntax_changed = options.prompt_syntax != self.options.prompt_syntax
+            self.options = options
+            if not reload:
+                if syntax_changed and self.base is not None:
+                    self.encoder = PromptEncoder(self.base.pipe, options.prompt_syntax)
+                return "Settings applied."
+            self.device, self.dtype = device, dtype
+            if self.base is None:
+                return "Settings applied; they take effect when a checkpoint loads."
+            name = self.base.checkpoint.name
+            self._unload_all()
+            self._ensure_base(name)
+            return f"Settings applied; {name} was reloaded for the new device, precision or memory mode."
 
     def _denoise(self, params, base, refiner, batch, refiner_batch, sampler, schedule, seeds, job):
         generators, noise = [], []

@@ -124,33 +124,41 @@ def _rename_loras_by_hash(prompt: str, hashes: str, loras) -> str:
     return prompt
 
 
-def read_png(path_or_image) -> str | None:
-    """The infotext stored in an image, or None."""
+def read_image(path_or_image) -> str | None:
+    """The infotext stored in an image (PNG chunk or EXIF UserComment), or None."""
     image = path_or_image if isinstance(path_or_image, Image.Image) else Image.open(path_or_image)
     text = image.info.get(PNG_KEY)
-    return text if isinstance(text, str) else None
+    if isinstance(text, str):
+        return text
+    comment = image.getexif().get_ifd(0x8769).get(_USER_COMMENT) or image.getexif().get(_USER_COMMENT)
+    if isinstance(comment, bytes) and comment.startswith(b"UNICODE\0"):
+        return comment[8:].decode("utf-16-be", errors="replace")
+    if isinstance(comment, bytes) and comment.startswith(b"ASCII\0\0\0"):
+        return comment[8:].decode("ascii", errors="replace")
+    return None
 
 
-def save_png(image: Image.Image, infotext: str | None, folder: str | Path, seed: int,
-             now: datetime | None = None) -> Path:
-    """Save as `folder/YYYY-MM-DD/NNNNN-SEED.png`, atomically: a crash leaves no half-written file,
-    and two savers never take the same number."""
+def save_image(image: Image.Image, infotext: str | None, folder: str | Path, name: str, fmt: str = "png",
+               now: datetime | None = None) -> Path:
+    """Save as `folder/YYYY-MM-DD/NNNNN-NAME.EXT`, atomically: a crash leaves no half-written file, and
+    two savers never take the same number. The infotext goes where A1111 puts it: the PNG `parameters`
+    chunk, or EXIF UserComment for JPEG and WebP."""
+    fmt = fmt.lower()
+    if fmt not in EXTENSIONS:
+        raise ValueError(f"unknown image format {fmt!r}")
     day = Path(folder) / (now or datetime.now()).strftime("%Y-%m-%d")
     day.mkdir(parents=True, exist_ok=True)
-    meta = PngInfo()
-    if infotext:
-        meta.add_text(PNG_KEY, infotext)
-    fd, tmp_name = tempfile.mkstemp(prefix=".saving-", suffix=".png", dir=day)
+    fd, tmp_name = tempfile.mkstemp(prefix=".saving-", suffix="." + EXTENSIONS[fmt], dir=day)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=meta)
+            write_image(image, infotext, f, fmt)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         number = _next_number(day)
         while True:
-            target = day / f"{number:05d}-{seed}.png"
+            target = day / f"{number:05d}-{name}.{EXTENSIONS[fmt]}"
             try:
                 os.link(tmp, target)  # fails if the name is taken: no overwrite, no race
                 return target
@@ -163,6 +171,32 @@ def save_png(image: Image.Image, infotext: str | None, folder: str | Path, seed:
                 number += 1
     finally:
         tmp.unlink(missing_ok=True)
+
+
+EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+_USER_COMMENT = 0x9286  # EXIF tag
+
+
+def write_image(image: Image.Image, text: str | None, f, fmt: str = "png") -> None:
+    """Encode an image with its infotext into a file object."""
+    if fmt == "png":
+        meta = PngInfo()
+        if text:
+            meta.add_text(PNG_KEY, text)
+        image.save(f, format="PNG", pnginfo=meta)
+        return
+    exif = Image.Exif()
+    if text:
+        # EXIF UserComment with the "UNICODE" marker and UTF-16 text, as A1111 (piexif) writes it.
+        exif[_USER_COMMENT] = b"UNICODE\0" + text.encode("utf-16-be")
+    image.convert("RGB").save(f, format=fmt.upper(), quality=95, exif=exif.tobytes())
+
+
+def file_name(pattern: str, values: dict[str, Any]) -> str:
+    """The part of a file name after its number, from a pattern like "[seed]-[model]"; safe on every OS."""
+    name = re.sub(r"\[(\w+)\]", lambda m: str(values.get(m.group(1), m.group(0))), pattern or "[seed]")
+    name = re.sub(r'[\\/:*?"<>|\x00-\x1f]+', "_", name).strip(" .")
+    return name[:120] or str(values.get("seed", "image"))
 
 
 def _next_number(folder: Path) -> int:

@@ -141,12 +141,11 @@ class HashCache:
 
     def sha256(self, file: str | Path) -> str:
         file = Path(file).resolve()
+        known = self.cached(file)
+        if known:
+            return known
         stat = file.stat()
         key = str(file)
-        with self._lock:
-            entry = self._data.get(key)
-            if entry and entry.get("size") == stat.st_size and entry.get("mtime") == stat.st_mtime:
-                return entry["sha256"]
         digest = hashlib.sha256()
         with open(file, "rb") as f:
             for block in iter(lambda: f.read(16 * 1024 * 1024), b""):
@@ -156,6 +155,16 @@ class HashCache:
             self._data[key] = {"size": stat.st_size, "mtime": stat.st_mtime, "sha256": value}
             self._save()
         return value
+
+    def cached(self, file: str | Path) -> str | None:
+        """The sha256 if it is already known for this exact file; never reads the file."""
+        file = Path(file).resolve()
+        stat = file.stat()
+        with self._lock:
+            entry = self._data.get(str(file))
+        if entry and entry.get("size") == stat.st_size and entry.get("mtime") == stat.st_mtime:
+            return entry["sha256"]
+        return None
 
     def _save(self) -> None:
         if not self.path:

@@ -29,6 +29,12 @@ MAX_PIXELS_PER_BATCH = 4 * 2048 * 2048  # width * height * batch_size
 SIZE_MULTIPLE = 8  # the VAE downscales by 8
 MAX_PROMPT_CHARS = 20_000
 
+# SDXL was trained on ~1 megapixel buckets; these are the sizes it draws best (width, height).
+SDXL_SIZES = (
+    (1024, 1024), (1152, 896), (896, 1152), (1216, 832), (832, 1216),
+    (1344, 768), (768, 1344), (1536, 640), (640, 1536),
+)
+
 
 @dataclass
 class GenerationParams:

@@ -116,3 +116,18 @@ def extract_lora_tags(prompt: str) -> tuple[str, list[LoraTag]]:
         return ""
 
     return _LORA_TAG.sub(take, prompt), tags
+
+
+def insert_lora_tag(prompt: str, name: str, weight: float) -> str:
+    """Add `<lora:name:weight>` to a prompt; if the LoRA is already there, set its weight instead."""
+    text = f"<lora:{name}:{weight:g}>"
+    pattern = re.compile(rf"<lora:{re.escape(name)}(?::[^>]*)?>", re.I)
+    if pattern.search(prompt):
+        return pattern.sub(lambda m: text, prompt, count=1)
+    prompt = prompt.rstrip()
+    return f"{prompt}, {text}" if prompt and not prompt.endswith(",") else f"{prompt} {text}".strip()
+
+
+def token_chunks(count: int) -> str:
+    """A1111's counter: "12/75", "80/150": tokens used out of what the chunks hold (75 each)."""
+    return f"{count}/{max(1, -(-count // 75)) * 75}"

@@ -78,3 +78,32 @@ def no_network(monkeypatch):
         return real_connect(self, address)
 
     monkeypatch.setattr(socket.socket, "connect", guarded)
+
+
+def _server_dir(tmp_path_factory, demo_root, name):
+    import shutil
+
+    data = tmp_path_factory.mktemp(name)
+    shutil.copytree(demo_root, data / "demo")  # app.py --demo finds the models made once for this run
+    return data
+
+
+@pytest.fixture(scope="session")
+def demo_server(tmp_path_factory, demo_root):
+    """`python app.py --demo`, no auth, on a free port, for the whole run."""
+    from server import Server
+
+    server = Server(_server_dir(tmp_path_factory, demo_root, "server"), "--demo").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def auth_server(tmp_path_factory, demo_root):
+    """`python app.py --demo --auth alice:wonderland`."""
+    from server import Server
+
+    server = Server(_server_dir(tmp_path_factory, demo_root, "auth-server"), "--demo", "--auth",
+                    "alice:wonderland").start()
+    yield server
+    server.stop()

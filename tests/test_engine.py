@@ -9,7 +9,7 @@ import torch
 from sd_app import engine as engine_module
 from sd_app.engine import Job, decode_latents
 from sd_app.errors import UserError
-from sd_app.infotext import read_png
+from sd_app.infotext import read_image
 
 from conftest import BASE, REFINER, make_engine
 
@@ -141,7 +141,7 @@ def test_images_are_saved_with_infotext(ckpt_dir, tmp_path, small):
     result = engine.generate(small.replace(checkpoint=BASE, batch_size=2))
     assert [p.name for p in result.paths] == ["00000-1234.png", "00001-1235.png"]
     assert result.paths[0].parent.parent == tmp_path / "outputs" / "txt2img-images"
-    assert read_png(result.paths[1]) == result.infotexts[1]
+    assert read_image(result.paths[1]) == result.infotexts[1]
     assert not [p for p in result.paths[0].parent.iterdir() if p.name.startswith(".saving")]
 
 

@@ -127,3 +127,10 @@ def test_diffusers_folder_loads(tmp_path, ckpt_dir):
     assert names == ["my-diffusers-model"]
     loaded = engine.load_checkpoint("my-diffusers-model")
     assert torch.equal(loaded.pipe.unet.conv_in.weight, pipe.unet.conv_in.weight)
+
+
+def test_demo_files_are_identical_on_every_machine(demo_root, tmp_path):
+    again = demo.write_demo(tmp_path)
+    for path in again.values():
+        original = demo_root / path.relative_to(tmp_path)
+        assert path.read_bytes() == original.read_bytes(), path.name

@@ -1,0 +1,134 @@
+"""Homegrown: start the studio. `python app.py --help` lists the flags; each also reads HOMEGROWN_<FLAG>.
+
+    python app.py --demo                 # tiny demo models, no download, http://127.0.0.1:7860
+    python app.py --listen --port 7860   # reachable on the LAN (a password is made and printed)
+    python app.py --share                # a public gradio.live link (a password is made and printed)
+"""
+
+from __future__ import annotations
+
+import time
+
+STARTED = time.perf_counter()
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+FLAGS = {
+    # flag: (default, help)
+    "port": (7860, "port to serve on"),
+    "listen": (False, "listen on all interfaces (LAN, Vast.ai), not only this machine"),
+    "share": (False, "also open a public gradio.live link"),
+    "auth": (None, "user:password[,user2:password2] for the UI and the API"),
+    "auth-file": (None, "a file of user:password lines"),
+    "models-dir": (None, "models folder with A1111's layout (Stable-diffusion, Lora, VAE)"),
+    "ckpt-dir": (None, "checkpoint folder (default: <models-dir>/Stable-diffusion)"),
+    "lora-dir": (None, "LoRA folder (default: <models-dir>/Lora)"),
+    "vae-dir": (None, "VAE folder (default: <models-dir>/VAE)"),
+    "outputs-dir": (None, "where images are saved (default: outputs)"),
+    "data-dir": ("data", "settings, hash cache, demo models and user presets"),
+    "ckpt": (None, "checkpoint to load at start"),
+    "preset": (None, "preset to select at start"),
+    "demo": (False, "use the tiny random-weight demo models (made on first use): no download needed"),
+    "offline": (False, "never touch the network; hide downloads"),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="app.py", description="Homegrown, a self-hosted SDXL studio.",
+                                     epilog="Every flag can also be set as HOMEGROWN_<FLAG>, e.g. HOMEGROWN_PORT=8000.")
+    for flag, (default, text) in FLAGS.items():
+        env = "HOMEGROWN_" + flag.upper().replace("-", "_")
+        raw = os.environ.get(env)
+        if isinstance(default, bool):
+            value = default if raw is None else raw.strip().lower() in ("1", "true", "yes", "on")
+            parser.add_argument(f"--{flag}", action="store_true", default=value, help=f"{text} [{env}]")
+        elif isinstance(default, int):
+            parser.add_argument(f"--{flag}", type=int, default=int(raw) if raw else default, help=f"{text} [{env}]")
+        else:
+            parser.add_argument(f"--{flag}", default=raw if raw else default, help=f"{text} [{env}]")
+    args = parser.parse_args(argv)
+    if not 1 <= args.port <= 65535:
+        parser.error(f"--port must be between 1 and 65535, got {args.port}")
+    return args
+
+
+def build(args: argparse.Namespace):
+    """Make the objects the app runs on; returns (studio, blocks)."""
+    from sd_app import ui
+    from sd_app.auth import credentials
+    from sd_app.presets import PresetLibrary
+    from sd_app.settings import SettingsStore
+    from sd_app.studio import Studio
+
+    data = Path(args.data_dir)
+    overrides = {key: value for key, value in (
+        ("models_dir", args.models_dir), ("ckpt_dir", args.ckpt_dir), ("lora_dir", args.lora_dir),
+        ("vae_dir", args.vae_dir), ("outputs_dir", args.outputs_dir)) if value}
+    if args.demo:
+        from sd_app.demo import write_demo
+
+        demo_root = data / "demo"
+        write_demo(demo_root)
+        overrides.update(models_dir=str(demo_root / "models"), ckpt_dir="", lora_dir="")
+    settings = SettingsStore(data / "settings.json", overrides)
+    for problem in settings.problems:
+        print(f"settings: {problem}", file=sys.stderr)
+    exposed = args.listen or args.share
+    creds = credentials(args.auth, args.auth_file, exposed)
+    studio = Studio.create(settings, data, PresetLibrary(Path(__file__).parent / "presets", data / "presets"),
+                           creds, offline=args.offline, demo=args.demo)
+    studio.start_preset = args.preset or ("Demo (tiny models)" if args.demo else None)
+    if args.preset:
+        studio.presets.get(args.preset)  # a typo fails now, with the list of presets
+    loaded = studio.load_startup_checkpoint(args.ckpt)
+    print(f"Checkpoint: {loaded}" if loaded else f"No SDXL checkpoint in {settings.folder('ckpt')}: the page says "
+                                                 "how to get one.")
+    return studio, ui.build(studio)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    from sd_app.errors import UserError
+
+    try:
+        studio, blocks = build(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from sd_app import api
+    from sd_app.ui import CSS
+
+    host = "0.0.0.0" if args.listen else "127.0.0.1"
+    blocks.queue(default_concurrency_limit=None)
+    app, local_url, share_url = blocks.launch(
+        server_name=host, server_port=args.port, share=args.share, auth=studio.credentials.as_gradio(),
+        auth_message="Homegrown: sign in", prevent_thread_lock=True, show_error=True, quiet=True, css=CSS,
+        blocked_paths=[str(Path(args.data_dir).resolve()), str(studio.settings.folder("ckpt").resolve()),
+                       str(studio.settings.folder("lora").resolve())])
+    api.mount(app, studio)
+    print(f"Homegrown is running at {local_url}" + (" (and on your LAN)" if args.listen else ""))
+    if args.share:
+        print(f"Public link: {share_url}" if share_url else
+              "The public share link could not be created (no internet, or gradio.live is unreachable); "
+              "the local URL still works.")
+    if studio.credentials.generated:
+        user, password = next(iter(studio.credentials.users.items()))
+        print(f"Sign in with user '{user}' and password '{password}' (made for this run; set --auth to choose).")
+    print(f"Ready in {time.perf_counter() - STARTED:.1f}s", flush=True)
+    try:
+        blocks.block_thread()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

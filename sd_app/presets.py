@@ -1,0 +1,166 @@
+"""Presets: JSON files of good starting points (parameters, LoRAs, a style template, refiner settings).
+
+One file is one preset. Files are checked when read: a bad one is reported by file and field and left
+out, and the others still load. Users add their own by dropping a file into `presets/` or their user
+presets folder; a user preset with the same name replaces the shipped one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .params import GenerationParams
+from .prompts import insert_lora_tag
+
+TOP_KEYS = {"name", "description", "parameters", "loras", "style", "refiner"}
+PARAMETER_KEYS = {"prompt", "negative_prompt", "steps", "cfg_scale", "width", "height", "sampler_name", "scheduler",
+                  "seed", "batch_size", "n_iter"}
+STYLE_KEYS = {"prompt", "negative_prompt"}
+REFINER_KEYS = {"checkpoint", "switch_at"}
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+    loras: tuple[tuple[str, float], ...] = ()
+    style_prompt: str = ""  # "{prompt}" marks where the user's prompt goes
+    style_negative: str = ""
+    refiner: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    def apply(self, params: GenerationParams, prompts_only: bool = False) -> GenerationParams:
+        """The request with this preset on top. prompts_only: style and LoRAs only (A1111's `styles`)."""
+        changes: dict[str, Any] = {}
+        if not prompts_only:
+            changes.update(self.parameters)
+            if self.refiner:
+                changes["refiner_checkpoint"] = self.refiner.get("checkpoint") or None
+                if "switch_at" in self.refiner:
+                    changes["refiner_switch_at"] = self.refiner["switch_at"]
+        prompt = changes.get("prompt", params.prompt)
+        negative = changes.get("negative_prompt", params.negative_prompt)
+        if self.style_prompt:
+            prompt = _merge(self.style_prompt, prompt)
+        if self.style_negative:
+            negative = _merge(self.style_negative, negative)
+        for name, weight in self.loras:
+            prompt = insert_lora_tag(prompt, name, weight)
+        changes["prompt"], changes["negative_prompt"] = prompt, negative
+        return params.replace(**changes)
+
+
+def _merge(template: str, text: str) -> str:
+    """A1111's style rule: "{prompt}" is replaced by the text, else the style is appended."""
+    if "{prompt}" in template:
+        return template.replace("{prompt}", text)
+    return f"{text}, {template}" if text.strip() else template
+
+
+def parse(path: Path) -> Preset:
+    """Read and check one preset file; UserError names the file and the field."""
+    where = path.name
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{where}: cannot be read ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{where}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: must hold a JSON object")
+    _known(where, "", data, TOP_KEYS)
+    name = data.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise UserError(f"{where}: 'name' must be a non-empty text")
+    parameters = data.get("parameters", {})
+    _known(where, "parameters.", parameters, PARAMETER_KEYS)
+    try:
+        GenerationParams(**parameters).check()
+    except UserError as err:
+        raise UserError(f"{where}: parameters.{err.field}: {err.message}") from None
+    except TypeError as err:
+        raise UserError(f"{where}: parameters: {err}") from None
+    loras = []
+    for i, item in enumerate(data.get("loras", []) if isinstance(data.get("loras", []), list) else [None]):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise UserError(f"{where}: loras[{i}] must be {{\"name\": ..., \"weight\": ...}}")
+        _known(where, f"loras[{i}].", item, {"name", "weight"})
+        weight = item.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not -10 <= weight <= 10:
+            raise UserError(f"{where}: loras[{i}].weight must be a number between -10 and 10")
+        loras.append((item["name"], float(weight)))
+    style = data.get("style", {})
+    _known(where, "style.", style, STYLE_KEYS)
+    for key, value in style.items():
+        if not isinstance(value, str):
+            raise UserError(f"{where}: style.{key} must be text")
+    refiner = data.get("refiner", {})
+    _known(where, "refiner.", refiner, REFINER_KEYS)
+    if "switch_at" in refiner:
+        try:
+            GenerationParams(refiner_switch_at=refiner["switch_at"]).check()
+        except UserError as err:
+            raise UserError(f"{where}: refiner.switch_at: {err.message}") from None
+    if "checkpoint" in refiner and not isinstance(refiner["checkpoint"], (str, type(None))):
+        raise UserError(f"{where}: refiner.checkpoint must be a checkpoint name")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise UserError(f"{where}: 'description' must be text")
+    return Preset(name.strip(), description, dict(parameters), tuple(loras), style.get("prompt", ""),
+                  style.get("negative_prompt", ""), dict(refiner), path)
+
+
+def _known(where: str, prefix: str, data, allowed: set[str]) -> None:
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: '{prefix.rstrip('.')}' must be a JSON object")
+    for key in data:
+        if key not in allowed:
+            raise UserError(f"{where}: unknown field '{prefix}{key}'; allowed: {', '.join(sorted(allowed))}")
+
+
+class PresetLibrary:
+    """Presets from the shipped folder and a user folder, read fresh on each call (files are tiny)."""
+
+    def __init__(self, *folders: str | Path):
+        self.folders = [Path(f) for f in folders if f]
+
+    def load(self, loras=None) -> tuple[dict[str, Preset], list[str]]:
+        """(presets by name, problems). With a LoRA library, presets naming a missing LoRA are reported."""
+        presets: dict[str, Preset] = {}
+        problems: list[str] = []
+        for folder in self.folders:
+            if not folder.is_dir():
+                continue
+            for path in sorted(folder.glob("*.json")):
+                try:
+                    preset = parse(path)
+                    if loras is not None:
+                        for i, (name, _) in enumerate(preset.loras):
+                            try:
+                                loras.get(name)
+                            except UserError as err:
+                                raise UserError(f"{path.name}: loras[{i}].name: {err.message}") from None
+                except UserError as err:
+                    problems.append(str(err))
+                    continue
+                presets[preset.name] = preset
+        return presets, problems
+
+    def get(self, name: str, loras=None) -> Preset:
+        presets, problems = self.load(loras)
+        if name in presets:
+            return presets[name]
+        broken = [p for p in problems if p.startswith(tuple(f"{f.name}" for f in self._files(name)))]
+        if broken:
+            raise UserError(broken[0], field="preset")
+        raise UserError(f"no preset {name!r}; available: {', '.join(presets) or 'none'}", field="preset", status=404)
+
+    def _files(self, name: str) -> list[Path]:
+        return [p for f in self.folders if f.is_dir() for p in f.glob("*.json") if name.lower() in p.stem.lower()]
+
+

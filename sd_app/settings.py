@@ -1,0 +1,178 @@
+"""User settings: one table says what each setting is; a JSON file keeps the user's values.
+
+The file is written atomically (a crash never leaves half a file) and read at start. A damaged file is
+reported, kept as it is, and defaults are used; the next save first copies it aside.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import samplers
+from .errors import UserError
+from .params import LIMITS, GenerationParams
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    label: str
+    section: str
+    choices: tuple | None = None  # allowed values, when there is a fixed list
+    limits: tuple | None = None  # (low, high) for numbers
+    applies: str = "now"  # "now", or "reload" (the checkpoint is reloaded to apply it)
+    help: str = ""
+
+
+SECTIONS = ("Folders", "Defaults", "Prompts", "Device and memory", "Previews", "Saving")
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("models_dir", "models", "Models folder", "Folders",
+            help="A1111 layout below it: Stable-diffusion, Lora, VAE. Point it at an A1111 install to share models."),
+    Setting("ckpt_dir", "", "Checkpoint folder", "Folders", help="Empty: <models>/Stable-diffusion"),
+    Setting("lora_dir", "", "LoRA folder", "Folders", help="Empty: <models>/Lora"),
+    Setting("vae_dir", "", "VAE folder", "Folders", help="Empty: <models>/VAE"),
+    Setting("outputs_dir", "outputs", "Outputs folder", "Folders"),
+    Setting("default_checkpoint", "", "Checkpoint loaded at start", "Defaults", help="Empty: the first SDXL base found"),
+    Setting("prompt", "", "Default prompt", "Defaults"),
+    Setting("negative_prompt", "", "Default negative prompt", "Defaults"),
+    Setting("steps", 30, "Steps", "Defaults", limits=LIMITS["steps"]),
+    Setting("cfg_scale", 7.0, "CFG scale", "Defaults", limits=LIMITS["cfg_scale"]),
+    Setting("width", 1024, "Width", "Defaults", limits=LIMITS["width"]),
+    Setting("height", 1024, "Height", "Defaults", limits=LIMITS["height"]),
+    Setting("sampler_name", "DPM++ 2M", "Sampler", "Defaults", choices=tuple(s.name for s in samplers.SAMPLERS)),
+    Setting("scheduler", "Automatic", "Schedule type", "Defaults", choices=tuple(s.name for s in samplers.SCHEDULES)),
+    Setting("refiner_switch_at", 0.8, "Refiner switch at", "Defaults", limits=LIMITS["refiner_switch_at"]),
+    Setting("prompt_syntax", "a1111", "Prompt syntax", "Prompts", choices=("a1111", "compel"),
+            help="a1111: (word:1.2), [word]. compel: word++, (word)1.2, .blend()"),
+    Setting("device", "auto", "Device", "Device and memory", choices=("auto", "cuda", "cpu", "mps"), applies="reload"),
+    Setting("dtype", "auto", "Precision", "Device and memory", choices=("auto", "float16", "bfloat16", "float32"),
+            applies="reload", help="auto: float16 on a GPU, float32 on the CPU"),
+    Setting("memory_mode", "auto", "Memory mode", "Device and memory",
+            choices=("auto", "none", "model-offload", "sequential-offload"), applies="reload",
+            help="auto picks by free VRAM; offloading keeps weights in RAM and moves them to the GPU when needed"),
+    Setting("vae_tiling", False, "VAE tiling (large images with less VRAM)", "Device and memory", applies="reload"),
+    Setting("preview_every", 3, "Live preview every N steps (0: off)", "Previews", limits=(0, 50)),
+    Setting("save_images", True, "Save every image to the outputs folder", "Saving"),
+    Setting("output_format", "png", "Image format", "Saving", choices=OUTPUT_FORMATS),
+    Setting("filename_pattern", "[seed]", "File name after the number", "Saving",
+            help="Tokens: [seed] [model] [width] [height] [steps] [sampler] [date]"),
+    Setting("embed_metadata", True, "Store generation parameters in the image", "Saving"),
+)
+BY_NAME = {s.name: s for s in SETTINGS}
+GENERATION_DEFAULTS = ("prompt", "negative_prompt", "steps", "cfg_scale", "width", "height", "sampler_name",
+                       "scheduler", "refiner_switch_at")
+
+
+def check_value(setting: Setting, value: Any) -> Any:
+    """The value in the setting's type, or UserError naming the setting and what it allows."""
+    default = setting.default
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise UserError(f"must be true or false, got {value!r}", field=setting.name)
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+            raise UserError(f"must be a whole number, got {value!r}", field=setting.name)
+        value = int(value)
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"must be a number, got {value!r}", field=setting.name)
+        value = float(value)
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise UserError(f"must be text, got {value!r}", field=setting.name)
+    if setting.choices is not None and value not in setting.choices:
+        raise UserError(f"must be one of {', '.join(map(str, setting.choices))}; got {value!r}", field=setting.name)
+    if setting.limits is not None and not setting.limits[0] <= value <= setting.limits[1]:
+        raise UserError(f"must be between {setting.limits[0]} and {setting.limits[1]}, got {value}",
+                        field=setting.name)
+    return value
+
+
+class SettingsStore:
+    """The current settings, their file, and what went wrong reading it (shown to the user)."""
+
+    def __init__(self, path: str | Path | None, overrides: dict[str, Any] | None = None):
+        self.path = Path(path) if path else None
+        self.values: dict[str, Any] = {s.name: s.default for s in SETTINGS}
+        self.problems: list[str] = []
+        self._file_broken = False
+        self._load()
+        self.overrides = dict(overrides or {})  # from command-line flags: win over the file, never saved
+
+    def _load(self) -> None:
+        if not self.path or not self.path.exists():
+            return
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError("the file does not hold a JSON object")
+        except (OSError, ValueError) as exc:
+            self._file_broken = True
+            self.problems.append(f"{self.path} could not be read ({exc}); using default settings. The file was "
+                                 "left as it is; saving settings will keep a copy of it beside the new one.")
+            return
+        for name, value in data.items():
+            setting = BY_NAME.get(name)
+            if setting is None:
+                self.problems.append(f"{self.path}: unknown setting {name!r} ignored")
+                continue
+            try:
+                self.values[name] = check_value(setting, value)
+            except UserError as err:
+                self.problems.append(f"{self.path}: {err}; using the default {setting.default!r}")
+
+    def get(self, name: str) -> Any:
+        return self.overrides.get(name, self.values[name])
+
+    def all(self) -> dict[str, Any]:
+        return {name: self.get(name) for name in self.values}
+
+    def update(self, changes: dict[str, Any]) -> list[str]:
+        """Check and store changes; return the names whose value changed. Nothing is stored if any is bad."""
+        checked = {}
+        for name, value in changes.items():
+            setting = BY_NAME.get(name)
+            if setting is None:
+                raise UserError(f"unknown setting; known: {', '.join(BY_NAME)}", field=name)
+            checked[name] = check_value(setting, value)
+        changed = [n for n, v in checked.items() if self.values[n] != v]
+        self.values.update(checked)
+        for name in checked:
+            self.overrides.pop(name, None)  # what the user sets now wins over the start-up flag
+        self.save()
+        return changed
+
+    def save(self) -> None:
+        if not self.path:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._file_broken and self.path.exists():
+            self.path.replace(self.path.with_name(f"{self.path.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}"))
+            self._file_broken = False
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.values, f, indent=2, ensure_ascii=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    # ---- derived values ----------------------------------------------------------------------
+
+    def folder(self, name: str) -> Path:
+        """ckpt / lora / vae folder: the explicit one, else A1111's name below the models folder."""
+        explicit = self.get(f"{name}_dir")
+        if explicit:
+            return Path(explicit).expanduser()
+        sub = {"ckpt": "Stable-diffusion", "lora": "Lora", "vae": "VAE"}[name]
+        return Path(self.get("models_dir")).expanduser() / sub
+
+    def generation_defaults(self) -> GenerationParams:
+        return GenerationParams(**{name: self.get(name) for name in GENERATION_DEFAULTS})

@@ -1,0 +1,52 @@
+"""The Settings tab, built from the settings table: one control per setting, one Save button."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from ..errors import UserError
+from ..settings import SECTIONS, SETTINGS, Setting
+from ..studio import Studio
+
+
+def control(setting: Setting, value):
+    label = setting.label + (" ⟳" if setting.applies == "reload" else "")
+    if isinstance(setting.default, bool):
+        return gr.Checkbox(value=value, label=label, info=setting.help or None)
+    if setting.choices:
+        return gr.Dropdown(list(setting.choices), value=value, label=label, info=setting.help or None)
+    if isinstance(setting.default, (int, float)):
+        # The range goes in the hint, not in Gradio's own check: ours names the setting when a value is off.
+        hint = " ".join(filter(None, [setting.help, f"{setting.limits[0]} to {setting.limits[1]}"
+                                      if setting.limits else ""]))
+        return gr.Number(value=value, label=label, info=hint or None,
+                         precision=0 if isinstance(setting.default, int) else None)
+    return gr.Textbox(value=value, label=label, info=setting.help or None)
+
+
+def build(studio: Studio) -> None:
+    store = studio.settings
+    if store.problems:
+        gr.Markdown("⚠️ " + "\n\n⚠️ ".join(store.problems), elem_id="settings-problems")
+    where = f"`{store.path}`" if store.path else "memory only (no settings file)"
+    gr.Markdown(f"Saved to {where}. ⟳ marks settings that reload the checkpoint when changed.")
+    controls = []
+    for section in SECTIONS:
+        with gr.Accordion(section, open=section in ("Defaults", "Device and memory")):
+            for setting in (s for s in SETTINGS if s.section == section):
+                controls.append(control(setting, store.get(setting.name)))
+    save = gr.Button("Save settings", variant="primary", elem_id="save-settings")
+    status = gr.Markdown(elem_id="settings-status")
+
+    def apply(*values):
+        changes = {}
+        for setting, value in zip(SETTINGS, values):
+            if isinstance(setting.default, int) and not isinstance(setting.default, bool) and isinstance(value, float):
+                value = int(value) if value.is_integer() else value
+            changes[setting.name] = value
+        try:
+            return studio.apply_settings(changes)
+        except UserError as err:
+            raise gr.Error(str(err)) from None
+
+    save.click(apply, controls, status, concurrency_limit=1, concurrency_id="gpu", api_name="save_settings")

@@ -1,0 +1,369 @@
+"""The txt2img tab: the form, Generate / Interrupt / Skip, live progress, the gallery and parameter paste."""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+from dataclasses import dataclass
+
+import gradio as gr
+
+from .. import infotext, samplers
+from ..engine import Job
+from ..errors import UserError
+from ..params import LIMITS, SDXL_SIZES, GenerationParams
+from ..prompts import token_chunks
+from ..studio import Studio
+
+NO_REFINER = "None"
+POLL_SECONDS = 0.25
+SIZE_CHOICES = [f"{w}x{h}" for w, h in SDXL_SIZES]
+CUSTOM_SIZE = "custom"
+
+
+@dataclass
+class Form:
+    """The components that make a GenerationParams, in the order `values_to_params` reads them."""
+
+    checkpoint: gr.Dropdown
+    prompt: gr.Textbox
+    negative_prompt: gr.Textbox
+    sampler_name: gr.Dropdown
+    scheduler: gr.Dropdown
+    steps: gr.Slider
+    width: gr.Slider
+    height: gr.Slider
+    cfg_scale: gr.Slider
+    seed: gr.Number
+    n_iter: gr.Slider
+    batch_size: gr.Slider
+    refiner_checkpoint: gr.Dropdown
+    refiner_switch_at: gr.Slider
+
+    def inputs(self) -> list:
+        return [getattr(self, name) for name in self.__dataclass_fields__]
+
+
+def values_to_params(values: list) -> GenerationParams:
+    """Form values -> the request; Gradio hands numbers as floats, so whole numbers are made ints here."""
+    (checkpoint, prompt, negative, sampler, scheduler, steps, width, height, cfg, seed, n_iter, batch,
+     refiner, switch) = values
+
+    def whole(value, name):
+        if value is None or (isinstance(value, float) and not value.is_integer()):
+            raise UserError(f"must be a whole number, got {value!r}", field=name)
+        return int(value)
+
+    return GenerationParams(
+        prompt=prompt or "", negative_prompt=negative or "", steps=whole(steps, "steps"),
+        cfg_scale=float(cfg), width=whole(width, "width"), height=whole(height, "height"),
+        sampler_name=sampler, scheduler=scheduler, seed=whole(seed, "seed"), batch_size=whole(batch, "batch_size"),
+        n_iter=whole(n_iter, "n_iter"), checkpoint=checkpoint or None,
+        refiner_checkpoint=None if refiner in (None, "", NO_REFINER) else refiner,
+        refiner_switch_at=float(switch)).check()
+
+
+def params_to_updates(params: GenerationParams, form: Form) -> dict:
+    """Form updates that show a request (from pasted infotext, a preset, or a gallery image)."""
+    return {
+        form.prompt: params.prompt, form.negative_prompt: params.negative_prompt,
+        form.sampler_name: _sampler_choice(params.sampler_name), form.scheduler: _schedule_choice(params),
+        form.steps: params.steps, form.width: params.width, form.height: params.height,
+        form.cfg_scale: params.cfg_scale, form.seed: params.seed, form.n_iter: params.n_iter,
+        form.batch_size: params.batch_size,
+        form.refiner_checkpoint: params.refiner_checkpoint or NO_REFINER,
+        form.refiner_switch_at: params.refiner_switch_at,
+    }
+
+
+def _sampler_choice(name: str) -> str:
+    try:
+        return samplers.resolve(name, "Automatic")[0].name
+    except UserError:
+        return "DPM++ 2M"
+
+
+def _schedule_choice(params: GenerationParams) -> str:
+    try:
+        sampler, schedule = samplers.resolve(params.sampler_name, params.scheduler)
+    except UserError:
+        return "Automatic"
+    return schedule.name if params.scheduler != "Automatic" or sampler.name != params.sampler_name else "Automatic"
+
+
+def progress_html(job: Job, queued: bool = False) -> str:
+    if queued:
+        return "<div class='hg-progress'>Waiting for the GPU…</div>"
+    percent = round(job.progress * 100)
+    eta = job.eta()
+    batch = f" · batch {job.job_no + 1}/{job.job_count}" if job.job_count > 1 else ""
+    eta_text = f" · ETA {eta:.0f}s" if eta is not None and job.progress > 0 else ""
+    return (f"<div class='hg-progress'><div class='hg-bar' style='width:{percent}%'></div>"
+            f"<span>Step {job.sampling_step}/{job.sampling_steps or '?'}{batch}{eta_text}</span></div>")
+
+
+def build(studio: Studio) -> tuple[Form, dict]:
+    settings = studio.settings
+    defaults = settings.generation_defaults()
+    if studio.start_preset:
+        defaults = studio.presets.get(studio.start_preset).apply(defaults)
+    base_names = studio.checkpoint_names("sdxl-base")
+    refiner_names = studio.checkpoint_names("sdxl-refiner")
+    presets, _ = studio.presets.load()
+
+    with gr.Column(visible=not base_names) as no_model_box:
+        gr.Markdown(no_checkpoint_text(studio), elem_id="no-checkpoint")
+        if not studio.offline:
+            with gr.Row():
+                get_base = gr.Button("Download SDXL base 1.0 (6.9 GB)", variant="primary")
+                get_refiner = gr.Checkbox(label="also the refiner (6.1 GB)", value=False)
+            download_status = gr.Markdown()
+
+    with gr.Row():
+        checkpoint = gr.Dropdown(base_names, value=studio.current_checkpoint(), label="Checkpoint", scale=4,
+                                 elem_id="checkpoint")
+        refresh = gr.Button("↻ Refresh", scale=0, min_width=90)
+        preset = gr.Dropdown([""] + list(presets), value=studio.start_preset or "", label="Preset", scale=2,
+                             elem_id="preset")
+    with gr.Row():
+        with gr.Column(scale=3):
+            prompt = gr.Textbox(defaults.prompt, label="Prompt", lines=3, elem_id="prompt",
+                                placeholder="a photo of a cat, (masterpiece:1.2) <lora:name:0.8>")
+            prompt_tokens = gr.Markdown(token_chunks(0), elem_id="prompt-tokens")
+            negative_prompt = gr.Textbox(defaults.negative_prompt, label="Negative prompt", lines=2,
+                                         elem_id="negative-prompt")
+            negative_tokens = gr.Markdown(token_chunks(0))
+        with gr.Column(scale=1, min_width=200):
+            generate = gr.Button("Generate", variant="primary", elem_id="generate", size="lg")
+            with gr.Row():
+                interrupt = gr.Button("Interrupt", elem_id="interrupt", size="sm")
+                skip = gr.Button("Skip", elem_id="skip", size="sm")
+    with gr.Row():
+        with gr.Column(scale=1):
+            with gr.Row():
+                sampler_name = gr.Dropdown([s.name for s in samplers.SAMPLERS], value=_sampler_choice(defaults.sampler_name),
+                                           label="Sampler", elem_id="sampler")
+                scheduler = gr.Dropdown([s.name for s in samplers.SCHEDULES], value=defaults.scheduler,
+                                        label="Schedule type")
+            steps = gr.Slider(*LIMITS["steps"], value=defaults.steps, step=1, label="Steps", elem_id="steps")
+            with gr.Row():
+                size = gr.Dropdown(SIZE_CHOICES + [CUSTOM_SIZE], label="SDXL size",
+                                   value=_size_choice(defaults.width, defaults.height), scale=2)
+                swap = gr.Button("⇅ swap", scale=0, min_width=70)
+            with gr.Row():
+                width = gr.Slider(64, 2048, value=defaults.width, step=8, label="Width", elem_id="width")
+                height = gr.Slider(64, 2048, value=defaults.height, step=8, label="Height", elem_id="height")
+            cfg_scale = gr.Slider(*LIMITS["cfg_scale"], value=defaults.cfg_scale, step=0.5, label="CFG scale")
+            with gr.Row():
+                seed = gr.Number(defaults.seed, label="Seed (-1: random)", precision=0, elem_id="seed", scale=3)
+                random_seed = gr.Button("Random", scale=0, min_width=70)
+                reuse_seed = gr.Button("Reuse last", scale=0, min_width=90)
+            with gr.Row():
+                n_iter = gr.Slider(1, LIMITS["n_iter"][1], value=defaults.n_iter, step=1, label="Batch count")
+                batch_size = gr.Slider(1, LIMITS["batch_size"][1], value=defaults.batch_size, step=1,
+                                       label="Batch size")
+            start_refiner = defaults.refiner_checkpoint if defaults.refiner_checkpoint in refiner_names else NO_REFINER
+            with gr.Accordion("Refiner", open=start_refiner != NO_REFINER):
+                refiner_checkpoint = gr.Dropdown([NO_REFINER] + refiner_names, value=start_refiner, label="Refiner",
+                                                 elem_id="refiner")
+                refiner_switch_at = gr.Slider(0.01, 1.0, value=defaults.refiner_switch_at, step=0.01,
+                                              label="Switch at (fraction of steps on the base)")
+        with gr.Column(scale=1):
+            progress = gr.HTML("", elem_id="progress")
+            preview = gr.Image(label="Preview", visible=False, format="png", interactive=False, height=160)
+            gallery = gr.Gallery(label="Results", format="png", columns=2, height=420, elem_id="gallery",
+                                 interactive=False)
+            info = gr.Textbox(label="Generation parameters", lines=4, interactive=False, elem_id="infotext",
+                              buttons=["copy"])
+            to_form = gr.Button("↙ Use these parameters")
+            with gr.Accordion("Paste parameters (A1111 infotext)", open=False):
+                pasted = gr.Textbox(label="Infotext", lines=4, elem_id="paste-box")
+                apply_paste = gr.Button("Fill the form")
+            with gr.Accordion("PNG Info", open=False):
+                dropped = gr.Image(type="pil", label="Drop an image", sources=["upload", "clipboard"],
+                                   format="png", elem_id="png-info")
+                dropped_info = gr.Textbox(label="Parameters in the image", lines=4, interactive=False)
+                dropped_to_form = gr.Button("Send to the form")
+
+    form = Form(checkpoint, prompt, negative_prompt, sampler_name, scheduler, steps, width, height, cfg_scale,
+                seed, n_iter, batch_size, refiner_checkpoint, refiner_switch_at)
+    infotexts = gr.State([])
+    last_seed = gr.State(-1)
+
+    def run(request: gr.Request, *values):
+        try:
+            params = values_to_params(list(values))
+        except UserError as err:
+            raise gr.Error(str(err)) from None
+        job = Job(params)
+        session = request.session_hash if request else "local"
+        studio.jobs[session] = job
+        outcome = {}
+
+        def work():
+            try:
+                outcome["result"] = studio.engine.generate(params, job)
+            except UserError as err:
+                outcome["error"] = str(err)
+            except Exception as err:  # never a dead UI: say what broke
+                outcome["error"] = f"generation failed: {type(err).__name__}: {err}"
+
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(POLL_SECONDS)
+            shown = job.preview
+            yield {progress: progress_html(job, queued=job.started is None),
+                   preview: gr.update(value=shown, visible=shown is not None)}
+        studio.jobs.pop(session, None)
+        if "error" in outcome:
+            yield {progress: "", preview: gr.update(visible=False)}
+            raise gr.Error(outcome["error"])
+        result = outcome["result"]
+        note = " (interrupted)" if result.interrupted else ""
+        done = (f"<div class='hg-progress'>Done{note}: {len(result.images)} image(s) in "
+                f"{time.time() - job.started:.1f}s</div>")
+        yield {progress: done, preview: gr.update(visible=False),
+               gallery: [(img, f"seed {s}") for img, s in zip(result.images, result.seeds)],
+               info: result.infotexts[0] if result.infotexts else "", infotexts: result.infotexts,
+               last_seed: result.seeds[0] if result.seeds else -1}
+
+    generate.click(run, inputs=form.inputs(),
+                   outputs=[progress, preview, gallery, info, infotexts, last_seed],
+                   concurrency_limit=1, concurrency_id="gpu", api_name="txt2img")
+
+    def session_job(request: gr.Request | None) -> Job | None:
+        return studio.jobs.get(request.session_hash if request else "local")
+
+    def do_interrupt(request: gr.Request):
+        """Stop this browser session's job after the current step; other users' jobs go on."""
+        job = session_job(request)
+        if job is not None:
+            job.interrupt()
+
+    def do_skip(request: gr.Request):
+        job = session_job(request)
+        if job is not None:
+            job.skip()
+
+    interrupt.click(do_interrupt, None, None, queue=False, api_name="interrupt")
+    skip.click(do_skip, None, None, queue=False, api_name="skip")
+
+    def select(texts, evt: gr.SelectData):
+        return texts[evt.index] if 0 <= evt.index < len(texts) else ""
+
+    gallery.select(select, infotexts, info, api_name=False)
+
+    def fill(text):
+        if not text or not text.strip():
+            raise gr.Error("there are no parameters to use")
+        params = infotext.to_params(text, settings.generation_defaults(), loras=studio.loras)
+        updates = params_to_updates(params, form)
+        if params.checkpoint and params.checkpoint in studio.checkpoint_names("sdxl-base"):
+            updates[checkpoint] = params.checkpoint
+        if params.refiner_checkpoint not in refiner_dropdown_names():
+            updates[refiner_checkpoint] = NO_REFINER
+        updates[size] = _size_choice(params.width, params.height)
+        return updates
+
+    def refiner_dropdown_names():
+        return [NO_REFINER] + studio.checkpoint_names("sdxl-refiner")
+
+    form_outputs = form.inputs() + [size]
+    to_form.click(fill, info, form_outputs, api_name=False)
+    apply_paste.click(fill, pasted, form_outputs, api_name="paste_parameters")
+    dropped.change(lambda img: (infotext.read_image(img) or "(no parameters in this image)") if img else "",
+                   dropped, dropped_info, api_name="png_info")
+    dropped_to_form.click(fill, dropped_info, form_outputs, api_name=False)
+
+    def choose_preset(name, *values):
+        if not name:
+            return {}
+        try:
+            chosen = studio.presets.get(name, loras=studio.loras)
+            current = values_to_params(list(values))
+        except UserError as err:
+            raise gr.Error(str(err)) from None
+        params = chosen.apply(current)
+        updates = params_to_updates(params, form)
+        if params.refiner_checkpoint and params.refiner_checkpoint not in refiner_dropdown_names():
+            gr.Warning(f"preset refiner {params.refiner_checkpoint!r} is not in your checkpoint folder")
+            updates[refiner_checkpoint] = NO_REFINER
+        updates[size] = _size_choice(params.width, params.height)
+        return updates
+
+    preset.change(choose_preset, [preset] + form.inputs(), form_outputs, api_name=False)
+
+    def do_refresh(current):
+        bases = studio.checkpoint_names("sdxl-base")
+        names, _ = studio.presets.load()
+        return (gr.update(choices=bases, value=current if current in bases else studio.current_checkpoint()),
+                gr.update(choices=refiner_dropdown_names()), gr.update(choices=[""] + list(names)),
+                gr.update(visible=not bases))
+
+    refresh.click(do_refresh, checkpoint, [checkpoint, refiner_checkpoint, preset, no_model_box], api_name=False)
+
+    def change_checkpoint(name):
+        if not name or name == studio.current_checkpoint():
+            return gr.update()
+        try:
+            studio.engine.load_checkpoint(name)
+        except UserError as err:
+            gr.Warning(str(err))
+            return gr.update(value=studio.current_checkpoint())
+        gr.Info(f"Loaded {name}")
+        return gr.update()
+
+    checkpoint.input(change_checkpoint, checkpoint, checkpoint, concurrency_limit=1, concurrency_id="gpu",
+                     api_name=False)
+
+    prompt.change(lambda t: token_chunks(studio.count_tokens(t)), prompt, prompt_tokens, queue=False, api_name=False)
+    negative_prompt.change(lambda t: token_chunks(studio.count_tokens(t)), negative_prompt, negative_tokens,
+                           queue=False, api_name=False)
+    size.input(lambda s: _size_values(s), size, [width, height], queue=False, api_name=False)
+    swap.click(lambda w, h: (h, w, _size_choice(h, w)), [width, height], [width, height, size], queue=False,
+               api_name=False)
+    random_seed.click(lambda: -1, None, seed, queue=False, api_name=False)
+    reuse_seed.click(lambda s: s, last_seed, seed, queue=False, api_name=False)
+
+    if not studio.offline:
+        def fetch_sdxl(with_refiner, progress=gr.Progress()):
+            from ..downloads import SDXL_BASE, SDXL_REFINER
+
+            wanted = [SDXL_BASE] + ([SDXL_REFINER] if with_refiner else [])
+            for repo_id, filename in wanted:
+                def report(done, total, name=filename):
+                    progress((done, total) if total else None, desc=f"Downloading {name}", unit="bytes")
+                try:
+                    studio.download("checkpoint", repo_id, filename, progress=report)
+                except UserError as err:
+                    raise gr.Error(str(err)) from None
+            loaded = studio.load_startup_checkpoint()
+            return f"Downloaded and loaded {loaded}.", *do_refresh(loaded)
+
+        get_base.click(fetch_sdxl, get_refiner,
+                       [download_status, checkpoint, refiner_checkpoint, preset, no_model_box], api_name=False)
+
+    return form, {"prompt": prompt, "gallery": gallery, "info": info, "checkpoint": checkpoint, "preset": preset}
+
+
+def _size_choice(width: int, height: int) -> str:
+    text = f"{width}x{height}"
+    return text if text in SIZE_CHOICES else CUSTOM_SIZE
+
+
+def _size_values(choice: str):
+    if choice not in SIZE_CHOICES:
+        return gr.update(), gr.update()
+    width, height = (int(v) for v in choice.split("x"))
+    return width, height
+
+
+def no_checkpoint_text(studio: Studio) -> str:
+    folder = html.escape(str(studio.settings.folder("ckpt").resolve()))
+    text = (f"### No SDXL checkpoint yet\nPut an SDXL `.safetensors` file (for example "
+            f"`sd_xl_base_1.0.safetensors`) into `{folder}` and press ↻ Refresh.")
+    if not studio.offline:
+        text += " Or download Stability's SDXL base 1.0 here:"
+    return text

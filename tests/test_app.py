@@ -1,0 +1,125 @@
+"""The Gradio app end to end: launch flags, named endpoints through gradio_client, auth, settings file."""
+
+import json
+import subprocess
+import sys
+
+import httpx
+import pytest
+from gradio_client import Client
+
+import app
+from server import ROOT, Server
+
+FORM = dict(checkpoint="homegrown-demo-base", prompt="a cat", negative_prompt="", sampler="Euler a",
+            scheduler="Automatic", steps=3, width=64, height=64, cfg=7, seed=11, n_iter=1, batch=2,
+            refiner="None", switch=0.8)
+
+
+def test_flags_and_environment(monkeypatch):
+    args = app.parse_args(["--demo", "--port", "9000", "--listen"])
+    assert (args.demo, args.port, args.listen, args.share) == (True, 9000, True, False)
+    monkeypatch.setenv("HOMEGROWN_PORT", "8123")
+    monkeypatch.setenv("HOMEGROWN_SHARE", "true")
+    monkeypatch.setenv("HOMEGROWN_LORA_DIR", "/x/Lora")
+    args = app.parse_args([])
+    assert (args.port, args.share, args.lora_dir) == (8123, True, "/x/Lora")
+    with pytest.raises(SystemExit):
+        app.parse_args(["--port", "99999"])
+
+
+def test_exposed_without_credentials_gets_a_generated_password():
+    from sd_app.auth import credentials
+
+    local = credentials(None, None, exposed=False)
+    assert not local.enabled
+    exposed = credentials(None, None, exposed=True)
+    assert exposed.generated and exposed.enabled
+    (user, password), = exposed.users.items()
+    assert exposed.check(user, password) and not exposed.check(user, "guess") and len(password) >= 12
+    given = credentials("a:b,c:d", None, exposed=True)
+    assert not given.generated and given.check("c", "d")
+
+
+def test_txt2img_through_gradio_client(demo_server):
+    client = Client(demo_server.url, verbose=False)
+    out = client.predict(*FORM.values(), api_name="/txt2img")
+    progress, preview, gallery, info = out[:4]
+    assert "Done" in progress and len(gallery) == 2
+    assert "Seed: 11," in info and "Sampler: Euler a" in info
+    again = client.predict(*FORM.values(), api_name="/txt2img")
+    assert again[3] == info
+
+
+def test_bad_form_values_are_clear_errors(demo_server):
+    client = Client(demo_server.url, verbose=False)
+    with pytest.raises(Exception) as err:
+        client.predict(*{**FORM, "width": 100}.values(), api_name="/txt2img")
+    assert "width" in str(err.value) and "multiple of 8" in str(err.value)
+    with pytest.raises(Exception) as err:
+        client.predict(*{**FORM, "prompt": "x <lora:nope:1>"}.values(), api_name="/txt2img")
+    assert "no LoRA named 'nope'" in str(err.value)
+    assert demo_server.alive()
+
+
+def test_paste_parameters_endpoint(demo_server):
+    client = Client(demo_server.url, verbose=False)
+    text = "a fox\nNegative prompt: ugly\nSteps: 17, Sampler: DPM++ 2M Karras, CFG scale: 5.5, Seed: 99, Size: 832x1216"
+    values = client.predict(text, api_name="/paste_parameters")
+    joined = json.dumps(values)
+    for expected in ("a fox", "ugly", "17", "DPM++ 2M", "Karras", "5.5", "99", "832", "1216"):
+        assert expected in joined
+
+
+def test_ui_and_api_refuse_without_credentials(auth_server):
+    with pytest.raises(Exception):
+        Client(auth_server.url, verbose=False)
+    client = Client(auth_server.url, auth=("alice", "wonderland"), verbose=False)
+    out = client.predict(*FORM.values(), api_name="/txt2img")
+    assert "Seed: 11," in out[3]
+
+
+def test_only_outputs_can_be_served(demo_server):
+    secrets = [demo_server.outputs.parent / "settings.json", demo_server.outputs.parent / "hashes.json",
+               demo_server.outputs.parent / "demo" / "models" / "Stable-diffusion" / "homegrown-demo-base.safetensors",
+               ROOT / "app.py"]
+    with httpx.Client(base_url=demo_server.url, timeout=30) as c:
+        for path in secrets:
+            for route in (f"/gradio_api/file={path}", f"/file={path}"):
+                assert c.get(route).status_code in (403, 404), (route, path)
+
+
+def test_settings_saved_through_the_ui(demo_server):
+    client = Client(demo_server.url, verbose=False)
+    info = client.view_api(return_format="dict", print_info=False)
+    endpoint = info["named_endpoints"]["/save_settings"]
+    values = [p["parameter_default"] for p in endpoint["parameters"]]
+    names = [p["label"] for p in endpoint["parameters"]]
+    values[names.index("Steps")] = 21
+    message = client.predict(*values, api_name="/save_settings")
+    assert "applied" in message.lower()
+    saved = json.loads((demo_server.outputs.parent / "settings.json").read_text())
+    assert saved["steps"] == 21
+    values[names.index("Steps")] = 0
+    with pytest.raises(Exception) as err:
+        client.predict(*values, api_name="/save_settings")
+    assert "steps" in str(err.value)
+
+
+def test_app_starts_without_any_checkpoint_and_says_how(tmp_path):
+    server = Server(tmp_path / "empty", "--models-dir", str(tmp_path / "no-models"), "--offline").start()
+    try:
+        assert "No SDXL checkpoint" in server.log()
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            r = c.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 2, "width": 64, "height": 64})
+            assert r.status_code == 503 and "put SDXL" in r.json()["detail"]
+            assert "Stable-diffusion" in c.get("/config").text
+    finally:
+        server.stop()
+
+
+def test_unknown_preset_flag_is_a_clear_error(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "app.py"), "--preset", "Nope", "--data-dir", str(tmp_path),
+                             "--models-dir", str(tmp_path / "m"), "--offline"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "no preset 'Nope'" in result.stderr

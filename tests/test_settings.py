@@ -1,0 +1,83 @@
+import json
+
+import pytest
+
+from sd_app.errors import UserError
+from sd_app.settings import SETTINGS, SettingsStore
+
+from conftest import BASE, make_engine
+
+
+def test_defaults_without_a_file(tmp_path):
+    store = SettingsStore(tmp_path / "settings.json")
+    assert store.get("steps") == 30 and store.problems == []
+    assert store.folder("ckpt").as_posix() == "models/Stable-diffusion"
+    assert store.generation_defaults().check().steps == 30
+
+
+def test_every_default_passes_its_own_check():
+    store = SettingsStore(None)
+    store.update({s.name: s.default for s in SETTINGS})
+
+
+def test_saved_atomically_and_read_back(tmp_path):
+    path = tmp_path / "settings.json"
+    store = SettingsStore(path)
+    assert store.update({"steps": 25, "sampler_name": "Euler a", "lora_dir": "/x/Lora"}) == ["steps", "sampler_name",
+                                                                                          "lora_dir"]
+    assert json.loads(path.read_text())["steps"] == 25
+    assert not list(tmp_path.glob("*.tmp"))
+    again = SettingsStore(path)
+    assert again.get("sampler_name") == "Euler a" and str(again.folder("lora")) == "/x/Lora"
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"steps": 0}, "steps"), ({"steps": "many"}, "steps"), ({"sampler_name": "Nope"}, "sampler_name"),
+    ({"memory_mode": "huge"}, "memory_mode"), ({"save_images": "yes"}, "save_images"), ({"nope": 1}, "nope"),
+])
+def test_bad_values_are_refused_with_the_field(tmp_path, changes, field):
+    store = SettingsStore(tmp_path / "s.json")
+    with pytest.raises(UserError) as err:
+        store.update({"steps": 10, **changes})
+    assert err.value.field == field
+    assert store.get("steps") == 30  # nothing stored when any value is bad
+
+
+def test_broken_file_falls_back_and_is_kept(tmp_path):
+    path = tmp_path / "settings.json"
+    path.write_text("{ this is not json")
+    store = SettingsStore(path)
+    assert store.get("steps") == 30 and "could not be read" in store.problems[0]
+    assert path.read_text() == "{ this is not json"  # not deleted, not overwritten by reading
+    store.update({"steps": 12})
+    assert json.loads(path.read_text())["steps"] == 12
+    assert [p.read_text() for p in tmp_path.glob("settings.json.broken-*")] == ["{ this is not json"]
+
+
+def test_bad_values_in_the_file_are_reported_and_skipped(tmp_path):
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"steps": -5, "cfg_scale": 6, "whatever": 1}))
+    store = SettingsStore(path)
+    assert store.get("steps") == 30 and store.get("cfg_scale") == 6.0
+    assert any("steps" in p for p in store.problems) and any("whatever" in p for p in store.problems)
+
+
+def test_overrides_from_flags_win_but_are_not_saved(tmp_path):
+    path = tmp_path / "s.json"
+    store = SettingsStore(path, overrides={"outputs_dir": "/tmp/o"})
+    assert store.get("outputs_dir") == "/tmp/o"
+    store.update({"steps": 9})
+    assert json.loads(path.read_text())["outputs_dir"] == "outputs"
+
+
+def test_engine_configure_applies_live_or_reloads(ckpt_dir, tmp_path, small):
+    import dataclasses
+
+    engine = make_engine(ckpt_dir, tmp_path, save_images=False)
+    engine.load_checkpoint(BASE)
+    pipe = engine.base.pipe
+    message = engine.configure(dataclasses.replace(engine.options, prompt_syntax="compel"))
+    assert engine.base.pipe is pipe and engine.encoder.syntax == "compel" and "applied" in message
+    message = engine.configure(dataclasses.replace(engine.options, vae_tiling=True))
+    assert engine.base.pipe is not pipe and "reloaded" in message
+    assert len(engine.generate(small).images) == 1
