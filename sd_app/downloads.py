@@ -40,7 +40,8 @@ def download(repo_id: str, filename: str, folder: str | Path, revision: str | No
              overwrite: bool = False, progress: Progress | None = None) -> Path:
     """Fetch one file into `folder` (keeping only its base name) and return its path."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
+    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
     from tqdm.auto import tqdm
 
     repo_id, filename, revision = repo_id.strip(), filename.strip(), (revision or "").strip() or None
@@ -65,9 +66,17 @@ def download(repo_id: str, filename: str, folder: str | Path, revision: str | No
     with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as tmp:
         try:
             got = hf_hub_download(repo_id, filename, revision=revision, local_dir=tmp, tqdm_class=Reporter)
+        except LocalEntryNotFoundError:  # what huggingface_hub raises when it cannot connect at all
+            raise UserError("could not reach Hugging Face: the download failed. Is this machine online?",
+                            status=502) from None
+        except GatedRepoError:
+            raise UserError(f"{repo_id} is gated: accept its terms on huggingface.co and log in with "
+                            "`hf auth login` (or set HF_TOKEN)", field="repo_id", status=403) from None
         except RepositoryNotFoundError:
             raise UserError(f"no repository {repo_id!r} on Hugging Face (or it is private)", field="repo_id",
                             status=404) from None
+        except RevisionNotFoundError:
+            raise UserError(f"{repo_id} has no revision {revision!r}", field="revision", status=404) from None
         except EntryNotFoundError:
             raise UserError(f"{repo_id} has no file {filename!r}", field="filename", status=404) from None
         except HfHubHTTPError as exc:

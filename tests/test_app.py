@@ -123,3 +123,31 @@ def test_unknown_preset_flag_is_a_clear_error(tmp_path):
                              "--models-dir", str(tmp_path / "m"), "--offline"],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "no preset 'Nope'" in result.stderr
+
+
+def test_one_users_interrupt_never_stops_another_users_job(demo_server):
+    alice = Client(demo_server.url, verbose=False)
+    bob = Client(demo_server.url, verbose=False)
+    long_form = {**FORM, "steps": 40, "width": 128, "height": 128, "batch": 1}
+    job = alice.submit(*long_form.values(), api_name="/txt2img")
+    wait_until_sampling(demo_server)
+    bob.predict(api_name="/interrupt")  # Bob has nothing running: nothing of Alice's may stop
+    progress, _, gallery, info = job.result(timeout=120)[:4]
+    assert "interrupted" not in progress and "Steps: 40," in info
+    job = alice.submit(*long_form.values(), api_name="/txt2img")
+    wait_until_sampling(demo_server)
+    alice.predict(api_name="/interrupt")
+    progress = job.result(timeout=120)[0]
+    assert "interrupted" in progress
+
+
+def wait_until_sampling(server, timeout=60):
+    import time
+
+    deadline = time.time() + timeout
+    with httpx.Client(base_url=server.url, timeout=10) as c:
+        while time.time() < deadline:
+            if c.get("/sdapi/v1/progress").json()["state"]["sampling_step"] >= 1:
+                return
+            time.sleep(0.05)
+    raise AssertionError("the job did not start sampling")
