@@ -8,6 +8,11 @@ which the tests use to check that a round trip gives back every weight.
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+from typing import Callable, Iterable
+
 import torch
 
 UNET_PREFIX = "model.diffusion_model."
@@ -189,3 +194,38 @@ def openclip_to_ldm(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[st
     # OpenCLIP checkpoints carry the contrastive temperature; SDXL files keep it.
     out[prefix + "logit_scale"] = torch.tensor(4.6052)
     return out
+
+
+SAFETENSORS_DTYPES = {torch.float16: "F16", torch.float32: "F32", torch.bfloat16: "BF16", torch.int64: "I64"}
+
+
+def write_safetensors(path: str | Path, specs: Iterable[tuple[str, tuple[int, ...], torch.dtype]],
+                      tensor_for: Callable[[str], torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
+    """Write a .safetensors file one tensor at a time, header keys sorted, atomically.
+
+    `specs` names every tensor with its shape and dtype; `tensor_for(name)` makes it when its turn comes,
+    so a 7 GB checkpoint is written without holding it in memory. Sorted keys make the file's bytes (and
+    sha256) depend only on its contents: the safetensors library writes them in hash-map order.
+    """
+    path = Path(path)
+    specs = sorted(specs)
+    header: dict = {"__metadata__": dict(sorted((metadata or {}).items()))}
+    offset = 0
+    for name, shape, dtype in specs:
+        size = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+        header[name] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the format aligns the data to 8 bytes
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        for name, shape, dtype in specs:
+            tensor = tensor_for(name)
+            if tuple(tensor.shape) != tuple(shape) or tensor.dtype != dtype:
+                raise ValueError(f"{name}: made {tuple(tensor.shape)} {tensor.dtype}, header says {shape} {dtype}")
+            f.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    os.chmod(tmp, 0o644)
+    tmp.replace(path)
+    return path

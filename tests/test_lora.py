@@ -232,3 +232,20 @@ def test_concurrent_jobs_never_see_each_others_loras(lora_engine, small):
     assert not errors and len(results) == 12
     for p, got in results.values():
         assert np.array_equal(got, solo[p]), p
+
+
+def test_fused_and_unfused_agree_and_both_restore_exactly(lora_engine, small):
+    before = lora_engine.generate(small)
+    prompt = small.replace(prompt="cat <lora:demo-style:0.9> <lora:chars/hero:0.5>")
+    fused = lora_engine.generate(prompt)
+    assert lora_engine.base.loras.fused
+    assert np.array_equal(pixels(lora_engine.generate(small)), pixels(before))  # unfused back, exactly
+    lora_engine.base.loras.fuse_budget = 0  # no memory for the originals: the set runs unfused
+    try:
+        unfused = lora_engine.generate(prompt)
+        assert not lora_engine.base.loras.fused
+    finally:
+        lora_engine.base.loras.fuse_budget = None
+    assert np.abs(pixels(fused) - pixels(unfused)).max() <= 2
+    assert np.array_equal(pixels(lora_engine.generate(small)), pixels(before))
+    assert np.array_equal(pixels(lora_engine.generate(prompt)), pixels(fused))

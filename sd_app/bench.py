@@ -1,0 +1,523 @@
+"""Benchmarks: what a generation costs here, side by side with plain diffusers, in one run.
+
+    python -m sd_app.bench                       # every case that fits this machine
+    python -m sd_app.bench --cases overhead,lora-demo --runs 5 --json bench.json
+
+Cases (each figure: the median of --runs after a warm-up, with min-max, on the machine named at the top):
+  overhead    the Homegrown engine vs a plain diffusers StableDiffusionXLPipeline call (demo model)
+  load        loading a full-size SDXL base single file (random weights, ~6.9 GB fp16, made once and cached):
+              seconds and peak RSS vs reading the file from the page cache; then base + refiner
+  lora-demo   LoRA switching and per-step cost on the demo model
+  lora        the same on the full-size SDXL UNet with a rank-32 LoRA (~200 MB)
+  coldstart   `python app.py --demo` to the first image returned by the API
+  gpu         SDXL 1024x1024, 30 steps, base and base+refiner vs plain diffusers (only with a CUDA GPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+import torch
+
+from . import ldm_format
+from .loading import CONFIGS_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
+ALL_CASES = ("overhead", "load", "lora-demo", "lora", "coldstart", "gpu")
+
+
+# ---- measuring ---------------------------------------------------------------------------------
+
+
+def measure(fn, runs: int, warmup: int = 1) -> dict:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return {"median": statistics.median(times), "min": min(times), "max": max(times), "runs": runs}
+
+
+def fmt(stat: dict, unit: str = "s") -> str:
+    scale = 1000 if unit == "ms" else 1
+    return f"{stat['median'] * scale:.3g} {unit} ({stat['min'] * scale:.3g}-{stat['max'] * scale:.3g})"
+
+
+def machine() -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "threads": torch.get_num_threads()}
+    try:
+        import diffusers
+
+        info["diffusers"] = diffusers.__version__
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+class Report:
+    def __init__(self):
+        self.rows: list[tuple[str, str, str]] = []
+        self.data: dict = {"machine": machine(), "cases": {}}
+
+    def add(self, case: str, what: str, value: str, raw=None) -> None:
+        self.rows.append((case, what, value))
+        self.data["cases"].setdefault(case, {})[what] = raw if raw is not None else value
+        print(f"  {case:10s} {what:46s} {value}", flush=True)
+
+    def table(self) -> str:
+        lines = ["| case | measure | value |", "| --- | --- | --- |"]
+        lines += [f"| {c} | {w} | {v} |" for c, w, v in self.rows]
+        return "\n".join(lines)
+
+
+# ---- full-size model files (random weights, real layout) ---------------------------------------
+
+
+def _specs(kind: str) -> tuple[list[tuple[str, tuple, torch.dtype]], dict[str, str]]:
+    """Every tensor name and shape of a released SDXL base or refiner file, from the shipped configs."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    folder = CONFIGS_DIR / ("sdxl-base" if kind == "base" else "sdxl-refiner")
+    read = lambda part: json.loads((folder / part / "config.json").read_text())  # noqa: E731
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(read("unet"))
+        vae = AutoencoderKL.from_config(read("vae"))
+        te2 = CLIPTextModelWithProjection(CLIPTextConfig(**read("text_encoder_2")))
+        te1 = CLIPTextModel(CLIPTextConfig(**read("text_encoder"))) if kind == "base" else None
+    state = {}
+    state.update(ldm_format.unet_to_ldm(unet.state_dict(), dict(unet.config)))
+    state.update(ldm_format.vae_to_ldm(vae.state_dict(), dict(vae.config)))
+    if te1 is not None:
+        state.update(ldm_format.clip_l_to_ldm(te1.state_dict()))
+        state.update(ldm_format.openclip_to_ldm(te2.state_dict(), ldm_format.BASE_CLIP_G_PREFIX))
+    else:
+        state.update(ldm_format.openclip_to_ldm(te2.state_dict(), ldm_format.REFINER_CLIP_G_PREFIX))
+    specs = [(name, tuple(t.shape), torch.float16) for name, t in state.items()
+             if t.is_floating_point() and not name.endswith("position_ids")]
+    arch = "stable-diffusion-xl-v1-base" if kind == "base" else "stable-diffusion-xl-v1-refiner"
+    return specs, {"modelspec.architecture": arch, "homegrown.note": "benchmark file, random weights"}
+
+
+def _random_tensor(name: str, shape: tuple, dtype=torch.float16) -> torch.Tensor:
+    """Weights that keep activations in range (1/sqrt(fan_in)); norms 1, biases 0: a forward pass is stable."""
+    generator = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+    if len(shape) >= 2:
+        fan_in = max(1, torch.Size(shape[1:]).numel())
+        return (torch.randn(shape, generator=generator) / fan_in**0.5).to(dtype)
+    if name.endswith(("norm.weight", "norm1.weight", "norm2.weight", "norm3.weight", "ln_1.weight", "ln_2.weight",
+                      "ln_final.weight", "norm_out.weight", "layer_norm1.weight", "layer_norm2.weight",
+                      "final_layer_norm.weight", "in_layers.0.weight", "out_layers.0.weight", "out.0.weight")):
+        return torch.ones(shape, dtype=dtype)
+    if name.endswith("logit_scale"):
+        return torch.full(shape, 4.6052, dtype=dtype)
+    return torch.zeros(shape, dtype=dtype)
+
+
+def full_size_file(kind: str, folder: Path) -> Path:
+    path = folder / f"bench-sdxl-{kind}.safetensors"
+    if not path.exists():
+        print(f"  writing a full-size SDXL {kind} file (random weights) to {path} ...", flush=True)
+        specs, meta = _specs(kind)
+        shapes = {name: shape for name, shape, _ in specs}
+        ldm_format.write_safetensors(path, specs, lambda name: _random_tensor(name, shapes[name]), meta)
+    return path
+
+
+def full_size_lora(pipe, path: Path, rank: int = 32) -> Path:
+    """A kohya-format SDXL LoRA over every attention and feed-forward layer of the UNet."""
+    if path.exists():
+        return path
+    unet = pipe.unet
+    names = ldm_format.unet_to_ldm({k: v for k, v in unet.state_dict().items()}, dict(unet.config))
+    to_ldm = dict(zip(unet.state_dict().keys(), names.keys()))
+    wanted = ("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight", "ff.net.0.proj.weight",
+              "ff.net.2.weight", "proj_in.weight", "proj_out.weight")
+    specs, sources = [], {}
+    for key, weight in unet.state_dict().items():
+        if key.endswith(wanted) and weight.ndim == 2:
+            module = to_ldm[key].removeprefix(ldm_format.UNET_PREFIX).removesuffix(".weight").replace(".", "_")
+            out_features, in_features = weight.shape
+            base = f"lora_unet_{module}"
+            specs += [(f"{base}.lora_down.weight", (rank, in_features), torch.float16),
+                      (f"{base}.lora_up.weight", (out_features, rank), torch.float16),
+                      (f"{base}.alpha", (), torch.float16)]
+            sources[base] = True
+
+    def make(name: str) -> torch.Tensor:
+        shape = next(s for n, s, _ in specs if n == name)
+        if name.endswith("alpha"):
+            return torch.tensor(float(rank), dtype=torch.float16)
+        generator = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+        return (torch.randn(shape, generator=generator) * 0.01).to(torch.float16)
+
+    ldm_format.write_safetensors(path, specs, make, {"ss_base_model_version": "sdxl_base_v1-0",
+                                                     "ss_network_dim": str(rank)})
+    return path
+
+
+# ---- cases -------------------------------------------------------------------------------------
+
+
+def case_overhead(report: Report, work: Path, runs: int) -> None:
+    from .demo import write_demo
+    from .engine import Engine, EngineOptions
+    from .lora import LoraLibrary
+    from .models import CheckpointLibrary, HashCache
+    from .params import GenerationParams
+    from . import samplers
+
+    paths = write_demo(work / "demo")
+    hashes = HashCache(work / "hashes.json")
+    engine = Engine(CheckpointLibrary(paths["base"].parent, hashes),
+                    EngineOptions(outputs_dir=work / "outputs", preview_every=0),
+                    loras=LoraLibrary(paths["demo-style"].parent, hashes))
+    engine.load_checkpoint("homegrown-demo-base")
+    params = GenerationParams(prompt="a photo of a cat, highly detailed", negative_prompt="blurry", steps=20,
+                              width=512, height=512, sampler_name="Euler", seed=1)
+    pipe = engine.base.pipe
+    sampler, schedule = samplers.resolve("Euler", "Automatic")
+    timings = []
+
+    def ours():
+        timings.append(engine.generate(params).timings)
+
+    def plain():
+        pipe.scheduler = samplers.make_scheduler(engine.base.scheduler_config, sampler, schedule)
+        latents = torch.randn((1, 4, 64, 64), generator=torch.Generator().manual_seed(1))
+        pipe(prompt=params.prompt, negative_prompt=params.negative_prompt, num_inference_steps=params.steps,
+             guidance_scale=params.cfg_scale, width=512, height=512, latents=latents, output_type="pil")
+
+    a = measure(plain, runs)
+    b = measure(ours, runs)
+    report.add("overhead", "plain diffusers, demo 512x512, 20 steps", fmt(a), a)
+    report.add("overhead", "Homegrown engine, same request (saves PNG)", fmt(b), b)
+    report.add("overhead", "ratio Homegrown / diffusers", f"{b['median'] / a['median']:.3f}x",
+               b["median"] / a["median"])
+    last = timings[-runs:]
+    for phase in ("encode", "lora", "denoise", "decode", "save"):
+        value = statistics.median(t.get(phase, 0.0) for t in last)
+        report.add("overhead", f"  Homegrown phase: {phase}", f"{value * 1000:.1f} ms", value)
+    small = params.replace(prompt="a cat <lora:demo-style:0.8>")
+    engine.generate(small)
+    c = measure(lambda: engine.generate(small), runs)
+    report.add("overhead", "Homegrown engine with one LoRA", fmt(c), c)
+
+
+def _load_in_child(code: str) -> dict:
+    """Run a loading snippet in a fresh process and return what it prints as JSON (peak RSS included)."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+LOAD_SNIPPET = """
+import json, time, torch
+
+def peak_rss():
+    # VmHWM: this process's own high-water mark (ru_maxrss can carry the parent's over fork/exec)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+
+from pathlib import Path
+from sd_app.loading import load_base, load_refiner
+from sd_app.models import Checkpoint
+import psutil, os
+baseline = psutil.Process(os.getpid()).memory_info().rss  # Python, torch, diffusers, transformers imported
+start = time.perf_counter()
+base = load_base(Checkpoint("base", Path({base!r})), torch.float16)
+seconds = time.perf_counter() - start
+rss_lazy = peak_rss()
+# safetensors maps the file: weights become resident when first used. Touch them all, as a first
+# generation (or the copy to the GPU) does, so that the peak counts every byte.
+start = time.perf_counter()
+with torch.no_grad():
+    for part in (base.unet, base.vae, base.text_encoder, base.text_encoder_2):
+        for p in part.parameters():
+            p.view(-1)[::512].sum()
+            p.abs().max()
+touch = time.perf_counter() - start
+rss_base = peak_rss()
+out = {{"seconds": seconds, "peak_rss": rss_base, "peak_rss_lazy": rss_lazy, "touch_seconds": touch,
+        "baseline_rss": baseline}}
+if {refiner!r}:
+    start = time.perf_counter()
+    refiner = load_refiner(Checkpoint("refiner", Path({refiner!r})), torch.float16, base=base)
+    out["refiner_seconds"] = time.perf_counter() - start
+    with torch.no_grad():
+        for p in refiner.unet.parameters():
+            p.abs().max()
+    out["rss_both"] = psutil.Process(os.getpid()).memory_info().rss
+    out["peak_rss_both"] = peak_rss()
+    params = lambda m: sum(p.numel() * p.element_size() for p in m.parameters())
+    out["bytes_base"] = sum(params(m) for m in (base.unet, base.vae, base.text_encoder, base.text_encoder_2))
+    out["bytes_refiner_own"] = params(refiner.unet)
+print(json.dumps(out))
+"""
+
+
+def _read_file(path: Path) -> None:
+    with open(path, "rb", buffering=0) as f:
+        while f.read(64 * 1024 * 1024):
+            pass
+
+
+def case_load(report: Report, work: Path, runs: int) -> None:
+    base = full_size_file("base", work)
+    refiner = full_size_file("refiner", work)
+    size = base.stat().st_size
+    read = measure(lambda: _read_file(base), runs)
+    report.add("load", f"read {size / 1e9:.2f} GB base file from page cache", fmt(read), read)
+    results = [_load_in_child(LOAD_SNIPPET.format(base=str(base), refiner="")) for _ in range(max(1, runs))]
+    seconds = statistics.median(r["seconds"] for r in results)
+    peak = statistics.median(r["peak_rss"] for r in results)
+    report.add("load", "load SDXL base single file (fp16)", f"{seconds:.2f} s", seconds)
+    report.add("load", "load time / page-cache read time", f"{seconds / read['median']:.2f}x",
+               seconds / read["median"])
+    lazy = statistics.median(r["peak_rss_lazy"] for r in results)
+    touch = statistics.median(r["touch_seconds"] for r in results)
+    report.add("load", "peak RSS right after loading (weights still mapped)", f"{lazy / 1e9:.2f} GB", lazy)
+    report.add("load", "then touching every weight once", f"{touch:.2f} s", touch)
+    report.add("load", "peak RSS with every weight resident", f"{peak / 1e9:.2f} GB", peak)
+    report.add("load", "peak RSS / file size", f"{peak / size:.2f}x", peak / size)
+    baseline = statistics.median(r["baseline_rss"] for r in results)
+    report.add("load", "  of which Python + libraries before loading", f"{baseline / 1e9:.2f} GB", baseline)
+    report.add("load", "(peak RSS - libraries) / file size", f"{(peak - baseline) / size:.2f}x",
+               (peak - baseline) / size)
+    both = _load_in_child(LOAD_SNIPPET.format(base=str(base), refiner=str(refiner)))
+    separate = size + refiner.stat().st_size
+    report.add("load", "load refiner next to base (shares TE2 + VAE)", f"{both['refiner_seconds']:.2f} s",
+               both["refiner_seconds"])
+    report.add("load", "RSS with base + refiner loaded, all weights resident", f"{both['rss_both'] / 1e9:.2f} GB",
+               both["rss_both"])
+    report.add("load", "the two files' sizes added", f"{separate / 1e9:.2f} GB", separate)
+    report.add("load", "weights held: base + refiner's own UNet",
+               f"{(both['bytes_base'] + both['bytes_refiner_own']) / 1e9:.2f} GB",
+               both["bytes_base"] + both["bytes_refiner_own"])
+
+
+def _lora_case(report: Report, case: str, pipe, loras: list[Path], runs: int, latent: int) -> None:
+    from .lora import ActiveLora, LoraSet, WeightCache, describe
+
+    infos = [describe(p, p.stem) for p in loras]
+    cache = WeightCache()
+    unet = pipe.unet
+    dtype = next(unet.parameters()).dtype
+    sample = torch.randn(1, 4, latent, latent, dtype=dtype)
+    hidden = torch.randn(1, 77, unet.config.cross_attention_dim, dtype=dtype)
+    time_ids = torch.tensor([[latent * 8, latent * 8, 0, 0, latent * 8, latent * 8]], dtype=dtype)
+    pooled_dim = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+    added = {"text_embeds": torch.randn(1, pooled_dim, dtype=dtype), "time_ids": time_ids}
+
+    @torch.no_grad()
+    def step():
+        unet(sample, torch.tensor(500), hidden, added_cond_kwargs=added)
+
+    start = time.perf_counter()
+    cache.get(infos[0].path)
+    report.add(case, f"first read of a {infos[0].path.stat().st_size / 1e6:.0f} MB LoRA (page cache)",
+               f"{time.perf_counter() - start:.2f} s")
+    sets = [[infos[0]], infos[:3], [infos[1]], []]
+    for mode, fuse in (("unfused", False), ("fused", True)):
+        lora_set = LoraSet(pipe, cache, fuse=fuse)
+        start = time.perf_counter()
+        lora_set.apply([ActiveLora(infos[0], 1.0)])
+        first = time.perf_counter() - start
+        report.add(case, f"[{mode}] first load into the UNet (from memory)", f"{first:.2f} s", first)
+        for info in infos[1:]:
+            lora_set.apply([ActiveLora(info, 1.0)])
+        switch = measure(lambda: [lora_set.apply([ActiveLora(i, 0.7) for i in s]) for s in sets], runs)
+        per = {k: v / len(sets) for k, v in switch.items() if k != "runs"}
+        report.add(case, f"[{mode}] switch between loaded LoRA sets", fmt(per, "ms"), per)
+        steps = {}
+        for label, active in (("no LoRA", []), ("1 LoRA", infos[:1]), ("3 LoRAs", infos[:3])):
+            lora_set.apply([ActiveLora(i, 0.8) for i in active])
+            steps[label] = measure(step, runs)
+            report.add(case, f"[{mode}] UNet step, {latent * 8}px, {label}", fmt(steps[label]), steps[label])
+        for label in ("1 LoRA", "3 LoRAs"):
+            ratio = steps[label]["median"] / steps["no LoRA"]["median"]
+            report.add(case, f"[{mode}] step cost {label} / no LoRA", f"{ratio:.3f}x", ratio)
+        lora_set.max_loaded = 1
+        evicted = measure(lambda: [lora_set.apply([ActiveLora(i, 1.0)]) for i in infos[:2]], max(1, runs // 2))
+        per = {k: v / 2 for k, v in evicted.items() if k != "runs"}
+        report.add(case, f"[{mode}] switch to a cached LoRA no longer in the UNet", fmt(per), per)
+        lora_set.apply([])
+        for name in list(lora_set._loaded.values()):
+            lora_set._remove(name)
+
+
+def case_lora_demo(report: Report, work: Path, runs: int) -> None:
+    from .demo import LORA_FILES, write_demo
+    from .loading import load_base
+    from .models import Checkpoint
+
+    paths = write_demo(work / "demo")
+    pipe = load_base(Checkpoint("demo", paths["base"]), torch.float32)
+    loras = [paths[name] for name in LORA_FILES]
+    third = work / "demo" / "models" / "Lora" / "demo-third.safetensors"
+    if not third.exists():
+        third.write_bytes(paths["demo-style"].read_bytes())
+    _lora_case(report, "lora-demo", pipe, loras + [third], max(runs, 5), latent=64)
+
+
+def case_lora(report: Report, work: Path, runs: int) -> None:
+    from .loading import load_base
+    from .models import Checkpoint
+
+    base = full_size_file("base", work)
+    pipe = load_base(Checkpoint("bench", base), torch.float32)
+    loras = []
+    for i in range(3):
+        path = work / f"bench-lora-{i}.safetensors"
+        if i == 0:
+            full_size_lora(pipe, path)
+        elif not path.exists():
+            path.write_bytes(loras[0].read_bytes())
+        loras.append(path)
+    _lora_case(report, "lora", pipe, loras, runs, latent=32)
+    del pipe
+    gc.collect()
+
+
+def case_coldstart(report: Report, work: Path, runs: int) -> None:
+    import httpx
+
+    from .demo import write_demo
+
+    for label, fresh in (("first start (writes demo models)", True), ("later start", False)):
+        data = Path(tempfile.mkdtemp(dir=work, prefix="cold-"))
+        if not fresh:
+            write_demo(data / "demo")
+        port = _free_port()
+        start = time.perf_counter()
+        server = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--demo", "--port", str(port),
+                                   "--data-dir", str(data), "--outputs-dir", str(data / "outputs")],
+                                  cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            while True:
+                try:
+                    if httpx.get(url + "/sdapi/v1/samplers", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.05)
+                if server.poll() is not None or time.perf_counter() - start > 180:
+                    raise RuntimeError("the app did not start")
+            ready = time.perf_counter() - start
+            r = httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "cold start", "steps": 12, "width": 256,
+                                                             "height": 256}, timeout=120)
+            r.raise_for_status()
+            first = time.perf_counter() - start
+        finally:
+            server.terminate()
+            server.wait(30)
+        report.add("coldstart", f"{label}: launch to page ready", f"{ready:.1f} s", ready)
+        report.add("coldstart", f"{label}: launch to first API image", f"{first:.1f} s", first)
+
+
+def case_gpu(report: Report, work: Path, runs: int) -> None:
+    if not torch.cuda.is_available():
+        report.add("gpu", "skipped", "no CUDA GPU on this machine")
+        return
+    from .engine import Engine, EngineOptions
+    from .models import CheckpointLibrary, HashCache
+    from .params import GenerationParams
+    from . import samplers
+
+    folder = work / "ckpt"
+    folder.mkdir(exist_ok=True)
+    for kind in ("base", "refiner"):
+        target = folder / f"bench-sdxl-{kind}.safetensors"
+        if not target.exists():
+            os.link(full_size_file(kind, work), target)
+    engine = Engine(CheckpointLibrary(folder, HashCache(work / "hashes.json")),
+                    EngineOptions(outputs_dir=work / "outputs", save_images=False, preview_every=0,
+                                  memory_mode="none"))
+    engine.load_checkpoint("bench-sdxl-base")
+    params = GenerationParams(prompt="a photo of a cat", steps=30, width=1024, height=1024, seed=1,
+                              sampler_name="Euler")
+    pipe = engine.base.pipe
+    sampler, schedule = samplers.resolve("Euler", "Automatic")
+
+    def plain():
+        pipe.scheduler = samplers.make_scheduler(engine.base.scheduler_config, sampler, schedule)
+        latents = torch.randn((1, 4, 128, 128), generator=torch.Generator().manual_seed(1)).to("cuda", torch.float16)
+        pipe(prompt=params.prompt, num_inference_steps=30, guidance_scale=7.0, latents=latents, output_type="pil")
+        torch.cuda.synchronize()
+
+    def ours(p):
+        engine.generate(p)
+        torch.cuda.synchronize()
+
+    for label, fn in (("plain diffusers", plain), ("Homegrown", lambda: ours(params)),
+                      ("Homegrown base+refiner", lambda: ours(params.replace(refiner_checkpoint="bench-sdxl-refiner")))):
+        torch.cuda.reset_peak_memory_stats()
+        stat = measure(fn, runs)
+        report.add("gpu", f"{label}: 1024x1024, 30 steps", fmt(stat), stat)
+        report.add("gpu", f"{label}: it/s", f"{30 / stat['median']:.2f}", 30 / stat["median"])
+        report.add("gpu", f"{label}: peak VRAM", f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+CASES = {"overhead": case_overhead, "load": case_load, "lora-demo": case_lora_demo, "lora": case_lora,
+         "coldstart": case_coldstart, "gpu": case_gpu}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sd_app.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", default=",".join(ALL_CASES), help=f"comma-separated, from: {', '.join(ALL_CASES)}")
+    parser.add_argument("--runs", type=int, default=3, help="measured runs per figure (after one warm-up)")
+    parser.add_argument("--work-dir", default="data/bench", help="where the big benchmark files are cached")
+    parser.add_argument("--json", default="bench-results.json", help="write the figures here")
+    args = parser.parse_args(argv)
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        parser.error(f"unknown case {unknown[0]!r}; choose from {', '.join(ALL_CASES)}")
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    report = Report()
+    print("machine:", json.dumps(report.data["machine"]))
+    for case in cases:
+        print(f"[{case}]", flush=True)
+        started = time.perf_counter()
+        CASES[case](report, work, max(1, args.runs))
+        report.data["cases"].setdefault(case, {})["_seconds"] = time.perf_counter() - started
+        gc.collect()
+    print()
+    print(report.table())
+    Path(args.json).write_text(json.dumps(report.data, indent=2, default=str))
+    print(f"\nwritten to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
