@@ -295,9 +295,11 @@ def _txt2img(studio: Studio, request: Txt2ImgRequest) -> dict:
     if unknown:
         raise UserError(f"override_settings.{unknown[0]} is not supported; supported: {', '.join(OPTION_KEYS)}",
                         field="override_settings")
-    for key in ("sd_vae", "CLIP_stop_at_last_layers"):
-        if key in overrides:
-            _check_option(key, overrides[key])
+    if "CLIP_stop_at_last_layers" in overrides:
+        _check_option("CLIP_stop_at_last_layers", overrides["CLIP_stop_at_last_layers"])
+    if "sd_vae" in overrides and _vae_name(overrides["sd_vae"]) != _vae_name(studio.settings.get("vae")):
+        raise UserError("a per-request VAE is not supported: set it with POST /sdapi/v1/options "
+                        f"{{\"sd_vae\": ...}} (now: {studio.settings.get('vae')!r})", field="sd_vae")
     fmt = _format(overrides.get("samples_format", studio.settings.get("output_format")))
     set_fields = request.model_fields_set
     params = base.replace(
@@ -334,7 +336,9 @@ def _txt2img(studio: Studio, request: Txt2ImgRequest) -> dict:
         "cfg_scale": params.cfg_scale, "steps": params.steps, "batch_size": params.batch_size,
         "restore_faces": False, "face_restoration_model": None,
         "sd_model_name": loaded.checkpoint.short_name if loaded else None,
-        "sd_model_hash": loaded.short_hash if loaded else None, "sd_vae_name": None, "sd_vae_hash": None,
+        "sd_model_hash": loaded.short_hash if loaded else None,
+        "sd_vae_name": studio.engine.vae_title.rsplit(" [", 1)[0] if studio.engine.vae_title else None,
+        "sd_vae_hash": studio.engine.vae_title.rsplit("[", 1)[1].rstrip("]") if studio.engine.vae_title else None,
         "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": request.denoising_strength,
         "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": result.infotexts,
         "styles": request.styles or [], "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(started)),
@@ -365,15 +369,20 @@ def _options(studio: Studio) -> dict:
         title = f"{loaded.checkpoint.name}{suffix}" + (f" [{loaded.short_hash}]" if loaded.short_hash else "")
     fmt = studio.settings.get("output_format")
     return {"sd_model_checkpoint": title, "sd_checkpoint_hash": loaded.short_hash if loaded else None,
-            "sd_vae": "Automatic", "CLIP_stop_at_last_layers": 1,
+            "sd_vae": studio.settings.get("vae"), "CLIP_stop_at_last_layers": 1,
             "samples_format": "jpg" if fmt == "jpeg" else fmt, "outdir_samples": studio.settings.get("outputs_dir"),
             "samples_save": studio.settings.get("save_images")}
 
 
+def _vae_name(value: Any) -> str:
+    if value in (None, "", "None", "Automatic"):
+        return "Automatic"
+    if not isinstance(value, str):
+        raise UserError("must be a VAE name", field="sd_vae")
+    return value.removesuffix(".safetensors")
+
+
 def _check_option(key: str, value: Any) -> None:
-    if key == "sd_vae" and value not in ("Automatic", "None", None, ""):
-        raise UserError("choosing a separate VAE is not supported yet; use 'Automatic' (the checkpoint's own VAE)",
-                        field="sd_vae")
     if key == "CLIP_stop_at_last_layers" and value not in (1, 2):
         raise UserError("must be 1 or 2 (SDXL always uses the penultimate layer, as A1111 does)",
                         field="CLIP_stop_at_last_layers")
@@ -390,6 +399,8 @@ def _apply_option(studio: Studio, key: str, value: Any) -> None:
         studio.engine.load_checkpoint(_checkpoint_name(value) or "")
     elif key == "samples_format":
         studio.apply_settings({"output_format": _format(value)})
+    elif key == "sd_vae":
+        studio.apply_settings({"vae": _vae_name(value)})
     else:
         _check_option(key, value)
 

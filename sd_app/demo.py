@@ -6,6 +6,7 @@ writes, in A1111's folder layout:
     DIR/models/Stable-diffusion/homegrown-demo-base.safetensors      (single-file SDXL base layout)
     DIR/models/Stable-diffusion/homegrown-demo-refiner.safetensors   (single-file SDXL refiner layout)
     DIR/models/Lora/demo-style.safetensors, demo-detail.safetensors  (kohya-style SDXL LoRAs)
+    DIR/models/VAE/homegrown-demo-vae.safetensors                    (a standalone VAE, sdxl_vae layout)
 
 The key names, nesting and 8x VAE downscale are those of the released SDXL files; only widths and
 depths shrink (see sd_app/configs/tiny-sdxl-*). The weights are random: the images are noise.
@@ -24,6 +25,7 @@ from .loading import CONFIGS_DIR
 
 BASE_FILE = "homegrown-demo-base.safetensors"
 REFINER_FILE = "homegrown-demo-refiner.safetensors"
+VAE_FILE = "homegrown-demo-vae.safetensors"
 LORA_FILES = {
     # name: (seed, rank, alpha, trigger tags)
     "demo-style": (11, 4, 2.0, {"demostyle": 40, "painting": 12, "bold colors": 7}),
@@ -49,6 +51,7 @@ def _tiny_components(seed: int = 0) -> dict[str, torch.nn.Module]:
             CLIPTextConfig(**_read_config("tiny-sdxl-base", "text_encoder_2"))
         ),
         "refiner_unet": UNet2DConditionModel.from_config(_read_config("tiny-sdxl-refiner", "unet")),
+        "other_vae": AutoencoderKL.from_config(_read_config("tiny-sdxl-base", "vae")),  # a separate VAE file
     }
     return parts
 
@@ -74,6 +77,12 @@ def refiner_state_dict(parts: dict[str, torch.nn.Module]) -> dict[str, torch.Ten
     # As in the released refiner: the same OpenCLIP encoder and VAE as the base.
     state.update(ldm_format.openclip_to_ldm(parts["text_encoder_2"].state_dict(), ldm_format.REFINER_CLIP_G_PREFIX))
     return _half(state)
+
+
+def vae_state_dict(parts: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """A standalone VAE file, keyed like sdxl_vae.safetensors (the LDM names without a prefix)."""
+    state = ldm_format.vae_to_ldm(parts["other_vae"].state_dict(), dict(parts["other_vae"].config))
+    return _half({k.removeprefix(ldm_format.VAE_PREFIX): v for k, v in state.items()})
 
 
 def _kohya_name(prefix: str, module_key: str) -> str:
@@ -113,12 +122,14 @@ def write_demo(root: str | Path, overwrite: bool = False) -> dict[str, Path]:
     root = Path(root)
     ckpt_dir = root / "models" / "Stable-diffusion"
     lora_dir = root / "models" / "Lora"
-    paths = {"base": ckpt_dir / BASE_FILE, "refiner": ckpt_dir / REFINER_FILE}
+    vae_dir = root / "models" / "VAE"
+    paths = {"base": ckpt_dir / BASE_FILE, "refiner": ckpt_dir / REFINER_FILE, "vae": vae_dir / VAE_FILE}
     paths.update({name: lora_dir / f"{name}.safetensors" for name in LORA_FILES})
     if not overwrite and all(p.exists() for p in paths.values()):
         return paths
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     lora_dir.mkdir(parents=True, exist_ok=True)
+    vae_dir.mkdir(parents=True, exist_ok=True)
     parts = _tiny_components()
     meta = {"modelspec.sai_model_spec": "1.0.0", "homegrown.note": "random weights: images are noise"}
     _atomic_save(base_state_dict(parts), paths["base"], {
@@ -127,6 +138,8 @@ def write_demo(root: str | Path, overwrite: bool = False) -> dict[str, Path]:
     _atomic_save(refiner_state_dict(parts), paths["refiner"], {
         **meta, "modelspec.architecture": "stable-diffusion-xl-v1-refiner",
         "modelspec.title": "Homegrown demo SDXL refiner", "homegrown.config": "tiny-sdxl-refiner"})
+    _atomic_save(vae_state_dict(parts), paths["vae"], {"homegrown.config": "tiny-sdxl-base",
+                                                        "homegrown.note": "random weights"})
     for name, (seed, rank, alpha, tags) in LORA_FILES.items():
         _atomic_save(kohya_lora_state_dict(parts, seed, rank, alpha), paths[name], {
             "ss_base_model_version": "sdxl_base_v1-0", "ss_output_name": name, "ss_network_module": "networks.lora",

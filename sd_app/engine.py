@@ -20,9 +20,9 @@ from PIL import Image
 from . import __version__, infotext, samplers
 from .encoding import PromptEncoder
 from .errors import UserError
-from .loading import load_base, load_refiner, check_kind
+from .loading import CheckpointWeights, check_kind, load_base, load_refiner, load_vae
 from .lora import ActiveLora, LoraLibrary, LoraSet, WeightCache, resolve_tags
-from .models import Checkpoint, CheckpointLibrary
+from .models import AUTOMATIC_VAE, Checkpoint, CheckpointLibrary, VaeLibrary
 from .params import GenerationParams
 from .preview import latent_preview
 from .prompts import extract_lora_tags
@@ -45,9 +45,10 @@ class EngineOptions:
     output_format: str = "png"  # png | jpeg | webp
     filename_pattern: str = "[seed]"  # after the file's number; see infotext.file_name
     embed_metadata: bool = True
+    vae: str = "Automatic"  # Automatic: the checkpoint's own VAE; else a file in the VAE folder
 
     # Changing these means loading the checkpoint again.
-    RELOAD_FIELDS = ("device", "dtype", "memory_mode", "vae_tiling")
+    RELOAD_FIELDS = ("device", "dtype", "memory_mode", "vae_tiling", "vae")
 
 
 class Job:
@@ -122,9 +123,11 @@ class LoadedModel:
 
 class Engine:
     def __init__(self, checkpoints: CheckpointLibrary, options: EngineOptions | None = None,
-                 loras: LoraLibrary | None = None):
+                 loras: LoraLibrary | None = None, vaes: VaeLibrary | None = None):
         self.checkpoints = checkpoints
         self.loras = loras
+        self.vaes = vaes
+        self.vae_title: str | None = None  # "name [hash10]" of a chosen VAE file, for the infotext
         self.lora_weights = WeightCache()  # survives checkpoint switches: no disk read for recent LoRAs
         self.options = options or EngineOptions()
         self.device = _pick_device(self.options.device)
@@ -165,10 +168,25 @@ class Engine:
 
     def _install_base(self, checkpoint: Checkpoint, pipe, short_hash: str) -> LoadedModel:
         scheduler_config = dict(pipe.scheduler.config)
+        self._choose_vae(pipe)
         self._place(pipe)
-        self.base = LoadedModel(checkpoint, pipe, short_hash, scheduler_config, LoraSet(pipe, self.lora_weights))
+        originals = CheckpointWeights(checkpoint, pipe.unet.config)
+        self.base = LoadedModel(checkpoint, pipe, short_hash, scheduler_config,
+                                LoraSet(pipe, self.lora_weights, originals=originals))
         self.encoder = PromptEncoder(pipe, self.options.prompt_syntax)
         return self.base
+
+    def _choose_vae(self, pipe) -> None:
+        """Put the VAE file chosen in the options into the pipeline (before it is placed on the device)."""
+        name = self.options.vae
+        self.vae_title = None
+        if name in AUTOMATIC_VAE:
+            return
+        if self.vaes is None:
+            raise UserError("no VAE folder is configured", field="sd_vae")
+        path = self.vaes.get(name)
+        pipe.vae = load_vae(path, self.dtype)
+        self.vae_title = f"{path.stem} [{self.vaes.hashes.sha256(path)[:10]}]"
 
     def _ensure_refiner(self, name: str) -> LoadedModel:
         checkpoint = self.checkpoints.get(name)
@@ -313,14 +331,19 @@ class Engine:
                                    infotext.file_name(self.options.filename_pattern, values), fmt)
 
     def configure(self, options: EngineOptions) -> str:
-        """Apply new options; reload the checkpoint if device, precision or memory mode changed.
+        """Apply new options; reload the checkpoint if device, precision, memory mode or VAE changed.
 
-        Returns a sentence for the user saying what happened."""
+        If the reload fails, the previous options and checkpoint come back. Returns a sentence for the user."""
         with self._lock:
             reload = any(getattr(options, f) != getattr(self.options, f) for f in EngineOptions.RELOAD_FIELDS)
             device = _pick_device(options.device)
             dtype = _pick_dtype(options.dtype, device)
+            if options.vae not in AUTOMATIC_VAE:
+                if self.vaes is None:
+                    raise UserError("no VAE folder is configured", field="sd_vae")
+                self.vaes.get(options.vae)
             syntax_changed = options.prompt_syntax != self.options.prompt_syntax
+            previous = (self.options, self.device, self.dtype)
             self.options = options
             if not reload:
                 if syntax_changed and self.base is not None:
@@ -331,8 +354,13 @@ class Engine:
                 return "Settings applied; they take effect when a checkpoint loads."
             name = self.base.checkpoint.name
             self._unload_all()
-            self._ensure_base(name)
-            return f"Settings applied; {name} was reloaded for the new device, precision or memory mode."
+            try:
+                self._ensure_base(name)
+            except UserError:
+                self.options, self.device, self.dtype = previous
+                self._ensure_base(name)
+                raise
+            return f"Settings applied; {name} was reloaded for the new device, precision, memory mode or VAE."
 
     def _denoise(self, params, base, refiner, batch, refiner_batch, sampler, schedule, seeds, job):
         generators, noise = [], []
@@ -395,6 +423,8 @@ class Engine:
             "Size": f"{params.width}x{params.height}",
             "Model hash": base.short_hash or None,
             "Model": base.checkpoint.short_name,
+            "VAE hash": self.vae_title.rsplit("[", 1)[1].rstrip("]") if self.vae_title else None,
+            "VAE": self.vae_title.rsplit(" [", 1)[0] if self.vae_title else None,
             "Refiner": refiner.title if refiner else None,
             "Refiner switch at": params.refiner_switch_at if refiner else None,
             "Lora hashes": lora_hashes,

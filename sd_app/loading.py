@@ -89,6 +89,66 @@ def load_refiner(checkpoint: Checkpoint, dtype: torch.dtype, base=None):
             text_encoder=None, tokenizer=None, **shared))
 
 
+def load_vae(path: Path, dtype: torch.dtype):
+    """A standalone SDXL VAE file (e.g. sdxl_vae.safetensors or an fp16-fix VAE), offline."""
+    from diffusers import AutoencoderKL
+
+    header = read_header(path)
+    kind = kind_of(header.tensors)
+    if kind != "vae":
+        raise UserError(f"{path.name} is {KIND_LABELS[kind]}, not a VAE", field="sd_vae")
+    config = config_folder("sdxl-base", header.metadata)
+    vae = _guard(Checkpoint(path.stem, path), lambda: AutoencoderKL.from_single_file(
+        str(path), config=str(config), subfolder="vae", local_files_only=True, torch_dtype=dtype))
+    # A chosen VAE decodes in the model's precision first (fp16-fix VAEs are made for it); a NaN result is
+    # still redone in fp32 by the engine.
+    vae.register_to_config(force_upcast=False)
+    return vae
+
+
+class CheckpointWeights:
+    """The UNet's original weights, read back from its checkpoint file on demand.
+
+    Undoing a fused LoRA must give back the exact original bits; the file has them, so no copy needs
+    to be kept in RAM. Names are diffusers' (`down_blocks.1...to_q.weight`).
+    """
+
+    def __init__(self, checkpoint: Checkpoint, unet_config: dict):
+        from . import ldm_format
+
+        if checkpoint.is_folder:
+            self.path = checkpoint.path / "unet" / "diffusion_pytorch_model.safetensors"
+            self.names = None  # diffusers names already
+        else:
+            self.path = checkpoint.path
+            names = [n for n in read_header(self.path).tensors if n.startswith(ldm_format.UNET_PREFIX)]
+            self.names = _diffusers_unet_names(names, dict(unet_config))
+
+    def available(self) -> bool:
+        return self.path.is_file() and (self.names is None or bool(self.names))
+
+    def read(self, names: list[str]) -> dict[str, torch.Tensor]:
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), framework="pt") as f:
+            return {name: f.get_tensor(self.names[name] if self.names is not None else name) for name in names}
+
+
+def _diffusers_unet_names(ldm_names: list[str], config: dict) -> dict[str, str]:
+    """diffusers UNet parameter name -> its name in the single file, from the same mapping the demo writer uses."""
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    from . import ldm_format
+
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(config)
+    names = {name: None for name in unet.state_dict()}
+    mapping = dict(zip(names, ldm_format.unet_to_ldm(names, config)))
+    present = set(ldm_names)
+    return {ours: theirs for ours, theirs in mapping.items() if theirs in present}
+
+
 def _guard(checkpoint: Checkpoint, load):
     """Turn the many ways a damaged or mismatched file fails inside diffusers into one readable error."""
     try:
@@ -110,7 +170,3 @@ class _quiet(warnings.catch_warnings):
         super().__enter__()
         warnings.simplefilter("ignore")
         return self
-
-
-def header_kind(path: Path) -> str:
-    return kind_of(read_header(path).tensors)

@@ -302,16 +302,17 @@ class LoraSet:
     the base model's exact pixels back. Up to `max_loaded` adapters stay loaded; older ones are deleted.
 
     The active set is also fused into the UNet's weights, so that sampling costs what it costs without
-    LoRAs (unfused, three rank-32 LoRAs add ~25% per step on the full SDXL UNet). The original weights
-    of the fused layers are kept in CPU memory and copied back on the next change: exact, unlike
-    subtracting the LoRA again. Fusing depends on the request alone (never on which job ran before),
-    so the same request always gives the same pixels. If the originals do not fit `fuse_budget`, the
-    set runs unfused: slower, equally exact.
+    LoRAs (unfused, three rank-32 LoRAs add ~20% per step on the full SDXL UNet). Undoing the fusion
+    copies the original weights back (exact, unlike subtracting the LoRA again): from a RAM copy when it
+    fits `fuse_budget`, else from the checkpoint file (`originals`). With neither, the set runs unfused:
+    slower, equally exact. Fusing depends on the request alone (never on which job ran before), so the
+    same request always gives the same pixels.
     """
 
     def __init__(self, pipe, weights: WeightCache, max_loaded: int = 8, fuse: bool = True,
-                 fuse_budget: int | None = None):
+                 fuse_budget: int | None = None, originals=None):
         self.pipe = pipe
+        self.originals = originals  # loading.CheckpointWeights, or None
         self.weights = weights
         self.max_loaded = max_loaded
         self.fuse = fuse
@@ -319,7 +320,8 @@ class LoraSet:
         self._loaded: OrderedDict[tuple[Path, float], str] = OrderedDict()  # file -> adapter name
         self._counter = 0
         self._fused_key: tuple | None = None
-        self._originals: dict[torch.nn.Module, torch.Tensor] = {}
+        self._originals: dict[torch.nn.Module, torch.Tensor] = {}  # layer -> RAM copy of its weight
+        self._from_file: dict[torch.nn.Module, str] = {}  # layer -> weight name in the checkpoint file
 
     @property
     def fused(self) -> bool:
@@ -341,22 +343,36 @@ class LoraSet:
         if self.fuse:
             self._fuse(key, names)
 
-    def _lora_layers(self):
+    def _fuse(self, key: tuple, names: list[str]) -> None:
         from peft.tuners.tuners_utils import BaseTunerLayer
 
-        return [m for m in self.pipe.unet.modules() if isinstance(m, BaseTunerLayer)]
-
-    def _fuse(self, key: tuple, names: list[str]) -> None:
-        layers = [m for m in self._lora_layers() if any(n in getattr(m, "lora_A", {}) for n in names)]
-        needed = sum(m.get_base_layer().weight.numel() * m.get_base_layer().weight.element_size() for m in layers)
-        if needed > self._budget():
-            return  # not enough memory to keep the originals: stay unfused, still exact
-        for layer in layers:
-            weight = layer.get_base_layer().weight
-            self._originals[layer] = weight.detach().to("cpu", copy=True)
-        for layer in layers:
+        layers = {name.replace(".base_layer", "") + ".weight": m for name, m in self.pipe.unet.named_modules()
+                  if isinstance(m, BaseTunerLayer) and any(n in getattr(m, "lora_A", {}) for n in names)}
+        needed = sum(m.get_base_layer().weight.numel() * m.get_base_layer().weight.element_size()
+                     for m in layers.values())
+        if needed <= self._budget():
+            self._originals = {m: m.get_base_layer().weight.detach().to("cpu", copy=True) for m in layers.values()}
+        elif self._file_holds(layers):
+            self._from_file = {m: name for name, m in layers.items()}
+        else:
+            return  # nowhere to keep the originals: stay unfused, still exact
+        for layer in layers.values():
             layer.merge(adapter_names=[n for n in names if n in layer.lora_A])
         self._fused_key = key
+
+    def _file_holds(self, layers: dict) -> bool:
+        """True if the checkpoint file gives back these weights bit for bit (checked on two of them)."""
+        if self.originals is None or not layers or not self.originals.available():
+            return False
+        names = list(layers)
+        if not all(n in (self.originals.names or {n: n}) for n in names) and self.originals.names is not None:
+            return False
+        probe = [names[0], names[-1]]
+        for name, tensor in self.originals.read(probe).items():
+            live = layers[name].get_base_layer().weight
+            if not torch.equal(tensor.to(live.device, live.dtype), live.detach()):
+                return False
+        return True
 
     def _unfuse(self) -> None:
         if self._fused_key is None:
@@ -365,7 +381,17 @@ class LoraSet:
             for layer, original in self._originals.items():
                 layer.get_base_layer().weight.copy_(original)  # the exact original bits
                 layer.merged_adapters.clear()
+            if self._from_file:
+                by_name = {name: layer for layer, name in self._from_file.items()}
+                names = list(by_name)
+                for start in range(0, len(names), 64):  # a slice at a time: bounded extra memory
+                    for name, tensor in self.originals.read(names[start:start + 64]).items():
+                        layer = by_name[name]
+                        weight = layer.get_base_layer().weight
+                        weight.copy_(tensor.to(weight.device, weight.dtype))
+                        layer.merged_adapters.clear()
         self._originals.clear()
+        self._from_file.clear()
         self._fused_key = None
 
     def _budget(self) -> int:

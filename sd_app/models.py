@@ -227,3 +227,29 @@ class CheckpointLibrary:
         if checkpoint.is_folder:
             return ""
         return self.hashes.sha256(checkpoint.path)[:10]
+
+
+AUTOMATIC_VAE = ("Automatic", "None", "", None)  # the checkpoint's own VAE, as in A1111
+
+
+class VaeLibrary:
+    """VAE files under one folder (A1111's models/VAE)."""
+
+    def __init__(self, folder: str | Path, hashes: HashCache):
+        self.folder = Path(folder)
+        self.hashes = hashes
+
+    def list(self) -> list[str]:
+        if not self.folder.is_dir():
+            return []
+        return [p.relative_to(self.folder).with_suffix("").as_posix()
+                for p in sorted(self.folder.rglob("*.safetensors")) if p.is_file()]
+
+    def get(self, name: str) -> Path:
+        wanted = (name or "").strip().removesuffix(".safetensors")
+        if wanted.startswith("/") or ".." in wanted.split("/"):
+            raise UserError("must be a VAE file inside the VAE folder", field="sd_vae")
+        if wanted in self.list():
+            return self.folder / (wanted + ".safetensors")
+        names = ", ".join(["Automatic", *self.list()])
+        raise UserError(f"no VAE {name!r}; available: {names}", field="sd_vae", status=404)

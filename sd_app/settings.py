@@ -58,6 +58,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("memory_mode", "auto", "Memory mode", "Device and memory",
             choices=("auto", "none", "model-offload", "sequential-offload"), applies="reload",
             help="auto picks by free VRAM; offloading keeps weights in RAM and moves them to the GPU when needed"),
+    Setting("vae", "Automatic", "VAE", "Device and memory", applies="reload",
+            help="Automatic: the checkpoint's own. Or a file from the VAE folder, e.g. an fp16-fix SDXL VAE"),
     Setting("vae_tiling", False, "VAE tiling (large images with less VRAM)", "Device and memory", applies="reload"),
     Setting("preview_every", 3, "Live preview every N steps (0: off)", "Previews", limits=(0, 50)),
     Setting("save_images", True, "Save every image to the outputs folder", "Saving"),

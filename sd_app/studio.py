@@ -16,7 +16,7 @@ from .engine import Engine, EngineOptions, Job
 from .errors import UserError
 from .loading import load_tokenizers
 from .lora import LoraLibrary
-from .models import CheckpointLibrary, HashCache
+from .models import AUTOMATIC_VAE, CheckpointLibrary, HashCache, VaeLibrary
 from .presets import PresetLibrary
 from .settings import SettingsStore
 
@@ -40,7 +40,8 @@ class Studio:
                credentials: Credentials | None = None, offline: bool = False, demo: bool = False) -> "Studio":
         hashes = HashCache(Path(data_dir) / "hashes.json")
         loras = LoraLibrary(settings.folder("lora"), hashes)
-        engine = Engine(CheckpointLibrary(settings.folder("ckpt"), hashes), engine_options(settings), loras=loras)
+        engine = Engine(CheckpointLibrary(settings.folder("ckpt"), hashes), engine_options(settings), loras=loras,
+                        vaes=VaeLibrary(settings.folder("vae"), hashes))
         return cls(settings, engine, loras, presets, credentials or Credentials(), offline, demo)
 
     # ---- checkpoints ------------------------------------------------------------------------
@@ -73,7 +74,14 @@ class Studio:
 
     # ---- settings ---------------------------------------------------------------------------
 
+    def vae_names(self) -> list[str]:
+        return ["Automatic", *self.engine.vaes.list()]
+
     def apply_settings(self, changes: dict) -> str:
+        vae = changes.get("vae")
+        if vae not in AUTOMATIC_VAE:
+            self.engine.vaes.get(vae)  # an unknown VAE is refused before anything is saved
+        before = self.settings.all()
         changed = self.settings.update(changes)
         if not changed:
             return "Nothing changed."
@@ -82,7 +90,12 @@ class Studio:
             self.engine.checkpoints = CheckpointLibrary(self.settings.folder("ckpt"), hashes)
             self.loras = LoraLibrary(self.settings.folder("lora"), hashes)
             self.engine.loras = self.loras
-        return self.engine.configure(engine_options(self.settings))
+            self.engine.vaes = VaeLibrary(self.settings.folder("vae"), hashes)
+        try:
+            return self.engine.configure(engine_options(self.settings))
+        except UserError:
+            self.settings.update({name: before[name] for name in changed})  # keep the file matching what runs
+            raise
 
     # ---- prompts ------------------------------------------------------------------------------
 
@@ -108,4 +121,5 @@ def engine_options(settings: SettingsStore) -> EngineOptions:
         vae_tiling=settings.get("vae_tiling"), prompt_syntax=settings.get("prompt_syntax"),
         preview_every=settings.get("preview_every"), save_images=settings.get("save_images"),
         outputs_dir=Path(settings.get("outputs_dir")), output_format=settings.get("output_format"),
-        filename_pattern=settings.get("filename_pattern"), embed_metadata=settings.get("embed_metadata"))
+        filename_pattern=settings.get("filename_pattern"), embed_metadata=settings.get("embed_metadata"),
+        vae=settings.get("vae"))

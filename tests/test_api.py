@@ -116,7 +116,7 @@ def test_listing_endpoints(client):
     samplers = client.get(f"{API}/samplers").json()
     assert {"DPM++ 2M", "Euler a", "UniPC"} <= {s["name"] for s in samplers}
     assert {"automatic", "karras"} <= {s["name"] for s in client.get(f"{API}/schedulers").json()}
-    assert client.get(f"{API}/sd-vae").json() == []
+    assert [v["model_name"] for v in client.get(f"{API}/sd-vae").json()] == ["homegrown-demo-vae.safetensors"]
     assert client.get(f"{API}/scripts").json() == {"txt2img": [], "img2img": []}
     assert "ram" in client.get(f"{API}/memory").json()
     assert client.get(f"{API}/cmd-flags").json()["demo"] is True
@@ -136,6 +136,25 @@ def test_options(client):
     r = client.post(f"{API}/options", json={"sd_model_checkpoint": "nope"})
     assert r.status_code == 404 and "homegrown-demo-base" in r.json()["detail"]
     assert client.post(f"{API}/options", json={"show_progressbar": True}).status_code == 422
+
+
+def test_vae_option(client):
+    payload = {"prompt": "vae", "steps": 2, "width": 64, "height": 64, "seed": 4}
+    plain = client.post(f"{API}/txt2img", json=payload).json()
+    assert client.post(f"{API}/options", json={"sd_vae": "homegrown-demo-vae.safetensors"}).status_code == 200
+    try:
+        assert client.get(f"{API}/options").json()["sd_vae"] == "homegrown-demo-vae"
+        other = client.post(f"{API}/txt2img", json=payload).json()
+        info = json.loads(other["info"])
+        assert info["sd_vae_name"] == "homegrown-demo-vae" and "VAE: homegrown-demo-vae" in info["infotexts"][0]
+        assert other["images"] != plain["images"]
+        r = client.post(f"{API}/txt2img", json={**payload, "override_settings": {"sd_vae": "Automatic"}})
+        assert r.status_code == 422 and r.json()["field"] == "sd_vae"
+    finally:
+        assert client.post(f"{API}/options", json={"sd_vae": "Automatic"}).status_code == 200
+    assert client.post(f"{API}/txt2img", json=payload).json()["images"] == plain["images"]
+    r = client.post(f"{API}/options", json={"sd_vae": "missing-vae"})
+    assert r.status_code == 404 and "homegrown-demo-vae" in r.json()["detail"]
 
 
 def test_png_info_round_trip(client):

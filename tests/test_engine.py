@@ -272,3 +272,32 @@ def test_memory_mode_and_dtype_choices(ckpt_dir, tmp_path):
 def test_engine_module_has_no_ui_or_http_imports():
     source = open(engine_module.__file__).read()
     assert "gradio" not in source and "fastapi" not in source
+
+
+def test_a_chosen_vae_file_replaces_the_checkpoints_own(ckpt_dir, tmp_path, small):
+    import dataclasses
+
+    from sd_app.models import HashCache, VaeLibrary
+
+    engine = make_engine(ckpt_dir, tmp_path, save_images=False)
+    engine.vaes = VaeLibrary(ckpt_dir.parent / "VAE", HashCache(None))
+    engine.load_checkpoint(BASE)
+    own = engine.generate(small)
+    engine.configure(dataclasses.replace(engine.options, vae="homegrown-demo-vae"))
+    chosen = engine.generate(small)
+    assert np.abs(pixels(own) - pixels(chosen)).mean() > 1
+    assert "VAE: homegrown-demo-vae" in chosen.infotexts[0] and "VAE hash: " in chosen.infotexts[0]
+    with pytest.raises(UserError) as err:
+        engine.configure(dataclasses.replace(engine.options, vae="nope"))
+    assert err.value.field == "sd_vae" and "homegrown-demo-vae" in err.value.message
+    assert np.array_equal(pixels(engine.generate(small)), pixels(chosen))  # still the chosen VAE, working
+    engine.configure(dataclasses.replace(engine.options, vae="Automatic"))
+    assert np.array_equal(pixels(engine.generate(small)), pixels(own))
+
+
+def test_a_checkpoint_is_not_a_vae(ckpt_dir, tmp_path):
+    from sd_app.loading import load_vae
+
+    with pytest.raises(UserError) as err:
+        load_vae(ckpt_dir / "homegrown-demo-base.safetensors", torch.float32)
+    assert "SDXL base checkpoint" in err.value.message

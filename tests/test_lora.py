@@ -240,12 +240,29 @@ def test_fused_and_unfused_agree_and_both_restore_exactly(lora_engine, small):
     fused = lora_engine.generate(prompt)
     assert lora_engine.base.loras.fused
     assert np.array_equal(pixels(lora_engine.generate(small)), pixels(before))  # unfused back, exactly
-    lora_engine.base.loras.fuse_budget = 0  # no memory for the originals: the set runs unfused
+    loras = lora_engine.base.loras
+    loras.fuse_budget, loras.originals, originals = 0, None, loras.originals  # nowhere to keep originals
     try:
         unfused = lora_engine.generate(prompt)
-        assert not lora_engine.base.loras.fused
+        assert not loras.fused
     finally:
-        lora_engine.base.loras.fuse_budget = None
+        loras.fuse_budget, loras.originals = None, originals
     assert np.abs(pixels(fused) - pixels(unfused)).max() <= 2
     assert np.array_equal(pixels(lora_engine.generate(small)), pixels(before))
     assert np.array_equal(pixels(lora_engine.generate(prompt)), pixels(fused))
+
+
+def test_fusion_undone_from_the_checkpoint_file_when_ram_is_short(lora_engine, small):
+    before = lora_engine.generate(small)
+    prompt = small.replace(prompt="cat <lora:demo-style:0.7>")
+    in_ram = lora_engine.generate(prompt)
+    lora_engine.generate(small)
+    loras = lora_engine.base.loras
+    loras.fuse_budget = 0  # no room for a RAM copy: the originals come back from the .safetensors file
+    try:
+        from_file = lora_engine.generate(prompt)
+        assert loras.fused and loras._from_file and not loras._originals
+        assert np.array_equal(pixels(from_file), pixels(in_ram))
+        assert np.array_equal(pixels(lora_engine.generate(small)), pixels(before))
+    finally:
+        loras.fuse_budget = None

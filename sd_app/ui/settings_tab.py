@@ -9,8 +9,10 @@ from ..settings import SECTIONS, SETTINGS, Setting
 from ..studio import Studio
 
 
-def control(setting: Setting, value):
+def control(setting: Setting, value, studio: Studio):
     label = setting.label + (" ⟳" if setting.applies == "reload" else "")
+    if setting.name == "vae":  # its choices are the files in the VAE folder
+        return gr.Dropdown(studio.vae_names(), value=value, label=label, info=setting.help, allow_custom_value=True)
     if isinstance(setting.default, bool):
         return gr.Checkbox(value=value, label=label, info=setting.help or None)
     if setting.choices:
@@ -34,7 +36,7 @@ def build(studio: Studio) -> None:
     for section in SECTIONS:
         with gr.Accordion(section, open=section in ("Defaults", "Device and memory")):
             for setting in (s for s in SETTINGS if s.section == section):
-                controls.append(control(setting, store.get(setting.name)))
+                controls.append(control(setting, store.get(setting.name), studio))
     save = gr.Button("Save settings", variant="primary", elem_id="save-settings")
     status = gr.Markdown(elem_id="settings-status")
 
