@@ -317,7 +317,7 @@ def case_load(report: Report, work: Path, runs: int) -> None:
                both["bytes_base"] + both["bytes_refiner_own"])
 
 
-def _lora_case(report: Report, case: str, pipe, loras: list[Path], runs: int, latent: int) -> None:
+def _lora_case(report: Report, case: str, pipe, loras: list[Path], runs: int, latent: int, originals) -> None:
     from .lora import ActiveLora, LoraSet, WeightCache, describe
 
     infos = [describe(p, p.stem) for p in loras]
@@ -340,11 +340,14 @@ def _lora_case(report: Report, case: str, pipe, loras: list[Path], runs: int, la
                f"{time.perf_counter() - start:.2f} s")
     sets = [[infos[0]], infos[:3], [infos[1]], []]
     for mode, fuse in (("unfused", False), ("fused", True)):
-        lora_set = LoraSet(pipe, cache, fuse=fuse)
+        lora_set = LoraSet(pipe, cache, fuse=fuse, originals=originals)
         start = time.perf_counter()
         lora_set.apply([ActiveLora(infos[0], 1.0)])
         first = time.perf_counter() - start
         report.add(case, f"[{mode}] first load into the UNet (from memory)", f"{first:.2f} s", first)
+        if fuse:
+            where = "RAM copy" if lora_set._originals else "checkpoint file" if lora_set._from_file else "not fused"
+            report.add(case, "[fused] originals kept in", where if lora_set.fused else "not fused (no room)")
         for info in infos[1:]:
             lora_set.apply([ActiveLora(info, 1.0)])
         switch = measure(lambda: [lora_set.apply([ActiveLora(i, 0.7) for i in s]) for s in sets], runs)
@@ -369,7 +372,7 @@ def _lora_case(report: Report, case: str, pipe, loras: list[Path], runs: int, la
 
 def case_lora_demo(report: Report, work: Path, runs: int) -> None:
     from .demo import LORA_FILES, write_demo
-    from .loading import load_base
+    from .loading import CheckpointWeights, load_base
     from .models import Checkpoint
 
     paths = write_demo(work / "demo")
@@ -378,11 +381,12 @@ def case_lora_demo(report: Report, work: Path, runs: int) -> None:
     third = work / "demo" / "models" / "Lora" / "demo-third.safetensors"
     if not third.exists():
         third.write_bytes(paths["demo-style"].read_bytes())
-    _lora_case(report, "lora-demo", pipe, loras + [third], max(runs, 5), latent=64)
+    originals = CheckpointWeights(Checkpoint("demo", paths["base"]), pipe.unet.config)
+    _lora_case(report, "lora-demo", pipe, loras + [third], max(runs, 5), latent=64, originals=originals)
 
 
 def case_lora(report: Report, work: Path, runs: int) -> None:
-    from .loading import load_base
+    from .loading import CheckpointWeights, load_base
     from .models import Checkpoint
 
     base = full_size_file("base", work)
@@ -395,7 +399,8 @@ def case_lora(report: Report, work: Path, runs: int) -> None:
         elif not path.exists():
             path.write_bytes(loras[0].read_bytes())
         loras.append(path)
-    _lora_case(report, "lora", pipe, loras, runs, latent=32)
+    originals = CheckpointWeights(Checkpoint("bench", base), pipe.unet.config)
+    _lora_case(report, "lora", pipe, loras, runs, latent=32, originals=originals)
     del pipe
     gc.collect()
 
