@@ -151,3 +151,24 @@ def wait_until_sampling(server, timeout=60):
                 return
             time.sleep(0.05)
     raise AssertionError("the job did not start sampling")
+
+
+def test_listen_without_credentials_requires_the_printed_password(tmp_path, demo_root):
+    import re
+    import shutil
+
+    shutil.copytree(demo_root, tmp_path / "data" / "demo")
+    server = Server(tmp_path / "data", "--demo", "--listen").start()
+    try:
+        match = re.search(r"user '(\w+)' and password '([^']+)'", server.log())
+        assert match, server.log()
+        user, password = match.groups()
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            assert c.get("/sdapi/v1/samplers").status_code == 401
+            assert c.get("/sdapi/v1/samplers", auth=(user, password)).status_code == 200
+        with pytest.raises(Exception):
+            Client(server.url, verbose=False)
+        assert "Seed: 11," in Client(server.url, auth=(user, password), verbose=False).predict(
+            *FORM.values(), api_name="/txt2img")[3]
+    finally:
+        server.stop()
