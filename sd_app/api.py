@@ -301,18 +301,24 @@ def _txt2img(studio: Studio, request: Txt2ImgRequest) -> dict:
         raise UserError("a per-request VAE is not supported: set it with POST /sdapi/v1/options "
                         f"{{\"sd_vae\": ...}} (now: {studio.settings.get('vae')!r})", field="sd_vae")
     fmt = _format(overrides.get("samples_format", studio.settings.get("output_format")))
-    set_fields = request.model_fields_set
-    params = base.replace(
-        prompt=request.prompt if "prompt" in set_fields or not request.infotext else base.prompt,
-        negative_prompt=request.negative_prompt if "negative_prompt" in set_fields or not request.infotext
-        else base.negative_prompt,
-        steps=request.steps, cfg_scale=request.cfg_scale, width=request.width, height=request.height,
-        sampler_name=request.sampler_name or request.sampler_index, scheduler=request.scheduler or "Automatic",
-        seed=request.seed, batch_size=request.batch_size, n_iter=request.n_iter,
-        checkpoint=_checkpoint_name(overrides.get("sd_model_checkpoint")),
-        refiner_checkpoint=_checkpoint_name(request.refiner_checkpoint) if request.refiner_checkpoint not in (
-            None, "", "None") else None,
-        refiner_switch_at=request.refiner_switch_at if request.refiner_switch_at is not None else 0.8)
+    # With `infotext`, its values are the base and only the fields the client sent override them (A1111).
+    sent = request.model_fields_set if request.infotext else set(Txt2ImgRequest.model_fields)
+    fields = {
+        "prompt": request.prompt, "negative_prompt": request.negative_prompt, "steps": request.steps,
+        "cfg_scale": request.cfg_scale, "width": request.width, "height": request.height, "seed": request.seed,
+        "batch_size": request.batch_size, "n_iter": request.n_iter,
+        "sampler_name": request.sampler_name or request.sampler_index,
+        "scheduler": request.scheduler or "Automatic",
+        "refiner_checkpoint": _checkpoint_name(request.refiner_checkpoint)
+        if request.refiner_checkpoint not in (None, "", "None") else None,
+        "refiner_switch_at": request.refiner_switch_at if request.refiner_switch_at is not None else 0.8,
+    }
+    aliases = {"sampler_name": ("sampler_name", "sampler_index")}
+    changes = {name: value for name, value in fields.items()
+               if any(field in sent for field in aliases.get(name, (name,)))}
+    changes["checkpoint"] = _checkpoint_name(overrides.get("sd_model_checkpoint")) or (
+        base.checkpoint if request.infotext else None)
+    params = base.replace(**changes)
     for style in request.styles or []:
         params = studio.presets.get(style, loras=studio.loras).apply(params, prompts_only=True)
     previous = studio.current_checkpoint()

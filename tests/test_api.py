@@ -227,3 +227,14 @@ def test_api_auth(auth_server):
         r = c.post(f"{API}/txt2img", auth=("alice", "wonderland"),
                    json={"prompt": "x", "steps": 2, "width": 64, "height": 64})
         assert r.status_code == 200
+
+
+def test_infotext_field_fills_the_request_and_sent_fields_win(client):
+    text = "a fox <lora:demo-style:0.5>\nNegative prompt: ugly\nSteps: 3, Sampler: Euler a, CFG scale: 5, Seed: 77, " \
+           "Size: 64x64, Model: homegrown-demo-base"
+    r = client.post(f"{API}/txt2img", json={"infotext": text, "seed": 78})
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    assert info["prompt"] == "a fox <lora:demo-style:0.5>" and info["negative_prompt"] == "ugly"
+    assert (info["steps"], info["cfg_scale"], info["seed"], info["width"]) == (3, 5.0, 78, 64)
+    assert "Sampler: Euler a," in info["infotexts"][0]
