@@ -255,6 +255,9 @@ def build(studio: Studio) -> tuple[Form, dict]:
 
     gallery.select(select, infotexts, info, api_name=False)
 
+    def refiner_dropdown_names():
+        return [NO_REFINER] + studio.checkpoint_names("sdxl-refiner")
+
     def fill(text):
         if not text or not text.strip():
             raise gr.Error("there are no parameters to use")
@@ -266,9 +269,6 @@ def build(studio: Studio) -> tuple[Form, dict]:
             updates[refiner_checkpoint] = NO_REFINER
         updates[size] = _size_choice(params.width, params.height)
         return updates
-
-    def refiner_dropdown_names():
-        return [NO_REFINER] + studio.checkpoint_names("sdxl-refiner")
 
     form_outputs = form.inputs() + [size]
     to_form.click(fill, info, form_outputs, api_name=False)
