@@ -127,7 +127,7 @@ class Engine:
         self.checkpoints = checkpoints
         self.loras = loras
         self.vaes = vaes
-        self.vae_title: str | None = None  # "name [hash10]" of a chosen VAE file, for the infotext
+        self.vae_file: tuple[str, str] | None = None  # (name, hash10) of a chosen VAE file, for the infotext
         self.lora_weights = WeightCache()  # survives checkpoint switches: no disk read for recent LoRAs
         self.options = options or EngineOptions()
         self.device = _pick_device(self.options.device)
@@ -179,14 +179,14 @@ class Engine:
     def _choose_vae(self, pipe) -> None:
         """Put the VAE file chosen in the options into the pipeline (before it is placed on the device)."""
         name = self.options.vae
-        self.vae_title = None
+        self.vae_file = None
         if name in AUTOMATIC_VAE:
             return
         if self.vaes is None:
             raise UserError("no VAE folder is configured", field="sd_vae")
         path = self.vaes.get(name)
         pipe.vae = load_vae(path, self.dtype)
-        self.vae_title = f"{path.stem} [{self.vaes.hashes.sha256(path)[:10]}]"
+        self.vae_file = (path.stem, self.vaes.hashes.sha256(path)[:10])
 
     def _ensure_refiner(self, name: str) -> LoadedModel:
         checkpoint = self.checkpoints.get(name)
@@ -423,8 +423,8 @@ class Engine:
             "Size": f"{params.width}x{params.height}",
             "Model hash": base.short_hash or None,
             "Model": base.checkpoint.short_name,
-            "VAE hash": self.vae_title.rsplit("[", 1)[1].rstrip("]") if self.vae_title else None,
-            "VAE": self.vae_title.rsplit(" [", 1)[0] if self.vae_title else None,
+            "VAE hash": self.vae_file[1] if self.vae_file else None,
+            "VAE": self.vae_file[0] if self.vae_file else None,
             "Refiner": refiner.title if refiner else None,
             "Refiner switch at": params.refiner_switch_at if refiner else None,
             "Lora hashes": lora_hashes,

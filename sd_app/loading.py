@@ -7,6 +7,7 @@ the tiny demo models) together with CLIP's tokenizer files, and passes them in e
 
 from __future__ import annotations
 
+import functools
 import gc
 import warnings
 from pathlib import Path
@@ -110,28 +111,37 @@ class CheckpointWeights:
     """The UNet's original weights, read back from its checkpoint file on demand.
 
     Undoing a fused LoRA must give back the exact original bits; the file has them, so no copy needs
-    to be kept in RAM. Names are diffusers' (`down_blocks.1...to_q.weight`).
+    to be kept in RAM. Names are diffusers' (`down_blocks.1...to_q.weight`). The name mapping is worked
+    out on first use, so loading a checkpoint pays nothing for it.
     """
 
     def __init__(self, checkpoint: Checkpoint, unet_config: dict):
+        self.checkpoint = checkpoint
+        self.unet_config = dict(unet_config)
+        self.path = (checkpoint.path / "unet" / "diffusion_pytorch_model.safetensors" if checkpoint.is_folder
+                     else checkpoint.path)
+
+    @functools.cached_property
+    def _file_names(self) -> dict[str, str] | None:
+        """diffusers name -> name in the file; None for diffusers folders, whose names are the same."""
         from . import ldm_format
 
-        if checkpoint.is_folder:
-            self.path = checkpoint.path / "unet" / "diffusion_pytorch_model.safetensors"
-            self.names = None  # diffusers names already
-        else:
-            self.path = checkpoint.path
-            names = [n for n in read_header(self.path).tensors if n.startswith(ldm_format.UNET_PREFIX)]
-            self.names = _diffusers_unet_names(names, dict(unet_config))
+        if self.checkpoint.is_folder:
+            return None
+        names = [n for n in read_header(self.path).tensors if n.startswith(ldm_format.UNET_PREFIX)]
+        return _diffusers_unet_names(names, self.unet_config)
 
-    def available(self) -> bool:
-        return self.path.is_file() and (self.names is None or bool(self.names))
+    def holds(self, names: list[str]) -> bool:
+        if not self.path.is_file():
+            return False
+        return self._file_names is None or all(name in self._file_names for name in names)
 
     def read(self, names: list[str]) -> dict[str, torch.Tensor]:
         from safetensors import safe_open
 
+        mapping = self._file_names
         with safe_open(str(self.path), framework="pt") as f:
-            return {name: f.get_tensor(self.names[name] if self.names is not None else name) for name in names}
+            return {name: f.get_tensor(mapping[name] if mapping is not None else name) for name in names}
 
 
 def _diffusers_unet_names(ldm_names: list[str], config: dict) -> dict[str, str]:

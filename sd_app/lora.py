@@ -362,10 +362,8 @@ class LoraSet:
 
     def _file_holds(self, layers: dict) -> bool:
         """True if the checkpoint file gives back these weights bit for bit (checked on two of them)."""
-        if self.originals is None or not layers or not self.originals.available():
-            return False
         names = list(layers)
-        if not all(n in (self.originals.names or {n: n}) for n in names) and self.originals.names is not None:
+        if self.originals is None or not names or not self.originals.holds(names):
             return False
         probe = [names[0], names[-1]]
         for name, tensor in self.originals.read(probe).items():
