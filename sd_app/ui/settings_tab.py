@@ -41,11 +41,8 @@ def build(studio: Studio) -> None:
     status = gr.Markdown(elem_id="settings-status")
 
     def apply(*values):
-        changes = {}
-        for setting, value in zip(SETTINGS, values):
-            if isinstance(setting.default, int) and not isinstance(setting.default, bool) and isinstance(value, float):
-                value = int(value) if value.is_integer() else value
-            changes[setting.name] = value
+        # settings.check_value turns Gradio's whole floats (21.0) into ints and refuses the rest.
+        changes = {setting.name: value for setting, value in zip(SETTINGS, values)}
         try:
             return studio.apply_settings(changes)
         except UserError as err:
