@@ -350,6 +350,7 @@ def _txt2img(studio: Studio, request: Txt2ImgRequest) -> dict:
         "styles": request.styles or [], "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(started)),
         "clip_skip": 1, "is_using_inpainting_conditioning": False, "version": f"Homegrown {__version__}",
         "interrupted": result.interrupted, "saved_files": [str(p) for p in result.paths],
+        "warnings": result.warnings,
     }
     images = [_b64_image(img, text, fmt) for img, text in zip(result.images, result.infotexts)] \
         if request.send_images else []

@@ -5,12 +5,14 @@
 
 Cases (each figure: the median of --runs after a warm-up, with min-max, on the machine named at the top):
   overhead    the Homegrown engine vs a plain diffusers StableDiffusionXLPipeline call (demo model)
+  fastpath    the fast path (torch.compile) vs the default path and plain diffusers (demo model, CPU or GPU)
   load        loading a full-size SDXL base single file (random weights, ~6.9 GB fp16, made once and cached):
               seconds and peak RSS vs reading the file from the page cache; then base + refiner
   lora-demo   LoRA switching and per-step cost on the demo model
   lora        the same on the full-size SDXL UNet with a rank-32 LoRA (~200 MB)
   coldstart   `python app.py --demo` to the first image returned by the API
-  gpu         SDXL 1024x1024, 30 steps, base and base+refiner vs plain diffusers (only with a CUDA GPU)
+  gpu         SDXL 1024x1024, 30 steps, bf16, base and base+refiner: plain diffusers, Homegrown, fast path
+              (only with a CUDA GPU; full-size random weights)
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from . import ldm_format
 from .loading import CONFIGS_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
-ALL_CASES = ("overhead", "load", "lora-demo", "lora", "coldstart", "gpu")
+ALL_CASES = ("overhead", "fastpath", "load", "lora-demo", "lora", "coldstart", "gpu")
 
 
 # ---- measuring ---------------------------------------------------------------------------------
@@ -177,36 +179,66 @@ def full_size_lora(pipe, path: Path, rank: int = 32) -> Path:
 # ---- cases -------------------------------------------------------------------------------------
 
 
-def case_overhead(report: Report, work: Path, runs: int) -> None:
+def _demo_engine(work: Path, **options):
     from .demo import write_demo
     from .engine import Engine, EngineOptions
     from .lora import LoraLibrary
     from .models import CheckpointLibrary, HashCache
-    from .params import GenerationParams
-    from . import samplers
 
     paths = write_demo(work / "demo")
     hashes = HashCache(work / "hashes.json")
     engine = Engine(CheckpointLibrary(paths["base"].parent, hashes),
-                    EngineOptions(outputs_dir=work / "outputs", preview_every=0),
+                    EngineOptions(outputs_dir=work / "outputs", preview_every=0, **options),
                     loras=LoraLibrary(paths["demo-style"].parent, hashes))
     engine.load_checkpoint("homegrown-demo-base")
+    return engine
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def plain_diffusers(engine, params, refiner=None):
+    """A plain diffusers call on the engine's own pipelines: the same prompt, starting latents, sampler and
+    steps, with none of Homegrown's code in the loop (base alone, or base then refiner as diffusers documents)."""
+    from . import samplers
+
+    sampler, schedule = samplers.resolve(params.sampler_name, params.scheduler)
+    shape = (1, engine.base.pipe.unet.config.in_channels, params.height // 8, params.width // 8)
+    common = dict(prompt=params.prompt, negative_prompt=params.negative_prompt, num_inference_steps=params.steps,
+                  guidance_scale=params.cfg_scale)
+
+    def run():
+        base = engine.base.pipe
+        base.scheduler = samplers.make_scheduler(engine.base.scheduler_config, sampler, schedule)
+        latents = torch.randn(shape, generator=torch.Generator().manual_seed(params.seed))
+        latents = latents.to(engine.device, engine.dtype)
+        if refiner is None:
+            base(**common, width=params.width, height=params.height, latents=latents, output_type="pil")
+        else:
+            switch = params.refiner_switch_at
+            latents = base(**common, width=params.width, height=params.height, latents=latents,
+                           denoising_end=switch, output_type="latent").images
+            refiner.pipe.scheduler = samplers.make_scheduler(refiner.scheduler_config, sampler, schedule)
+            refiner.pipe(**common, image=latents, denoising_start=switch, output_type="pil")
+        _sync(engine.device)
+
+    return run
+
+
+def case_overhead(report: Report, work: Path, runs: int) -> None:
+    from .params import GenerationParams
+
+    engine = _demo_engine(work)
     params = GenerationParams(prompt="a photo of a cat, highly detailed", negative_prompt="blurry", steps=20,
                               width=512, height=512, sampler_name="Euler", seed=1)
-    pipe = engine.base.pipe
-    sampler, schedule = samplers.resolve("Euler", "Automatic")
     timings = []
 
     def ours():
         timings.append(engine.generate(params).timings)
 
-    def plain():
-        pipe.scheduler = samplers.make_scheduler(engine.base.scheduler_config, sampler, schedule)
-        latents = torch.randn((1, 4, 64, 64), generator=torch.Generator().manual_seed(1))
-        pipe(prompt=params.prompt, negative_prompt=params.negative_prompt, num_inference_steps=params.steps,
-             guidance_scale=params.cfg_scale, width=512, height=512, latents=latents, output_type="pil")
-
-    a = measure(plain, runs)
+    a = measure(plain_diffusers(engine, params), runs)
     b = measure(ours, runs)
     report.add("overhead", "plain diffusers, demo 512x512, 20 steps", fmt(a), a)
     report.add("overhead", "Homegrown engine, same request (saves PNG)", fmt(b), b)
@@ -220,6 +252,72 @@ def case_overhead(report: Report, work: Path, runs: int) -> None:
     engine.generate(small)
     c = measure(lambda: engine.generate(small), runs)
     report.add("overhead", "Homegrown engine with one LoRA", fmt(c), c)
+
+
+def speed_rows(report: Report, case: str, engine, params, runs: int, refiner_name: str | None = None,
+               modes: tuple[str, ...] = ()) -> None:
+    """Plain diffusers, the Homegrown default path, then each fast-path mode, on the same pipelines in one
+    run: seconds per image, it/s, peak VRAM on a GPU; for the fast path also the first (compiling) image and
+    the largest pixel difference from the default path."""
+    import dataclasses
+
+    import numpy as np
+
+    cuda = engine.device.type == "cuda"
+    size = f"{params.width}x{params.height}, {params.steps} steps"
+    refiner = engine.load_refiner(refiner_name) if refiner_name else None
+    runs_with = [("base", params, None)]
+    if refiner is not None:
+        runs_with.append(("base+refiner", params.replace(refiner_checkpoint=refiner_name), refiner))
+
+    def row(label: str, fn) -> dict:
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        stat = measure(fn, runs)
+        report.add(case, f"{label}: {size}", fmt(stat), stat)
+        report.add(case, f"{label}: it/s", f"{params.steps / stat['median']:.2f}", params.steps / stat["median"])
+        if cuda:
+            peak = torch.cuda.max_memory_allocated()
+            report.add(case, f"{label}: peak VRAM", f"{peak / 2**30:.2f} GiB", peak)
+        return stat
+
+    def ours(p):
+        def run():
+            result = engine.generate(p)
+            _sync(engine.device)
+            return result
+        return run
+
+    for what, request, refiner_model in runs_with:
+        plain = row(f"plain diffusers, {what}", plain_diffusers(engine, request, refiner_model))
+        default = row(f"Homegrown, {what}", ours(request))
+        report.add(case, f"Homegrown / plain diffusers, {what}", f"{default['median'] / plain['median']:.3f}x",
+                   default["median"] / plain["median"])
+        eager = np.asarray(engine.generate(request).images[0]).astype(np.int16)
+        for mode in modes:
+            engine.configure(dataclasses.replace(engine.options, compile=mode))
+            start = time.perf_counter()
+            first = ours(request)()
+            seconds = time.perf_counter() - start
+            if first.warnings:
+                report.add(case, f"fast path {mode}, {what}", "failed: " + first.warnings[0])
+                continue
+            report.add(case, f"fast path {mode}, {what}: first image (compiles)", f"{seconds:.1f} s", seconds)
+            fast = row(f"fast path {mode}, {what}", ours(request))
+            report.add(case, f"fast path {mode} / Homegrown default, {what}",
+                       f"{fast['median'] / default['median']:.3f}x", fast["median"] / default["median"])
+            diff = int(np.abs(np.asarray(first.images[0]).astype(np.int16) - eager).max())
+            report.add(case, f"fast path {mode}, {what}: largest pixel difference", f"{diff} of 255", diff)
+        engine.configure(dataclasses.replace(engine.options, compile="off"))
+
+
+def case_fastpath(report: Report, work: Path, runs: int) -> None:
+    from .params import GenerationParams
+
+    engine = _demo_engine(work, save_images=False)
+    params = GenerationParams(prompt="a photo of a cat, highly detailed", negative_prompt="blurry", steps=20,
+                              width=512, height=512, sampler_name="Euler", seed=1)
+    speed_rows(report, "fastpath", engine, params, runs, modes=("default",))
 
 
 def _load_in_child(code: str) -> dict:
@@ -448,7 +546,6 @@ def case_gpu(report: Report, work: Path, runs: int) -> None:
     from .engine import Engine, EngineOptions
     from .models import CheckpointLibrary, HashCache
     from .params import GenerationParams
-    from . import samplers
 
     folder = work / "ckpt"
     folder.mkdir(exist_ok=True)
@@ -458,30 +555,13 @@ def case_gpu(report: Report, work: Path, runs: int) -> None:
             os.link(full_size_file(kind, work), target)
     engine = Engine(CheckpointLibrary(folder, HashCache(work / "hashes.json")),
                     EngineOptions(outputs_dir=work / "outputs", save_images=False, preview_every=0,
-                                  memory_mode="none"))
+                                  memory_mode="none", dtype="bfloat16"))
     engine.load_checkpoint("bench-sdxl-base")
-    params = GenerationParams(prompt="a photo of a cat", steps=30, width=1024, height=1024, seed=1,
-                              sampler_name="Euler")
-    pipe = engine.base.pipe
-    sampler, schedule = samplers.resolve("Euler", "Automatic")
-
-    def plain():
-        pipe.scheduler = samplers.make_scheduler(engine.base.scheduler_config, sampler, schedule)
-        latents = torch.randn((1, 4, 128, 128), generator=torch.Generator().manual_seed(1)).to("cuda", torch.float16)
-        pipe(prompt=params.prompt, num_inference_steps=30, guidance_scale=7.0, latents=latents, output_type="pil")
-        torch.cuda.synchronize()
-
-    def ours(p):
-        engine.generate(p)
-        torch.cuda.synchronize()
-
-    for label, fn in (("plain diffusers", plain), ("Homegrown", lambda: ours(params)),
-                      ("Homegrown base+refiner", lambda: ours(params.replace(refiner_checkpoint="bench-sdxl-refiner")))):
-        torch.cuda.reset_peak_memory_stats()
-        stat = measure(fn, runs)
-        report.add("gpu", f"{label}: 1024x1024, 30 steps", fmt(stat), stat)
-        report.add("gpu", f"{label}: it/s", f"{30 / stat['median']:.2f}", 30 / stat["median"])
-        report.add("gpu", f"{label}: peak VRAM", f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+    report.add("gpu", "device, precision", f"{torch.cuda.get_device_name(0)}, bfloat16")
+    params = GenerationParams(prompt="a photo of a cat", negative_prompt="blurry", steps=30, width=1024,
+                              height=1024, seed=1, sampler_name="Euler")
+    speed_rows(report, "gpu", engine, params, runs, refiner_name="bench-sdxl-refiner",
+               modes=("default", "max-autotune"))
 
 
 def _free_port() -> int:
@@ -492,8 +572,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-CASES = {"overhead": case_overhead, "load": case_load, "lora-demo": case_lora_demo, "lora": case_lora,
-         "coldstart": case_coldstart, "gpu": case_gpu}
+CASES = {"overhead": case_overhead, "fastpath": case_fastpath, "load": case_load, "lora-demo": case_lora_demo,
+         "lora": case_lora, "coldstart": case_coldstart, "gpu": case_gpu}
 
 
 def main(argv: list[str] | None = None) -> int:

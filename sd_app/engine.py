@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from . import __version__, infotext, samplers
+from . import __version__, fastpath, infotext, samplers
 from .encoding import PromptEncoder
 from .errors import UserError
 from .loading import CheckpointWeights, check_kind, load_base, load_refiner, load_vae
@@ -46,6 +46,7 @@ class EngineOptions:
     filename_pattern: str = "[seed]"  # after the file's number; see infotext.file_name
     embed_metadata: bool = True
     vae: str = "Automatic"  # Automatic: the checkpoint's own VAE; else a file in the VAE folder
+    compile: str = "off"  # fastpath.COMPILE_MODES: torch.compile the UNet and VAE decoder (no reload needed)
 
     # Changing these means loading the checkpoint again.
     RELOAD_FIELDS = ("device", "dtype", "memory_mode", "vae_tiling", "vae")
@@ -105,6 +106,7 @@ class GenerationResult:
     paths: list[Path]
     params: GenerationParams  # as run: the seed is the real one, never -1
     interrupted: bool = False
+    warnings: list[str] = field(default_factory=list)  # for the user: what went other than asked, and why
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
 
 
@@ -136,6 +138,7 @@ class Engine:
         self.refiner: LoadedModel | None = None
         self.encoder: PromptEncoder | None = None
         self.current_job: Job | None = None
+        self.compile_problem: str | None = None  # why the fast path was switched off, until options change
         self._lock = threading.RLock()  # one job or model change at a time
 
     # ---- models -------------------------------------------------------------------------------
@@ -201,6 +204,11 @@ class Engine:
         self.refiner = LoadedModel(checkpoint, pipe, short_hash, scheduler_config)
         return self.refiner
 
+    def load_refiner(self, name: str) -> LoadedModel:
+        with self._lock:
+            self._ensure_base(None)  # the refiner borrows the base's second text encoder and VAE
+            return self._ensure_refiner(name)
+
     def unload_refiner(self) -> None:
         with self._lock:
             self._drop_refiner()
@@ -243,6 +251,36 @@ class Engine:
         pipe.vae.enable_slicing()  # batches decode one image at a time: same pixels, far less memory
         if self.options.vae_tiling:
             pipe.vae.enable_tiling()
+        fastpath.set_compiled(pipe, self.compile_mode(), self.device)
+
+    def compile_mode(self) -> str:
+        """The fast path in force: the option, unless offloading is on or compiling failed here before."""
+        mode = fastpath.check_mode(self.options.compile)
+        # Offload hooks move weights inside forward(): a compiled graph would bake those moves in.
+        if self.compile_problem or self.memory_mode() != "none":
+            return "off"
+        return mode
+
+    def _loaded_pipes(self) -> list:
+        return [model.pipe for model in (self.base, self.refiner) if model is not None]
+
+    def _eager_if_compile_fails(self, fn, result: GenerationResult):
+        """Run `fn`; if compiling fails (no C compiler, an unsupported GPU), switch the fast path off and run
+        it again eagerly: the user still gets the image, and a warning that says why."""
+        if self.compile_mode() == "off":
+            return fn()
+        try:
+            return fn()
+        except fastpath.compile_errors() as exc:
+            # torch wraps the compiler's own error, which is the one that says what is wrong.
+            cause = getattr(exc, "inner_exception", None) or exc.__cause__ or exc
+            reason = (str(cause).strip().splitlines() or [""])[0][:300]
+            self.compile_problem = (f"the fast path (compile: {self.options.compile}) failed and is off until the "
+                                    f"setting changes: {type(cause).__name__}: {reason}")
+            for pipe in self._loaded_pipes():
+                fastpath.set_compiled(pipe, "off", self.device)
+            result.warnings.append(self.compile_problem)
+            return fn()
 
     # ---- generation -------------------------------------------------------------------------
 
@@ -304,10 +342,11 @@ class Engine:
             job._skip.clear()
             seeds = [params.seed + batch_no * params.batch_size + i for i in range(params.batch_size)]
             mark = time.perf_counter()
-            latents = self._denoise(params, base, refiner, batch, refiner_batch, sampler, schedule, seeds, job)
+            latents = self._eager_if_compile_fails(lambda: self._denoise(
+                params, base, refiner, batch, refiner_batch, sampler, schedule, seeds, job), result)
             timings["denoise"] += time.perf_counter() - mark
             mark = time.perf_counter()
-            images = decode_latents(base.pipe.vae, latents)
+            images = self._eager_if_compile_fails(lambda: decode_latents(base.pipe.vae, latents), result)
             timings["decode"] += time.perf_counter() - mark
             mark = time.perf_counter()
             for image, seed in zip(images, seeds):
@@ -342,12 +381,24 @@ class Engine:
                 if self.vaes is None:
                     raise UserError("no VAE folder is configured", field="sd_vae")
                 self.vaes.get(options.vae)
+            fastpath.check_mode(options.compile)
             syntax_changed = options.prompt_syntax != self.options.prompt_syntax
+            compile_changed = options.compile != self.options.compile
             previous = (self.options, self.device, self.dtype)
             self.options = options
+            if compile_changed:
+                self.compile_problem = None  # a new choice gets a new try
             if not reload:
                 if syntax_changed and self.base is not None:
                     self.encoder = PromptEncoder(self.base.pipe, options.prompt_syntax)
+                if compile_changed:
+                    for pipe in self._loaded_pipes():
+                        fastpath.set_compiled(pipe, self.compile_mode(), self.device)
+                    if options.compile != "off":
+                        return ("Settings applied; the fast path stays off while the memory mode offloads weights."
+                                if self.compile_mode() == "off" else
+                                "Settings applied; the next image compiles the model first (tens of seconds), "
+                                "later ones run faster.")
                 return "Settings applied."
             self.device, self.dtype = device, dtype
             if self.base is None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from . import samplers
 from .errors import UserError
+from .fastpath import COMPILE_MODES
 from .params import LIMITS, GenerationParams
 
 
@@ -61,6 +62,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("vae", "Automatic", "VAE", "Device and memory", applies="reload",
             help="Automatic: the checkpoint's own. Or a file from the VAE folder, e.g. an fp16-fix SDXL VAE"),
     Setting("vae_tiling", False, "VAE tiling (large images with less VRAM)", "Device and memory", applies="reload"),
+    Setting("compile", "off", "Fast path (torch.compile)", "Device and memory", choices=tuple(COMPILE_MODES),
+            help="Faster steps, same images. The first image compiles (tens of seconds), again for a new LoRA set "
+                 "or image size. Only with the whole model on the device (memory mode none)"),
     Setting("preview_every", 3, "Live preview every N steps (0: off)", "Previews", limits=(0, 50)),
     Setting("save_images", True, "Save every image to the outputs folder", "Saving"),
     Setting("output_format", "png", "Image format", "Saving", choices=OUTPUT_FORMATS),

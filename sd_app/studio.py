@@ -122,4 +122,4 @@ def engine_options(settings: SettingsStore) -> EngineOptions:
         preview_every=settings.get("preview_every"), save_images=settings.get("save_images"),
         outputs_dir=Path(settings.get("outputs_dir")), output_format=settings.get("output_format"),
         filename_pattern=settings.get("filename_pattern"), embed_metadata=settings.get("embed_metadata"),
-        vae=settings.get("vae"))
+        vae=settings.get("vae"), compile=settings.get("compile"))

@@ -33,7 +33,8 @@ def test_saved_atomically_and_read_back(tmp_path):
 
 @pytest.mark.parametrize("changes, field", [
     ({"steps": 0}, "steps"), ({"steps": "many"}, "steps"), ({"sampler_name": "Nope"}, "sampler_name"),
-    ({"memory_mode": "huge"}, "memory_mode"), ({"save_images": "yes"}, "save_images"), ({"nope": 1}, "nope"),
+    ({"memory_mode": "huge"}, "memory_mode"), ({"compile": "turbo"}, "compile"), ({"save_images": "yes"}, "save_images"),
+    ({"nope": 1}, "nope"),
 ])
 def test_bad_values_are_refused_with_the_field(tmp_path, changes, field):
     store = SettingsStore(tmp_path / "s.json")

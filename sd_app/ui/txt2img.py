@@ -222,6 +222,8 @@ def build(studio: Studio) -> tuple[Form, dict]:
             raise gr.Error(outcome["error"])
         result = outcome["result"]
         note = " (interrupted)" if result.interrupted else ""
+        for warning in result.warnings:
+            gr.Warning(warning)
         done = (f"<div class='hg-progress'>Done{note}: {len(result.images)} image(s) in "
                 f"{time.time() - job.started:.1f}s</div>")
         yield {progress: done, preview: gr.update(visible=False),

@@ -1,0 +1,66 @@
+"""The fast path (torch.compile): same pictures as eager, LoRAs still work, a failed compile never costs the image."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from sd_app import fastpath
+
+from conftest import BASE, make_engine
+
+
+def pixels(result):
+    return np.asarray(result.images[0]).astype(np.int16)
+
+
+def compile_as(engine, mode):
+    return engine.configure(dataclasses.replace(engine.options, compile=mode))
+
+
+def test_compiled_engine_gives_eager_pictures_and_lora_still_applies(ckpt_dir, tmp_path, small):
+    """Real inductor on the CPU: the slowest test here (compiling takes about a minute on 2 cores)."""
+    engine = make_engine(ckpt_dir, tmp_path, save_images=False, preview_every=0)
+    engine.load_checkpoint(BASE)
+    styled = small.replace(prompt=small.prompt + " <lora:demo-style:1>")
+    eager, eager_lora = pixels(engine.generate(small)), pixels(engine.generate(styled))
+
+    assert "compiles the model first" in compile_as(engine, "default")
+    assert fastpath.is_compiled(engine.base.pipe)
+    compiled = engine.generate(small)
+    assert not compiled.warnings
+    # Kernels sum in another order: a level or two of 255 at most, never a different picture.
+    assert np.abs(pixels(compiled) - eager).max() <= 2
+    compiled_lora = pixels(engine.generate(styled))
+    assert np.abs(compiled_lora - eager_lora).max() <= 2  # the fused LoRA is seen by the compiled UNet
+    assert np.abs(compiled_lora - pixels(compiled)).mean() > 1
+    assert np.array_equal(pixels(engine.generate(small)), pixels(compiled))  # and removing it restores exactly
+
+    compile_as(engine, "off")
+    assert not fastpath.is_compiled(engine.base.pipe)
+    assert np.array_equal(pixels(engine.generate(small)), eager)
+
+
+def test_failed_compile_falls_back_to_eager_with_a_warning(ckpt_dir, tmp_path, small, monkeypatch):
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("no C compiler here")
+
+    monkeypatch.setitem(fastpath.COMPILE_MODES, "broken", {"backend": broken_backend})
+    engine = make_engine(ckpt_dir, tmp_path, save_images=False, compile="broken")
+    engine.load_checkpoint(BASE)
+    assert fastpath.is_compiled(engine.base.pipe)
+    result = engine.generate(small)
+    assert len(result.images) == 1 and "fast path" in result.warnings[0] and "no C compiler" in result.warnings[0]
+    assert not fastpath.is_compiled(engine.base.pipe) and engine.compile_mode() == "off"
+    again = engine.generate(small)
+    assert not again.warnings and np.array_equal(pixels(again), pixels(result))
+    compile_as(engine, "off")
+    assert engine.compile_problem is None  # a new choice gets a new try
+
+
+def test_unknown_compile_mode_names_the_field(ckpt_dir, tmp_path):
+    engine = make_engine(ckpt_dir, tmp_path)
+    with pytest.raises(Exception) as err:
+        compile_as(engine, "turbo")
+    assert getattr(err.value, "field", None) == "compile" and "max-autotune" in str(err.value)
+    assert engine.options.compile == "off"
