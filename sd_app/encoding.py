@@ -48,25 +48,34 @@ class PromptEncoder:
                                returned_embeddings_type=kind, truncate_long_prompts=False, requires_pooled=True)
         self.te2_width = pipe.text_encoder_2.config.hidden_size
 
-    def _parse(self, text: str) -> tuple[Conjunction, str]:
-        """compel's structure for the text, and the plain words for the pooled embedding."""
+    def _parse(self, text: str) -> list[tuple[Conjunction, str]]:
+        """compel's structure for each BREAK part of the text, with its plain words (for the pooled embedding).
+
+        A trailing empty part is dropped: A1111 makes no chunk for it."""
+        parts = None
         if self.syntax == "compel":
             try:
-                conjunction = Compel.parse_prompt_string(text)
-                return conjunction, text
+                parts = [(Compel.parse_prompt_string(part), part) for part in prompts.split_break_text(text)]
             except Exception:
-                # compel's parser can fail on odd input; fall through to plain A1111 reading
-                pass
-        runs = prompts.parse_attention(text)
-        return Conjunction([FlattenedPrompt([(t, w) for t, w in runs])]), "".join(t for t, _ in runs)
+                pass  # compel's parser can fail on odd input; read it as A1111 syntax instead
+        if parts is None:
+            parts = [(Conjunction([FlattenedPrompt(list(runs))]), "".join(t for t, _ in runs))
+                     for runs in prompts.split_breaks(text)]
+        return parts[:-1] if len(parts) > 1 and not parts[-1][1] else parts
 
     @torch.no_grad()
     def _encode_one(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
-        conjunction, plain = self._parse(text)
-        left, _, _ = self.compel_1.build_conditioning_tensor_for_conjunction(conjunction, return_tokenization=True)
-        right, _, _ = self.compel_2.build_conditioning_tensor_for_conjunction(conjunction, return_tokenization=True)
-        pooled = self.compel_2.conditioning_provider.get_pooled_embeddings([plain], device=self.compel_2.device)
-        return torch.cat([left, right], dim=-1), pooled
+        """Each BREAK part in chunks of its own, side by side; the pooled embedding is the first part's,
+        as A1111 takes it from the first chunk."""
+        embeds, pooled = [], None
+        for conjunction, plain in self._parse(text):
+            left, _, _ = self.compel_1.build_conditioning_tensor_for_conjunction(conjunction, return_tokenization=True)
+            right, _, _ = self.compel_2.build_conditioning_tensor_for_conjunction(conjunction,
+                                                                                  return_tokenization=True)
+            embeds.append(torch.cat([left, right], dim=-1))
+            if pooled is None:
+                pooled = self.compel_2.conditioning_provider.get_pooled_embeddings([plain], device=self.compel_2.device)
+        return torch.cat(embeds, dim=1), pooled
 
     @torch.no_grad()
     def encode(self, prompt: str, negative_prompt: str) -> Conditioning:
@@ -84,11 +93,15 @@ class PromptEncoder:
 
 
 def count_tokens(tokenizer, text: str, syntax: str = "a1111") -> int:
-    """Tokens a prompt uses (without start/end markers), for the UI's chunk counter."""
+    """Tokens a prompt uses (without start/end markers), for the UI's chunk counter. As in A1111, a BREAK
+    fills up the chunk it ends: "a cat BREAK a dog" counts 75 + 2."""
     text = prompts.extract_lora_tags(text)[0]
     if syntax == "a1111":
-        text = prompts.plain_text(text)
-    return len(tokenizer(text, truncation=False, verbose=False).input_ids) - 2
+        parts = ["".join(t for t, _ in part) for part in prompts.split_breaks(text)]
+    else:
+        parts = prompts.split_break_text(text)
+    counts = [len(tokenizer(part, truncation=False, verbose=False).input_ids) - 2 for part in parts]
+    return sum(max(1, -(-count // 75)) * 75 for count in counts[:-1]) + counts[-1]
 
 
 def _pad(embeds: torch.Tensor, empty: torch.Tensor, target: int) -> torch.Tensor:

@@ -40,16 +40,26 @@ class LoraTag:
 def parse_attention(text: str) -> list[tuple[str, float]]:
     """A1111's `parse_prompt_attention`: the prompt as (text, weight) runs, neighbours of equal weight merged.
 
-    `BREAK` ends a 77-token chunk in A1111; here it splits the text at that point (the word itself is
-    not sent to the encoder).
+    A `BREAK` becomes a space here; `split_breaks` keeps the parts apart for the encoder.
     """
-    runs: list[list] = []
+    flat: list[tuple[str, float]] = []
+    for i, part in enumerate(split_breaks(text)):
+        flat.extend(([(" ", 1.0)] if i else []) + part)
+    return _merged(flat)
+
+
+def split_breaks(text: str) -> list[list[tuple[str, float]]]:
+    """The prompt's `BREAK`-separated parts, each as (text, weight) runs. A1111 starts a new 77-token chunk
+    at each BREAK; weights span it (`(a BREAK b:1.2)` weighs both parts). A trailing empty part is kept, so
+    the token counter can count the chunk it closes, as A1111's does."""
+    runs: list[list | None] = []  # None marks a BREAK
     round_open: list[int] = []
     square_open: list[int] = []
 
     def scale(start: int, factor: float) -> None:
         for run in runs[start:]:
-            run[1] *= factor
+            if run is not None:
+                run[1] *= factor
 
     for match in _TOKEN.finditer(text):
         piece, weight = match.group(0), match.group(1)
@@ -68,13 +78,24 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
         else:
             for i, part in enumerate(_BREAK.split(piece)):
                 if i > 0:
-                    runs.append([" ", 1.0])
+                    runs.append(None)
                 runs.append([part, 1.0])
     for start in round_open:
         scale(start, ROUND_MULTIPLIER)
     for start in square_open:
         scale(start, SQUARE_MULTIPLIER)
 
+    parts: list[list[tuple[str, float]]] = [[]]
+    for run in runs:
+        if run is None:
+            parts.append([])
+        else:
+            parts[-1].append((run[0], run[1]))
+    return [_merged(part) for part in parts]
+
+
+def _merged(runs: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Neighbours of equal weight joined, empty runs dropped; never an empty list."""
     merged: list[list] = []
     for text_part, weight in runs:
         if not text_part:
@@ -94,9 +115,9 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def plain_text(prompt: str) -> str:
-    """The prompt without weight syntax, as the encoder sees its words."""
-    return "".join(t for t, _ in parse_attention(prompt))
+def split_break_text(prompt: str) -> list[str]:
+    """`BREAK` parts of a prompt in compel's syntax (which has no BREAK of its own)."""
+    return _BREAK.split(prompt)
 
 
 def extract_lora_tags(prompt: str) -> tuple[str, list[LoraTag]]:

@@ -63,5 +63,28 @@ def test_refiner_conditioning_is_the_openclip_half(engine):
 
 
 def test_malformed_prompts_generate(engine, small):
-    for prompt in ["((((cat", "cat)))]]", "(cat:1.2.3)", "a:b:c", "", "\\", "(cat:-1)"]:
+    for prompt in ["((((cat", "cat)))]]", "(cat:1.2.3)", "a:b:c", "", "\\", "(cat:-1)", "BREAK", "a BREAK BREAK"]:
         assert len(engine.generate(small.replace(prompt=prompt)).images) == 1
+
+
+def test_break_starts_a_new_chunk_as_in_a1111(engine):
+    enc = engine.encoder
+    cat, dog = enc.encode("a cat", ""), enc.encode("a dog", "")
+    both = enc.encode("a cat BREAK a dog", "")
+    assert both.embeds.shape[1] == 2 * TOKENS_PER_CHUNK and both.negative_embeds.shape == both.embeds.shape
+    assert torch.equal(both.embeds[:, :TOKENS_PER_CHUNK], cat.embeds)
+    assert torch.equal(both.embeds[:, TOKENS_PER_CHUNK:], dog.embeds)
+    assert torch.equal(both.pooled, cat.pooled)  # A1111 pools the first chunk
+    assert enc.encode("a cat BREAK", "").embeds.shape[1] == TOKENS_PER_CHUNK  # no chunk after a trailing BREAK
+    leading = enc.encode("BREAK a dog", "").embeds
+    assert leading.shape[1] == 2 * TOKENS_PER_CHUNK and torch.equal(leading[:, TOKENS_PER_CHUNK:], dog.embeds)
+    compel = PromptEncoder(engine.base.pipe, syntax="compel")
+    assert torch.allclose(compel.encode("a cat BREAK a dog", "").embeds, both.embeds, atol=1e-6)
+
+
+def test_token_counter_fills_the_chunk_a_break_ends(engine):
+    count = engine.encoder.count_tokens
+    assert count("a cat") == 2
+    assert count("a cat BREAK a dog") == 75 + 2
+    assert count("a cat BREAK") == 75  # A1111 shows 75/75
+    assert count("(a cat:1.2) BREAK (a dog:0.5) <lora:x:1>") == 75 + 2

@@ -1,6 +1,10 @@
 import pytest
 
-from sd_app.prompts import extract_lora_tags, parse_attention, plain_text
+from sd_app.prompts import extract_lora_tags, parse_attention, split_breaks
+
+
+def plain_text(prompt):
+    return "".join(t for t, _ in parse_attention(prompt))
 
 
 def close(runs, expected):
@@ -45,6 +49,13 @@ def test_negative_weight():
 
 def test_break_separates_without_the_word():
     assert "BREAK" not in plain_text("a cat BREAK a dog")
+
+
+def test_break_splits_parts_and_weights_span_it():
+    close(split_breaks("a (b BREAK c:1.2) d")[0], [("a ", 1.0), ("b", 1.2)])
+    close(split_breaks("a (b BREAK c:1.2) d")[1], [("c", 1.2), (" d", 1.0)])
+    assert [len(split_breaks(p)) for p in ("a", "a BREAK b", "BREAK a", "a BREAK", "a BREAK BREAK b")] == [1, 2, 2, 2, 3]
+    assert split_breaks("xBREAKy BREAKING") == [[("xBREAKy BREAKING", 1.0)]]  # only the word BREAK
 
 
 def test_lora_tags_are_extracted():
