@@ -169,7 +169,7 @@ def build_api(studio: Studio) -> FastAPI:
             image = _b64_png(job.preview)
         eta = job.eta()
         return {"progress": round(job.progress, 4), "eta_relative": round(eta, 2) if eta is not None else 0.0,
-                "state": _state(job), "current_image": image, "textinfo": None, "current_task": str(id(job))}
+                "state": _state(job), "current_image": image, "textinfo": job.note, "current_task": str(id(job))}
 
     @api.post("/interrupt")
     def interrupt():

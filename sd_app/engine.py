@@ -67,6 +67,7 @@ class Job:
         self.progress = 0.0  # 0..1 over the whole job
         self.preview: Image.Image | None = None
         self.preview_step = -1
+        self.note: str | None = None  # what the job does while no step is counted (compiling), for the user
         self._interrupt = threading.Event()
         self._skip = threading.Event()
 
@@ -261,6 +262,11 @@ class Engine:
             return "off"
         return mode
 
+    def _note_compiling(self, job: Job) -> None:
+        """Compiling shows no steps: say why the bar waits (the next step callback clears it)."""
+        if self.compile_mode() != "off":
+            job.note = "Fast path: compiling first if this size or LoRA set is new (tens of seconds)…"
+
     def _loaded_pipes(self) -> list:
         return [model.pipe for model in (self.base, self.refiner) if model is not None]
 
@@ -342,11 +348,14 @@ class Engine:
             job._skip.clear()
             seeds = [params.seed + batch_no * params.batch_size + i for i in range(params.batch_size)]
             mark = time.perf_counter()
+            self._note_compiling(job)
             latents = self._eager_if_compile_fails(lambda: self._denoise(
                 params, base, refiner, batch, refiner_batch, sampler, schedule, seeds, job), result)
             timings["denoise"] += time.perf_counter() - mark
             mark = time.perf_counter()
+            self._note_compiling(job)
             images = self._eager_if_compile_fails(lambda: decode_latents(base.pipe.vae, latents), result)
+            job.note = None
             timings["decode"] += time.perf_counter() - mark
             mark = time.perf_counter()
             for image, seed in zip(images, seeds):
@@ -436,6 +445,7 @@ class Engine:
         if refiner is None or job.interrupted or job.skipped:
             return latents
         refiner.pipe.scheduler = samplers.make_scheduler(refiner.scheduler_config, sampler, schedule, seeds[0])
+        self._note_compiling(job)
         return refiner.pipe(
             image=latents, prompt_embeds=refiner_batch.embeds, pooled_prompt_embeds=refiner_batch.pooled,
             negative_prompt_embeds=refiner_batch.negative_embeds,
@@ -449,6 +459,7 @@ class Engine:
         every = self.options.preview_every
 
         def callback(pipe, step_index, timestep, kwargs):
+            job.note = None
             total = max(1, getattr(pipe, "num_timesteps", 0) or params.steps)
             stage = start + (end - start) * (step_index + 1) / total
             job.sampling_steps = params.steps

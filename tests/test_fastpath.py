@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from sd_app import fastpath
+from sd_app.engine import Job
 
 from conftest import BASE, make_engine
 
@@ -42,15 +43,20 @@ def test_compiled_engine_gives_eager_pictures_and_lora_still_applies(ckpt_dir, t
 
 
 def test_failed_compile_falls_back_to_eager_with_a_warning(ckpt_dir, tmp_path, small, monkeypatch):
+    notes = []  # what the progress bar says while torch compiles
+
     def broken_backend(graph, example_inputs):
+        notes.append(engine.current_job.note)
         raise RuntimeError("no C compiler here")
 
     monkeypatch.setitem(fastpath.COMPILE_MODES, "broken", {"backend": broken_backend})
     engine = make_engine(ckpt_dir, tmp_path, save_images=False, compile="broken")
     engine.load_checkpoint(BASE)
     assert fastpath.is_compiled(engine.base.pipe)
-    result = engine.generate(small)
+    job = Job()
+    result = engine.generate(small, job)
     assert len(result.images) == 1 and "fast path" in result.warnings[0] and "no C compiler" in result.warnings[0]
+    assert notes and "compiling" in notes[0] and job.note is None
     assert not fastpath.is_compiled(engine.base.pipe) and engine.compile_mode() == "off"
     again = engine.generate(small)
     assert not again.warnings and np.array_equal(pixels(again), pixels(result))

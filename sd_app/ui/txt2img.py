@@ -99,8 +99,8 @@ def progress_html(job: Job, queued: bool = False) -> str:
     eta = job.eta()
     batch = f" · batch {job.job_no + 1}/{job.job_count}" if job.job_count > 1 else ""
     eta_text = f" · ETA {eta:.0f}s" if eta is not None and job.progress > 0 else ""
-    return (f"<div class='hg-progress'><div class='hg-bar' style='width:{percent}%'></div>"
-            f"<span>Step {job.sampling_step}/{job.sampling_steps or '?'}{batch}{eta_text}</span></div>")
+    text = job.note or f"Step {job.sampling_step}/{job.sampling_steps or '?'}{batch}{eta_text}"
+    return f"<div class='hg-progress'><div class='hg-bar' style='width:{percent}%'></div><span>{text}</span></div>"
 
 
 def build(studio: Studio) -> tuple[Form, dict]:
