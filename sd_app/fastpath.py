@@ -44,10 +44,6 @@ def compiled_modules(pipe) -> list[torch.nn.Module]:
 def set_compiled(pipe, mode: str, device: torch.device) -> None:
     """Compile the pipeline's per-step modules with `mode` (a COMPILE_MODES key), or make them eager again."""
     arguments = COMPILE_MODES[mode]
-    if arguments is not None and device.type == "cuda":
-        # Convolutions in NHWC use the tensor cores' native layout; compiled kernels then skip the transposes.
-        pipe.unet.to(memory_format=torch.channels_last)
-        pipe.vae.decoder.to(memory_format=torch.channels_last)
     if arguments is not None:
         # Compiled graphs are cached per forward() code, shared by every module of a class: base and refiner
         # UNets, each image size, each LoRA set. torch's default of 8 is used up within a session, and past it
@@ -55,8 +51,13 @@ def set_compiled(pipe, mode: str, device: torch.device) -> None:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     for module in compiled_modules(pipe):
         if arguments is None:
+            if module._compiled_call_impl is not None and device.type == "cuda":
+                module.to(memory_format=torch.contiguous_format)  # as loading left it: eager runs as before
             module._compiled_call_impl = None  # what nn.Module.compile set; torch has no public "uncompile"
         else:
+            if device.type == "cuda":
+                # NHWC is the tensor cores' native layout for convolutions: compiled kernels skip the transposes.
+                module.to(memory_format=torch.channels_last)
             module.compile(**arguments)
 
 

@@ -70,3 +70,18 @@ def test_unknown_compile_mode_names_the_field(ckpt_dir, tmp_path):
         compile_as(engine, "turbo")
     assert getattr(err.value, "field", None) == "compile" and "max-autotune" in str(err.value)
     assert engine.options.compile == "off"
+
+
+def test_on_a_gpu_compiled_convolutions_go_channels_last_and_back(ckpt_dir, tmp_path):
+    """The CUDA branch, checked without a GPU: nothing here runs the model, so no kernel needs CUDA."""
+    import torch
+
+    engine = make_engine(ckpt_dir, tmp_path)
+    pipe = engine.load_checkpoint(BASE).pipe
+    channels_last = lambda module: module.conv_in.weight.is_contiguous(memory_format=torch.channels_last)  # noqa: E731
+    cuda = torch.device("cuda")
+    assert not channels_last(pipe.unet) and not channels_last(pipe.vae.decoder)
+    fastpath.set_compiled(pipe, "max-autotune", cuda)
+    assert fastpath.is_compiled(pipe) and channels_last(pipe.unet) and channels_last(pipe.vae.decoder)
+    fastpath.set_compiled(pipe, "off", cuda)
+    assert not fastpath.is_compiled(pipe) and pipe.unet.conv_in.weight.is_contiguous()
