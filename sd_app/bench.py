@@ -227,12 +227,16 @@ def plain_diffusers(engine, params, refiner=None):
     return run
 
 
-def case_overhead(report: Report, work: Path, runs: int) -> None:
+def _demo_request():
     from .params import GenerationParams
 
+    return GenerationParams(prompt="a photo of a cat, highly detailed", negative_prompt="blurry", steps=20,
+                            width=512, height=512, sampler_name="Euler", seed=1)
+
+
+def case_overhead(report: Report, work: Path, runs: int) -> None:
     engine = _demo_engine(work)
-    params = GenerationParams(prompt="a photo of a cat, highly detailed", negative_prompt="blurry", steps=20,
-                              width=512, height=512, sampler_name="Euler", seed=1)
+    params = _demo_request()
     timings = []
 
     def ours():
@@ -312,12 +316,8 @@ def speed_rows(report: Report, case: str, engine, params, runs: int, refiner_nam
 
 
 def case_fastpath(report: Report, work: Path, runs: int) -> None:
-    from .params import GenerationParams
-
     engine = _demo_engine(work, save_images=False)
-    params = GenerationParams(prompt="a photo of a cat, highly detailed", negative_prompt="blurry", steps=20,
-                              width=512, height=512, sampler_name="Euler", seed=1)
-    speed_rows(report, "fastpath", engine, params, runs, modes=("default",))
+    speed_rows(report, "fastpath", engine, _demo_request(), runs, modes=("default",))
 
 
 def _load_in_child(code: str) -> dict:
