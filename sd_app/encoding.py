@@ -1,7 +1,7 @@
 """Prompt text -> SDXL conditioning tensors, through compel, in A1111 or compel syntax.
 
 compel does the hard parts (both text encoders, pooled output, 77-token chunks for long prompts,
-weights applied per token); A1111 syntax is parsed by `prompts.parse_attention` and handed to compel as
+weights applied per token); A1111 syntax is parsed by `prompts.split_breaks` and handed to compel as
 weighted fragments, since compel's own parser reads `(red:1.3)` as literal text.
 """
 

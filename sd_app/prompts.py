@@ -37,21 +37,11 @@ class LoraTag:
     weight: float
 
 
-def parse_attention(text: str) -> list[tuple[str, float]]:
-    """A1111's `parse_prompt_attention`: the prompt as (text, weight) runs, neighbours of equal weight merged.
-
-    A `BREAK` becomes a space here; `split_breaks` keeps the parts apart for the encoder.
-    """
-    flat: list[tuple[str, float]] = []
-    for i, part in enumerate(split_breaks(text)):
-        flat.extend(([(" ", 1.0)] if i else []) + part)
-    return _merged(flat)
-
-
 def split_breaks(text: str) -> list[list[tuple[str, float]]]:
-    """The prompt's `BREAK`-separated parts, each as (text, weight) runs. A1111 starts a new 77-token chunk
-    at each BREAK; weights span it (`(a BREAK b:1.2)` weighs both parts). A trailing empty part is kept, so
-    the token counter can count the chunk it closes, as A1111's does."""
+    """A1111's `parse_prompt_attention`, one list per `BREAK`-separated part: (text, weight) runs with
+    neighbours of equal weight merged. A1111 starts a new 77-token chunk at each BREAK; weights span it
+    (`(a BREAK b:1.2)` weighs both parts). A trailing empty part is kept, so the token counter can count
+    the chunk it closes, as A1111's does."""
     runs: list[list | None] = []  # None marks a BREAK
     round_open: list[int] = []
     square_open: list[int] = []

@@ -1,6 +1,12 @@
 import pytest
 
-from sd_app.prompts import extract_lora_tags, parse_attention, split_breaks
+from sd_app.prompts import extract_lora_tags, split_breaks
+
+
+def parse_attention(prompt):
+    """A prompt without BREAK is one part: A1111's parse_prompt_attention."""
+    parts = split_breaks(prompt)
+    return [run for part in parts for run in part]
 
 
 def plain_text(prompt):
