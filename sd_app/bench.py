@@ -22,6 +22,7 @@ import gc
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -535,6 +536,7 @@ def case_coldstart(report: Report, work: Path, runs: int) -> None:
         finally:
             server.terminate()
             server.wait(30)
+            shutil.rmtree(data, ignore_errors=True)  # ~30 MB of demo models and settings per start
         report.add("coldstart", f"{label}: launch to page ready", f"{ready:.1f} s", ready)
         report.add("coldstart", f"{label}: launch to first API image", f"{first:.1f} s", first)
 
