@@ -85,3 +85,13 @@ def test_on_a_gpu_compiled_convolutions_go_channels_last_and_back(ckpt_dir, tmp_
     assert fastpath.is_compiled(pipe) and channels_last(pipe.unet) and channels_last(pipe.vae.decoder)
     fastpath.set_compiled(pipe, "off", cuda)
     assert not fastpath.is_compiled(pipe) and pipe.unet.conv_in.weight.is_contiguous()
+
+
+def test_progress_bar_shows_the_compiling_note_instead_of_step_zero():
+    from sd_app.ui.txt2img import progress_html
+
+    job = Job()
+    job.started, job.sampling_steps = 1.0, 20
+    assert "Step 0/20" in progress_html(job)
+    job.note = "Fast path: compiling first"
+    assert "compiling" in progress_html(job) and "Step" not in progress_html(job)
