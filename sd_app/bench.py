@@ -556,10 +556,11 @@ def case_gpu(report: Report, work: Path, runs: int) -> None:
         if not target.exists():
             os.link(full_size_file(kind, work), target)
     engine = Engine(CheckpointLibrary(folder, HashCache(work / "hashes.json")),
-                    EngineOptions(outputs_dir=work / "outputs", save_images=False, preview_every=0,
-                                  memory_mode="none", dtype="bfloat16"))
+                    EngineOptions(outputs_dir=work / "outputs", save_images=False, memory_mode="none",
+                                  dtype="bfloat16"))  # live previews on, as the UI has them
     engine.load_checkpoint("bench-sdxl-base")
-    report.add("gpu", "device, precision", f"{torch.cuda.get_device_name(0)}, bfloat16")
+    report.add("gpu", "device, precision", f"{torch.cuda.get_device_name(0)}, bfloat16, live preview every "
+                                           f"{engine.options.preview_every} steps, PNG not saved")
     params = GenerationParams(prompt="a photo of a cat", negative_prompt="blurry", steps=30, width=1024,
                               height=1024, seed=1, sampler_name="Euler")
     speed_rows(report, "gpu", engine, params, runs, refiner_name="bench-sdxl-refiner",
