@@ -241,6 +241,11 @@ class Engine:
         return "model-offload" if free >= 6 * GIB else "sequential-offload"
 
     def _place(self, pipe) -> None:
+        for part in pipe.components.values():
+            if isinstance(part, torch.nn.Module):
+                # Inference only. peft freezes the layers it wraps; freezing everything up front keeps a
+                # compiled UNet's guards (requires_grad is one) the same before and after the first LoRA.
+                part.requires_grad_(False)
         mode = self.memory_mode()
         if mode == "model-offload":
             pipe.enable_model_cpu_offload(device=self.device)

@@ -307,6 +307,12 @@ class LoraSet:
     fits `fuse_budget`, else from the checkpoint file (`originals`). With neither, the set runs unfused:
     slower, equally exact. Fusing depends on the request alone (never on which job ran before), so the
     same request always gives the same pixels.
+
+    Whenever every UNet LoRA layer just passes its input to the original layer (the set is fused, or no
+    LoRA is on), the original layers are put back in their places: the UNet is then the same module tree
+    it was before any LoRA, so a compiled UNet (the fast path) reuses its graphs instead of compiling again
+    for each LoRA set, and eager steps skip peft's per-layer Python. peft's layers go back before anything
+    else touches the adapters.
     """
 
     def __init__(self, pipe, weights: WeightCache, max_loaded: int = 8, fuse: bool = True,
@@ -322,6 +328,7 @@ class LoraSet:
         self._fused_key: tuple | None = None
         self._originals: dict[torch.nn.Module, torch.Tensor] = {}  # layer -> RAM copy of its weight
         self._from_file: dict[torch.nn.Module, str] = {}  # layer -> weight name in the checkpoint file
+        self._bypassed: list[tuple[torch.nn.Module, str, torch.nn.Module]] = []  # (parent, attribute, peft layer)
 
     @property
     def fused(self) -> bool:
@@ -329,12 +336,14 @@ class LoraSet:
 
     def apply(self, active: list[ActiveLora]) -> None:
         key = tuple(sorted((str(a.info.path), a.info.path.stat().st_mtime, a.weight) for a in active))
-        if key and key == self._fused_key:
-            return
+        if key and key == self._fused_key or not key and self._bypassed and self._fused_key is None:
+            return  # this set is in place already
+        self._restore_layers()
         self._unfuse()
         if not active:
             if self._loaded:
                 self.pipe.disable_lora()
+                self._bypass_layers()
             return
         names = [self._ensure_loaded(item.info) for item in active]
         self.pipe.enable_lora()
@@ -342,6 +351,25 @@ class LoraSet:
         self.pipe.set_adapters(names, adapter_weights=[item.weight for item in active])
         if self.fuse:
             self._fuse(key, names)
+        if self.fused:
+            self._bypass_layers()
+
+    def _bypass_layers(self) -> None:
+        """Put the UNet's original layers back in place of peft's (which only pass inputs through now)."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        unet = self.pipe.unet
+        for name, module in list(unet.named_modules()):
+            if isinstance(module, BaseTunerLayer):
+                parent_name, _, attribute = name.rpartition(".")
+                parent = unet.get_submodule(parent_name) if parent_name else unet
+                setattr(parent, attribute, module.get_base_layer())
+                self._bypassed.append((parent, attribute, module))
+
+    def _restore_layers(self) -> None:
+        for parent, attribute, layer in self._bypassed:
+            setattr(parent, attribute, layer)
+        self._bypassed.clear()
 
     def _fuse(self, key: tuple, names: list[str]) -> None:
         from peft.tuners.tuners_utils import BaseTunerLayer

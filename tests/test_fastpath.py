@@ -95,3 +95,23 @@ def test_progress_bar_shows_the_compiling_note_instead_of_step_zero():
     assert "Step 0/20" in progress_html(job)
     job.note = "Fast path: compiling first"
     assert "compiling" in progress_html(job) and "Step" not in progress_html(job)
+
+
+def test_switching_fused_loras_reuses_the_compiled_graphs(ckpt_dir, tmp_path, small, monkeypatch):
+    """Compiling again for every LoRA set would cost tens of seconds per switch on a GPU."""
+    graphs = []
+
+    def counting_backend(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward  # runs eagerly: this test counts compilations, not speed
+
+    monkeypatch.setitem(fastpath.COMPILE_MODES, "counting", {"backend": counting_backend})
+    engine = make_engine(ckpt_dir, tmp_path, save_images=False, preview_every=0, compile="counting")
+    engine.load_checkpoint(BASE)
+    plain = pixels(engine.generate(small))
+    compiled_once = len(graphs)
+    for tags in ("<lora:demo-style:1>", "<lora:demo-detail:0.5>", "<lora:demo-style:1> <lora:demo-detail:1>", ""):
+        result = engine.generate(small.replace(prompt=f"{small.prompt} {tags}"))
+        assert engine.base.loras.fused or not tags
+    assert compiled_once > 0 and len(graphs) == compiled_once
+    assert np.array_equal(pixels(result), plain)

@@ -195,6 +195,7 @@ def test_peft_format_loads_like_kohya(lora_engine, small, tmp_path):
 
     kohya = lora_engine.generate(small.replace(prompt="cat <lora:demo-style:1>"))
     pipe = lora_engine.base.pipe
+    lora_engine.base.loras._restore_layers()  # peft's layers stand aside while a fused set runs
     adapter = lora_engine.base.loras._loaded[next(k for k in lora_engine.base.loras._loaded if k[0].stem == "demo-style")]
     layers = {part: get_peft_model_state_dict(getattr(pipe, part), adapter_name=adapter)
               for part in ("unet", "text_encoder", "text_encoder_2")}
