@@ -317,8 +317,20 @@ def speed_rows(report: Report, case: str, engine, params, runs: int, refiner_nam
 
 
 def case_fastpath(report: Report, work: Path, runs: int) -> None:
+    import dataclasses
+
     engine = _demo_engine(work, save_images=False)
-    speed_rows(report, "fastpath", engine, _demo_request(), runs, modes=("default",))
+    params = _demo_request()
+    speed_rows(report, "fastpath", engine, params, runs, modes=("default",))
+    # A new LoRA set must not mean compiling again (LoraSet keeps the UNet's module tree as compiled).
+    engine.configure(dataclasses.replace(engine.options, compile="default"))
+    engine.generate(params)
+    for tags in ("<lora:demo-style:0.8>", "<lora:demo-style:0.8> <lora:demo-detail:0.5>"):
+        start = time.perf_counter()
+        engine.generate(params.replace(prompt=f"{params.prompt} {tags}"))
+        seconds = time.perf_counter() - start
+        report.add("fastpath", f"fast path, first image with a new set of {tags.count('<')} LoRA(s)",
+                   f"{seconds:.2f} s", seconds)
 
 
 def _load_in_child(code: str) -> dict:

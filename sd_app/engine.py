@@ -270,7 +270,7 @@ class Engine:
     def _note_compiling(self, job: Job) -> None:
         """Compiling shows no steps: say why the bar waits (the next step callback clears it)."""
         if self.compile_mode() != "off":
-            job.note = "Fast path: compiling first if this size or LoRA set is new (tens of seconds)…"
+            job.note = "Fast path: compiling first if the image size or model is new here (tens of seconds)…"
 
     def _loaded_pipes(self) -> list:
         return [model.pipe for model in (self.base, self.refiner) if model is not None]

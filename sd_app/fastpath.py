@@ -5,11 +5,12 @@ pipeline keeps the same layers and weights: LoRAs load, fuse and unfuse exactly 
 compiled code reads the weights as they are at each call. Pixels match the eager path to a level or two
 of 255 (kernels sum in another order).
 
-The cost is the first image: compiling takes tens of seconds, and again for a new LoRA set or the first
-change of image size (torch then compiles a graph for any size, which takes longer). Another checkpoint
-of the same architecture reuses the graphs: weights are inputs, not constants. Graphs are kept up to
-RECOMPILE_LIMIT; past it torch runs the rest eagerly. It pays off for a run of images with one setup.
-Text encoders are left eager: they run once per prompt.
+The cost is the first image: compiling takes tens of seconds, and again at the first change of image size
+(torch then compiles a graph for any size, which takes longer). Another checkpoint of the same architecture
+reuses the graphs (weights are inputs, not constants), and so does a fused LoRA set (`lora.LoraSet` puts
+the UNet's own layers back in place of peft's while one is fused). An unfused set, or the refiner, is a
+graph of its own. Graphs are kept up to RECOMPILE_LIMIT; past it torch runs the rest eagerly. Text
+encoders are left eager: they run once per prompt.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def set_compiled(pipe, mode: str, device: torch.device) -> None:
     arguments = COMPILE_MODES[mode]
     if arguments is not None:
         # Compiled graphs are cached per forward() code, shared by every module of a class: base and refiner
-        # UNets, each image size, each LoRA set. torch's default of 8 is used up within a session, and past it
+        # UNets, image sizes, unfused LoRA sets. torch's default of 8 is used up within a session, and past it
         # torch silently runs eagerly; each graph costs a few MB of host memory.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     for module in compiled_modules(pipe):

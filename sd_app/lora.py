@@ -336,8 +336,10 @@ class LoraSet:
 
     def apply(self, active: list[ActiveLora]) -> None:
         key = tuple(sorted((str(a.info.path), a.info.path.stat().st_mtime, a.weight) for a in active))
-        if key and key == self._fused_key or not key and self._bypassed and self._fused_key is None:
-            return  # this set is in place already
+        fused_already = bool(key) and key == self._fused_key
+        off_already = not key and self._fused_key is None and bool(self._bypassed)
+        if fused_already or off_already:
+            return
         self._restore_layers()
         self._unfuse()
         if not active:

@@ -63,8 +63,8 @@ SETTINGS: tuple[Setting, ...] = (
             help="Automatic: the checkpoint's own. Or a file from the VAE folder, e.g. an fp16-fix SDXL VAE"),
     Setting("vae_tiling", False, "VAE tiling (large images with less VRAM)", "Device and memory", applies="reload"),
     Setting("compile", "off", "Fast path (torch.compile)", "Device and memory", choices=tuple(COMPILE_MODES),
-            help="Faster steps, same images. The first image compiles (tens of seconds), again for a new LoRA set "
-                 "or image size. Only with the whole model on the device (memory mode none)"),
+            help="Faster steps, same images. The first image compiles (tens of seconds), and again at the first "
+                 "change of size. Only with the whole model on the device (memory mode none)"),
     Setting("preview_every", 3, "Live preview every N steps (0: off)", "Previews", limits=(0, 50)),
     Setting("save_images", True, "Save every image to the outputs folder", "Saving"),
     Setting("output_format", "png", "Image format", "Saving", choices=OUTPUT_FORMATS),
