@@ -44,14 +44,23 @@ ALL_CASES = ("overhead", "fastpath", "load", "lora-demo", "lora", "coldstart", "
 
 
 def measure(fn, runs: int, warmup: int = 1) -> dict:
-    for _ in range(warmup):
-        fn()
-    times = []
+    return measure_side_by_side({"fn": fn}, runs, warmup)["fn"]
+
+
+def measure_side_by_side(fns: dict, runs: int, warmup: int = 1) -> dict[str, dict]:
+    """Each function once per round, `runs` rounds: a shared machine's slow drifts (a neighbour, the clock)
+    then hit every contender alike, so their ratio holds where back-to-back blocks drifted by ±4 %."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return {"median": statistics.median(times), "min": min(times), "max": max(times), "runs": runs}
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: {"median": statistics.median(t), "min": min(t), "max": max(t), "runs": runs}
+            for name, t in times.items()}
 
 
 def fmt(stat: dict, unit: str = "s") -> str:
@@ -243,8 +252,8 @@ def case_overhead(report: Report, work: Path, runs: int) -> None:
     def ours():
         timings.append(engine.generate(params).timings)
 
-    a = measure(plain_diffusers(engine, params), runs)
-    b = measure(ours, runs)
+    both = measure_side_by_side({"plain": plain_diffusers(engine, params), "ours": ours}, runs)
+    a, b = both["plain"], both["ours"]
     report.add("overhead", "plain diffusers, demo 512x512, 20 steps", fmt(a), a)
     report.add("overhead", "Homegrown engine, same request (saves PNG)", fmt(b), b)
     report.add("overhead", "ratio Homegrown / diffusers", f"{b['median'] / a['median']:.3f}x",
@@ -275,16 +284,27 @@ def speed_rows(report: Report, case: str, engine, params, runs: int, refiner_nam
     if refiner is not None:
         runs_with.append(("base+refiner", params.replace(refiner_checkpoint=refiner_name), refiner))
 
-    def row(label: str, fn) -> dict:
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        stat = measure(fn, runs)
+    peaks: dict[str, int] = {}
+
+    def peak_tracked(label: str, fn):
+        def run():
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            result = fn()
+            if cuda:
+                peaks[label] = max(peaks.get(label, 0), torch.cuda.max_memory_allocated())
+            return result
+        return run
+
+    def add_rows(label: str, stat: dict) -> dict:
         report.add(case, f"{label}: {size}", fmt(stat), stat)
         report.add(case, f"{label}: it/s", f"{params.steps / stat['median']:.2f}", params.steps / stat["median"])
         if cuda:
-            peak = torch.cuda.max_memory_allocated()
-            report.add(case, f"{label}: peak VRAM", f"{peak / 2**30:.2f} GiB", peak)
+            report.add(case, f"{label}: peak VRAM", f"{peaks[label] / 2**30:.2f} GiB", peaks[label])
         return stat
+
+    def row(label: str, fn) -> dict:
+        return add_rows(label, measure(peak_tracked(label, fn), runs))
 
     def ours(p):
         def run():
@@ -294,8 +314,10 @@ def speed_rows(report: Report, case: str, engine, params, runs: int, refiner_nam
         return run
 
     for what, request, refiner_model in runs_with:
-        plain = row(f"plain diffusers, {what}", plain_diffusers(engine, request, refiner_model))
-        default = row(f"Homegrown, {what}", ours(request))
+        contenders = {f"plain diffusers, {what}": plain_diffusers(engine, request, refiner_model),
+                      f"Homegrown, {what}": ours(request)}
+        both = measure_side_by_side({label: peak_tracked(label, fn) for label, fn in contenders.items()}, runs)
+        plain, default = (add_rows(label, both[label]) for label in contenders)
         report.add(case, f"Homegrown / plain diffusers, {what}", f"{default['median'] / plain['median']:.3f}x",
                    default["median"] / plain["median"])
         eager = np.asarray(engine.generate(request).images[0]).astype(np.int16)
