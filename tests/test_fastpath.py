@@ -4,9 +4,11 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
 from sd_app import fastpath
 from sd_app.engine import Job
+from sd_app.errors import UserError
 
 from conftest import BASE, make_engine
 
@@ -66,16 +68,14 @@ def test_failed_compile_falls_back_to_eager_with_a_warning(ckpt_dir, tmp_path, s
 
 def test_unknown_compile_mode_names_the_field(ckpt_dir, tmp_path):
     engine = make_engine(ckpt_dir, tmp_path)
-    with pytest.raises(Exception) as err:
+    with pytest.raises(UserError) as err:
         compile_as(engine, "turbo")
-    assert getattr(err.value, "field", None) == "compile" and "max-autotune" in str(err.value)
+    assert err.value.field == "compile" and "max-autotune" in str(err.value)
     assert engine.options.compile == "off"
 
 
 def test_on_a_gpu_compiled_convolutions_go_channels_last_and_back(ckpt_dir, tmp_path):
     """The CUDA branch, checked without a GPU: nothing here runs the model, so no kernel needs CUDA."""
-    import torch
-
     engine = make_engine(ckpt_dir, tmp_path)
     pipe = engine.load_checkpoint(BASE).pipe
     channels_last = lambda module: module.conv_in.weight.is_contiguous(memory_format=torch.channels_last)  # noqa: E731
