@@ -269,8 +269,13 @@ class Engine:
 
     def _note_compiling(self, job: Job) -> None:
         """Compiling shows no steps: say why the bar waits (the next step callback clears it)."""
-        if self.compile_mode() != "off":
+        if self._compiled():
             job.note = "Fast path: compiling first if the image size or model is new here (tens of seconds)…"
+
+    def _compiled(self) -> bool:
+        """Whether the loaded pipelines run compiled: what _place or configure did, not the options read again
+        (with memory mode auto, free VRAM after loading would give another answer than it gave before)."""
+        return any(fastpath.is_compiled(pipe) for pipe in self._loaded_pipes())
 
     def _loaded_pipes(self) -> list:
         return [model.pipe for model in (self.base, self.refiner) if model is not None]
@@ -278,7 +283,7 @@ class Engine:
     def _eager_if_compile_fails(self, fn, result: GenerationResult):
         """Run `fn`; if compiling fails (no C compiler, an unsupported GPU), switch the fast path off and run
         it again eagerly: the user still gets the image, and a warning that says why."""
-        if self.compile_mode() == "off":
+        if not self._compiled():
             return fn()
         try:
             return fn()
