@@ -189,19 +189,24 @@ def full_size_lora(pipe, path: Path, rank: int = 32) -> Path:
 # ---- cases -------------------------------------------------------------------------------------
 
 
-def _demo_engine(work: Path, **options):
+def bench_studio(work: Path, ckpt_dir: Path, lora_dir: Path | None = None, **settings):
+    """A studio on these folders with settings held in memory (nothing written but images), as app.py builds it."""
+    from .presets import PresetLibrary
+    from .settings import SettingsStore
+    from .studio import Studio
+
+    overrides = {"ckpt_dir": str(ckpt_dir), "lora_dir": str(lora_dir or ckpt_dir.parent / "Lora"),
+                 "vae_dir": str(ckpt_dir.parent / "VAE"), "outputs_dir": str(work / "outputs"), **settings}
+    return Studio.create(SettingsStore(None, overrides), work, PresetLibrary(ROOT / "presets"))
+
+
+def _demo_studio(work: Path, **settings):
     from .demo import write_demo
-    from .engine import Engine, EngineOptions
-    from .lora import LoraLibrary
-    from .models import CheckpointLibrary, HashCache
 
     paths = write_demo(work / "demo")
-    hashes = HashCache(work / "hashes.json")
-    engine = Engine(CheckpointLibrary(paths["base"].parent, hashes),
-                    EngineOptions(outputs_dir=work / "outputs", preview_every=0, **options),
-                    loras=LoraLibrary(paths["demo-style"].parent, hashes))
-    engine.load_checkpoint("homegrown-demo-base")
-    return engine
+    studio = bench_studio(work, paths["base"].parent, paths["demo-style"].parent, preview_every=0, **settings)
+    studio.load_checkpoint("homegrown-demo-base")
+    return studio
 
 
 def _sync(device: torch.device) -> None:
@@ -209,21 +214,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def plain_diffusers(engine, params, refiner=None):
-    """A plain diffusers call on the engine's own pipelines: the same prompt, starting latents, sampler and
+def plain_diffusers(pipelines, params, refiner=None):
+    """A plain diffusers call on Homegrown's own loaded pipelines: the same prompt, starting latents, sampler and
     steps, with none of Homegrown's code in the loop (base alone, or base then refiner as diffusers documents)."""
     from . import samplers
 
     sampler, schedule = samplers.resolve(params.sampler_name, params.scheduler)
-    shape = (1, engine.base.pipe.unet.config.in_channels, params.height // 8, params.width // 8)
+    shape = (1, pipelines.base.pipe.unet.config.in_channels, params.height // 8, params.width // 8)
     common = dict(prompt=params.prompt, negative_prompt=params.negative_prompt, num_inference_steps=params.steps,
                   guidance_scale=params.cfg_scale)
 
     def run():
-        base = engine.base.pipe
-        base.scheduler = samplers.make_scheduler(engine.base.scheduler_config, sampler, schedule)
+        base = pipelines.base.pipe
+        base.scheduler = samplers.make_scheduler(pipelines.base.scheduler_config, sampler, schedule)
         latents = torch.randn(shape, generator=torch.Generator().manual_seed(params.seed))
-        latents = latents.to(engine.device, engine.dtype)
+        latents = latents.to(pipelines.device, pipelines.dtype)
         if refiner is None:
             base(**common, width=params.width, height=params.height, latents=latents, output_type="pil")
         else:
@@ -232,7 +237,7 @@ def plain_diffusers(engine, params, refiner=None):
                            denoising_end=switch, output_type="latent").images
             refiner.pipe.scheduler = samplers.make_scheduler(refiner.scheduler_config, sampler, schedule)
             refiner.pipe(**common, image=latents, denoising_start=switch, output_type="pil")
-        _sync(engine.device)
+        _sync(pipelines.device)
 
     return run
 
@@ -245,14 +250,14 @@ def _demo_request():
 
 
 def case_overhead(report: Report, work: Path, runs: int) -> None:
-    engine = _demo_engine(work)
+    studio = _demo_studio(work)
     params = _demo_request()
     timings = []
 
     def ours():
-        timings.append(engine.generate(params).timings)
+        timings.append(studio.generate(params).timings)
 
-    both = measure_side_by_side({"plain": plain_diffusers(engine, params), "ours": ours}, runs)
+    both = measure_side_by_side({"plain": plain_diffusers(studio.pipelines, params), "ours": ours}, runs)
     a, b = both["plain"], both["ours"]
     report.add("overhead", "plain diffusers, demo 512x512, 20 steps", fmt(a), a)
     report.add("overhead", "Homegrown engine, same request (saves PNG)", fmt(b), b)
@@ -263,23 +268,22 @@ def case_overhead(report: Report, work: Path, runs: int) -> None:
         value = statistics.median(t.get(phase, 0.0) for t in last)
         report.add("overhead", f"  Homegrown phase: {phase}", f"{value * 1000:.1f} ms", value)
     small = params.replace(prompt="a cat <lora:demo-style:0.8>")
-    engine.generate(small)
-    c = measure(lambda: engine.generate(small), runs)
+    studio.generate(small)
+    c = measure(lambda: studio.generate(small), runs)
     report.add("overhead", "Homegrown engine with one LoRA", fmt(c), c)
 
 
-def speed_rows(report: Report, case: str, engine, params, runs: int, refiner_name: str | None = None,
+def speed_rows(report: Report, case: str, studio, params, runs: int, refiner_name: str | None = None,
                modes: tuple[str, ...] = ()) -> None:
     """Plain diffusers, the Homegrown default path, then each fast-path mode, on the same pipelines in one
     run: seconds per image, it/s, peak VRAM on a GPU; for the fast path also the first (compiling) image and
     the largest pixel difference from the default path."""
-    import dataclasses
-
     import numpy as np
 
-    cuda = engine.device.type == "cuda"
+    pipelines = studio.pipelines
+    cuda = pipelines.device.type == "cuda"
     size = f"{params.width}x{params.height}, {params.steps} steps"
-    refiner = engine.load_refiner(refiner_name) if refiner_name else None
+    refiner = pipelines.load_refiner(refiner_name) if refiner_name else None
     runs_with = [("base", params, None)]
     if refiner is not None:
         runs_with.append(("base+refiner", params.replace(refiner_checkpoint=refiner_name), refiner))
@@ -308,21 +312,21 @@ def speed_rows(report: Report, case: str, engine, params, runs: int, refiner_nam
 
     def ours(p):
         def run():
-            result = engine.generate(p)
-            _sync(engine.device)
+            result = studio.generate(p)
+            _sync(pipelines.device)
             return result
         return run
 
     for what, request, refiner_model in runs_with:
-        contenders = {f"plain diffusers, {what}": plain_diffusers(engine, request, refiner_model),
+        contenders = {f"plain diffusers, {what}": plain_diffusers(pipelines, request, refiner_model),
                       f"Homegrown, {what}": ours(request)}
         both = measure_side_by_side({label: peak_tracked(label, fn) for label, fn in contenders.items()}, runs)
         plain, default = (add_rows(label, both[label]) for label in contenders)
         report.add(case, f"Homegrown / plain diffusers, {what}", f"{default['median'] / plain['median']:.3f}x",
                    default["median"] / plain["median"])
-        eager = np.asarray(engine.generate(request).images[0]).astype(np.int16)
+        eager = np.asarray(studio.generate(request).images[0]).astype(np.int16)
         for mode in modes:
-            engine.configure(dataclasses.replace(engine.options, compile=mode))
+            studio.apply_settings({"compile": mode})
             start = time.perf_counter()
             first = ours(request)()
             seconds = time.perf_counter() - start
@@ -335,21 +339,19 @@ def speed_rows(report: Report, case: str, engine, params, runs: int, refiner_nam
                        f"{fast['median'] / default['median']:.3f}x", fast["median"] / default["median"])
             diff = int(np.abs(np.asarray(first.images[0]).astype(np.int16) - eager).max())
             report.add(case, f"fast path {mode}, {what}: largest pixel difference", f"{diff} of 255", diff)
-        engine.configure(dataclasses.replace(engine.options, compile="off"))
+        studio.apply_settings({"compile": "off"})
 
 
 def case_fastpath(report: Report, work: Path, runs: int) -> None:
-    import dataclasses
-
-    engine = _demo_engine(work, save_images=False)
+    studio = _demo_studio(work, save_images=False)
     params = _demo_request()
-    speed_rows(report, "fastpath", engine, params, runs, modes=("default",))
+    speed_rows(report, "fastpath", studio, params, runs, modes=("default",))
     # A new LoRA set must not mean compiling again (LoraSet keeps the UNet's module tree as compiled).
-    engine.configure(dataclasses.replace(engine.options, compile="default"))
-    engine.generate(params)
+    studio.apply_settings({"compile": "default"})
+    studio.generate(params)
     for tags in ("<lora:demo-style:0.8>", "<lora:demo-style:0.8> <lora:demo-detail:0.5>"):
         start = time.perf_counter()
-        engine.generate(params.replace(prompt=f"{params.prompt} {tags}"))
+        studio.generate(params.replace(prompt=f"{params.prompt} {tags}"))
         seconds = time.perf_counter() - start
         report.add("fastpath", f"fast path, first image with a new set of {tags.count('<')} LoRA(s)",
                    f"{seconds:.2f} s", seconds)
@@ -451,7 +453,8 @@ def case_load(report: Report, work: Path, runs: int) -> None:
 
 
 def _lora_case(report: Report, case: str, pipe, loras: list[Path], runs: int, latent: int, originals) -> None:
-    from .lora import ActiveLora, LoraSet, WeightCache, describe
+    from .lora_library import ActiveLora, describe
+    from .lora_patch import LoraSet, WeightCache
 
     infos = [describe(p, p.stem) for p in loras]
     cache = WeightCache()
@@ -579,8 +582,6 @@ def case_gpu(report: Report, work: Path, runs: int) -> None:
     if not torch.cuda.is_available():
         report.add("gpu", "skipped", "no CUDA GPU on this machine")
         return
-    from .engine import Engine, EngineOptions
-    from .models import CheckpointLibrary, HashCache
     from .params import GenerationParams
 
     folder = work / "ckpt"
@@ -589,15 +590,14 @@ def case_gpu(report: Report, work: Path, runs: int) -> None:
         target = folder / f"bench-sdxl-{kind}.safetensors"
         if not target.exists():
             os.link(full_size_file(kind, work), target)
-    engine = Engine(CheckpointLibrary(folder, HashCache(work / "hashes.json")),
-                    EngineOptions(outputs_dir=work / "outputs", save_images=False, memory_mode="none",
-                                  dtype="bfloat16"))  # live previews on, as the UI has them
-    engine.load_checkpoint("bench-sdxl-base")
+    # Live previews on, as the page has them.
+    studio = bench_studio(work, folder, save_images=False, memory_mode="none", dtype="bfloat16")
+    studio.load_checkpoint("bench-sdxl-base")
     report.add("gpu", "device, precision", f"{torch.cuda.get_device_name(0)}, bfloat16, live preview every "
-                                           f"{engine.options.preview_every} steps, PNG not saved")
+                                           f"{studio.settings.get('preview_every')} steps, PNG not saved")
     params = GenerationParams(prompt="a photo of a cat", negative_prompt="blurry", steps=30, width=1024,
                               height=1024, seed=1, sampler_name="Euler")
-    speed_rows(report, "gpu", engine, params, runs, refiner_name="bench-sdxl-refiner",
+    speed_rows(report, "gpu", studio, params, runs, refiner_name="bench-sdxl-refiner",
                modes=("default", "max-autotune"))
 
 

@@ -1,4 +1,4 @@
-"""A1111's "infotext" (the generation parameters stored in each PNG) and saving images with it.
+"""A1111's "infotext" (the generation parameters stored in each PNG): its text, and where it lives in an image.
 
 Format, as A1111 writes it, so civitai, A1111's PNG Info and other readers understand our images:
 
@@ -12,11 +12,7 @@ A value is JSON-quoted only when it holds ",", ":" or a newline.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
-from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -138,42 +134,6 @@ def read_image(path_or_image) -> str | None:
     return None
 
 
-def save_image(image: Image.Image, infotext: str | None, folder: str | Path, name: str, fmt: str = "png",
-               now: datetime | None = None) -> Path:
-    """Save as `folder/YYYY-MM-DD/NNNNN-NAME.EXT`, atomically: a crash leaves no half-written file, and
-    two savers never take the same number. The infotext goes where A1111 puts it: the PNG `parameters`
-    chunk, or EXIF UserComment for JPEG and WebP."""
-    fmt = fmt.lower()
-    if fmt not in EXTENSIONS:
-        raise ValueError(f"unknown image format {fmt!r}")
-    day = Path(folder) / (now or datetime.now()).strftime("%Y-%m-%d")
-    day.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".saving-", suffix="." + EXTENSIONS[fmt], dir=day)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write_image(image, infotext, f, fmt)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        number = _next_number(day)
-        while True:
-            target = day / f"{number:05d}-{name}.{EXTENSIONS[fmt]}"
-            try:
-                os.link(tmp, target)  # fails if the name is taken: no overwrite, no race
-                return target
-            except FileExistsError:
-                number += 1
-            except OSError:  # filesystems without hard links
-                if not target.exists():
-                    os.replace(tmp, target)
-                    return target
-                number += 1
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 _USER_COMMENT = 0x9286  # EXIF tag
 
 
@@ -190,15 +150,3 @@ def write_image(image: Image.Image, text: str | None, f, fmt: str = "png") -> No
         # EXIF UserComment with the "UNICODE" marker and UTF-16 text, as A1111 (piexif) writes it.
         exif[_USER_COMMENT] = b"UNICODE\0" + text.encode("utf-16-be")
     image.convert("RGB").save(f, format=fmt.upper(), quality=95, exif=exif.tobytes())
-
-
-def file_name(pattern: str, values: dict[str, Any]) -> str:
-    """The part of a file name after its number, from a pattern like "[seed]-[model]"; safe on every OS."""
-    name = re.sub(r"\[(\w+)\]", lambda m: str(values.get(m.group(1), m.group(0))), pattern or "[seed]")
-    name = re.sub(r'[\\/:*?"<>|\x00-\x1f]+', "_", name).strip(" .")
-    return name[:120] or str(values.get("seed", "image"))
-
-
-def _next_number(folder: Path) -> int:
-    numbers = [int(m.group(1)) for p in folder.iterdir() if (m := re.match(r"^(\d{5,})-", p.name))]
-    return max(numbers, default=-1) + 1

@@ -118,6 +118,10 @@ class Checkpoint:
         # What A1111 writes as "Model:" in infotext: the file's own name without extension.
         return self.name.rsplit("/", 1)[-1]
 
+    def title(self, short_hash: str | None) -> str:
+        """A1111's checkpoint title, as its API lists it: `name.safetensors [hash10]`."""
+        return model_title(self.name if self.is_folder else f"{self.name}.safetensors", short_hash)
+
     def kind(self) -> str:
         if self.is_folder:
             index = json.loads((self.path / "model_index.json").read_text())
@@ -227,6 +231,11 @@ class CheckpointLibrary:
         if checkpoint.is_folder:
             return ""
         return self.hashes.sha256(checkpoint.path)[:10]
+
+
+def model_title(name: str, short_hash: str | None) -> str:
+    """A1111's way of naming a model with its hash: `name [hash10]`, or the name alone without a hash."""
+    return f"{name} [{short_hash}]" if short_hash else name
 
 
 AUTOMATIC_VAE = ("Automatic", "None", "", None)  # the checkpoint's own VAE, as in A1111

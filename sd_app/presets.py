@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .lora_library import MAX_WEIGHT
 from .params import GenerationParams
 from .prompts import insert_lora_tag
 
@@ -91,8 +92,8 @@ def parse(path: Path) -> Preset:
             raise UserError(f"{where}: loras[{i}] must be {{\"name\": ..., \"weight\": ...}}")
         _known(where, f"loras[{i}].", item, {"name", "weight"})
         weight = item.get("weight", 1.0)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not -10 <= weight <= 10:
-            raise UserError(f"{where}: loras[{i}].weight must be a number between -10 and 10")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not abs(weight) <= MAX_WEIGHT:
+            raise UserError(f"{where}: loras[{i}].weight must be a number between -{MAX_WEIGHT:g} and {MAX_WEIGHT:g}")
         loras.append((item["name"], float(weight)))
     style = data.get("style", {})
     _known(where, "style.", style, STYLE_KEYS)

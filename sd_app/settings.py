@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from . import samplers
+from .encoding import SYNTAXES
 from .errors import UserError
 from .fastpath import COMPILE_MODES
+from .outputs import OUTPUT_FORMATS
 from .params import LIMITS, GenerationParams
+from .pipelines import DEVICES, DTYPES, MEMORY_MODES, RELOAD_OPTIONS
 
 
 @dataclass(frozen=True)
@@ -27,12 +30,15 @@ class Setting:
     section: str
     choices: tuple | None = None  # allowed values, when there is a fixed list
     limits: tuple | None = None  # (low, high) for numbers
-    applies: str = "now"  # "now", or "reload" (the checkpoint is reloaded to apply it)
     help: str = ""
+
+    @property
+    def applies(self) -> str:
+        """Either "now", or "reload": the checkpoint is reloaded to apply it (the pipelines say which)."""
+        return "reload" if self.name in RELOAD_OPTIONS else "now"
 
 
 SECTIONS = ("Folders", "Defaults", "Prompts", "Device and memory", "Previews", "Saving")
-OUTPUT_FORMATS = ("png", "jpeg", "webp")
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("models_dir", "models", "Models folder", "Folders",
@@ -51,17 +57,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sampler_name", "DPM++ 2M", "Sampler", "Defaults", choices=tuple(s.name for s in samplers.SAMPLERS)),
     Setting("scheduler", "Automatic", "Schedule type", "Defaults", choices=tuple(s.name for s in samplers.SCHEDULES)),
     Setting("refiner_switch_at", 0.8, "Refiner switch at", "Defaults", limits=LIMITS["refiner_switch_at"]),
-    Setting("prompt_syntax", "a1111", "Prompt syntax", "Prompts", choices=("a1111", "compel"),
+    Setting("prompt_syntax", "a1111", "Prompt syntax", "Prompts", choices=SYNTAXES,
             help="a1111: (word:1.2), [word]. compel: word++, (word)1.2, .blend()"),
-    Setting("device", "auto", "Device", "Device and memory", choices=("auto", "cuda", "cpu", "mps"), applies="reload"),
-    Setting("dtype", "auto", "Precision", "Device and memory", choices=("auto", "float16", "bfloat16", "float32"),
-            applies="reload", help="auto: float16 on a GPU, float32 on the CPU"),
+    Setting("device", "auto", "Device", "Device and memory", choices=DEVICES),
+    Setting("dtype", "auto", "Precision", "Device and memory", choices=("auto", *DTYPES),
+            help="auto: float16 on a GPU, float32 on the CPU"),
     Setting("memory_mode", "auto", "Memory mode", "Device and memory",
-            choices=("auto", "none", "model-offload", "sequential-offload"), applies="reload",
+            choices=MEMORY_MODES,
             help="auto picks by free VRAM; offloading keeps weights in RAM and moves them to the GPU when needed"),
-    Setting("vae", "Automatic", "VAE", "Device and memory", applies="reload",
+    Setting("vae", "Automatic", "VAE", "Device and memory",
             help="Automatic: the checkpoint's own. Or a file from the VAE folder, e.g. an fp16-fix SDXL VAE"),
-    Setting("vae_tiling", False, "VAE tiling (large images with less VRAM)", "Device and memory", applies="reload"),
+    Setting("vae_tiling", False, "VAE tiling (large images with less VRAM)", "Device and memory"),
     Setting("compile", "off", "Fast path (torch.compile)", "Device and memory", choices=tuple(COMPILE_MODES),
             help="Faster steps, same images. The first image compiles (tens of seconds), and again at the first "
                  "change of size. Only with the whole model on the device (memory mode none)"),

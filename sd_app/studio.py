@@ -1,55 +1,142 @@
-"""The running app's objects in one place, and the few operations both front ends (UI and API) share.
+"""The one seam between the front ends (the page, the API, the notebook) and the core.
 
-`app.py` builds one `Studio` and hands it to the UI and the API; nothing here knows Gradio or HTTP.
+`app.py` builds one `Studio` and hands it to the page and the API. They submit jobs, find and stop them,
+read progress, list and load models and apply settings here, with plain dataclasses; neither reads the
+engine's or the pipelines' insides. Nothing here knows Gradio or HTTP.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import threading
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import downloads
 from .auth import Credentials
 from .encoding import count_tokens
-from .engine import Engine, EngineOptions, Job
+from .engine import Engine
 from .errors import UserError
+from .jobs import GenerationResult, Job, JobBoard
 from .loading import load_tokenizers
-from .lora import LoraLibrary
+from .lora_library import LoraLibrary
 from .models import AUTOMATIC_VAE, CheckpointLibrary, HashCache, VaeLibrary
+from .outputs import OutputOptions, OutputWriter
+from .params import GenerationParams
+from .pipelines import PipelineOptions, Pipelines
 from .presets import PresetLibrary
 from .settings import SettingsStore
 
+log = logging.getLogger(__name__)
 
-@dataclass
+API_OWNER = "api"  # the owner of jobs that come from /sdapi/v1
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A checkpoint as the front ends show it."""
+
+    name: str  # below the checkpoint folder, without extension: what requests and the page use
+    title: str  # A1111's title: `name.safetensors [hash10]`
+    short_name: str  # the file's own name, as the infotext's `Model:`
+    short_hash: str | None  # A1111's 10-digit model hash, when known
+    sha256: str | None
+    filename: str
+
+
 class Studio:
-    settings: SettingsStore
-    engine: Engine
-    loras: LoraLibrary
-    presets: PresetLibrary
-    credentials: Credentials = field(default_factory=Credentials)
-    offline: bool = False
-    demo: bool = False
-    jobs: dict[str, Job] = field(default_factory=dict)  # the running job of each UI session
-    start_preset: str | None = None
-    _tokenizer: object = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(self, settings: SettingsStore, pipelines: Pipelines, engine: Engine, outputs: OutputWriter,
+                 loras: LoraLibrary, presets: PresetLibrary, credentials: Credentials | None = None,
+                 offline: bool = False, demo: bool = False, start_preset: str | None = None):
+        self.settings = settings
+        self.pipelines = pipelines
+        self.engine = engine
+        self.outputs = outputs
+        self.loras = loras
+        self.presets = presets
+        self.credentials = credentials or Credentials()
+        self.offline = offline
+        self.demo = demo
+        self.start_preset = start_preset
+        self.jobs = JobBoard()  # every job in flight, from the page and the API alike
+        self._tokenizer = None
+        self._lock = threading.Lock()
 
     @classmethod
     def create(cls, settings: SettingsStore, data_dir: str | Path, presets: PresetLibrary,
                credentials: Credentials | None = None, offline: bool = False, demo: bool = False) -> "Studio":
         hashes = HashCache(Path(data_dir) / "hashes.json")
         loras = LoraLibrary(settings.folder("lora"), hashes)
-        engine = Engine(CheckpointLibrary(settings.folder("ckpt"), hashes), engine_options(settings), loras=loras,
-                        vaes=VaeLibrary(settings.folder("vae"), hashes))
-        return cls(settings, engine, loras, presets, credentials or Credentials(), offline, demo)
+        pipelines = Pipelines(CheckpointLibrary(settings.folder("ckpt"), hashes), pipeline_options(settings),
+                              vaes=VaeLibrary(settings.folder("vae"), hashes))
+        engine = Engine(pipelines, loras, preview_every=settings.get("preview_every"))
+        return cls(settings, pipelines, engine, OutputWriter(output_options(settings)), loras, presets,
+                   credentials, offline, demo)
+
+    # ---- jobs ---------------------------------------------------------------------------------
+
+    def generate(self, params: GenerationParams, owner: str = API_OWNER, job: Job | None = None,
+                 save: bool | None = None, output_format: str | None = None) -> GenerationResult:
+        """Run a request as `owner`'s job and save its images (unless `save` says not to). The job is on the
+        board while it waits and runs, and off it when it ends, whatever way it ends."""
+        job = job or Job(params, owner)
+        job.owner = owner
+        self.jobs.add(job)
+        try:
+            result = self.engine.generate(params, job)
+            if self.outputs.options.save_images if save is None else save:
+                mark = time.perf_counter()
+                self.outputs.save(result, output_format)
+                result.timings["save"] = time.perf_counter() - mark
+            return result
+        finally:
+            self.jobs.remove(job)
+
+    def start(self, params: GenerationParams, owner: str) -> Job:
+        """`generate` in a thread of its own, for a front end that polls the job (the page): the job ends with
+        its result, or with a message for the user."""
+        job = Job(params, owner)
+
+        def work():
+            try:
+                job.end(result=self.generate(params, owner, job))
+            except UserError as err:
+                job.end(error=str(err))
+            except Exception as err:  # never a dead page: say what broke, keep the traceback in the log
+                log.exception("generation failed")
+                job.end(error=f"generation failed: {type(err).__name__}: {err}")
+
+        threading.Thread(target=work, daemon=True, name=f"job-{owner}").start()
+        return job
+
+    def job_of(self, owner: str) -> Job | None:
+        return self.jobs.of(owner)
+
+    def running_job(self) -> Job | None:
+        """The job on the GPU now, whoever started it (A1111's progress reports that one)."""
+        return self.jobs.running()
+
+    def interrupt(self, owner: str | None = None) -> bool:
+        """Stop `owner`'s job after the current step; without an owner, the running one (A1111's API)."""
+        job = self.running_job() if owner is None else self.job_of(owner)
+        if job is not None:
+            job.interrupt()
+        return job is not None
+
+    def skip(self, owner: str | None = None) -> bool:
+        job = self.running_job() if owner is None else self.job_of(owner)
+        if job is not None:
+            job.skip()
+        return job is not None
 
     # ---- checkpoints ------------------------------------------------------------------------
 
     def checkpoint_names(self, kind: str | None = None) -> list[str]:
         """Names of the checkpoints found; with kind ("sdxl-base"/"sdxl-refiner") only those."""
         names = []
-        for checkpoint in self.engine.checkpoints.list():
+        for checkpoint in self.pipelines.checkpoints.list():
             if kind is not None:
                 try:
                     if checkpoint.kind() != kind:
@@ -59,43 +146,70 @@ class Studio:
             names.append(checkpoint.name)
         return names
 
+    def checkpoints(self) -> list[ModelInfo]:
+        """Every checkpoint found, with the hashes already known (listing never hashes a 7 GB file)."""
+        library = self.pipelines.checkpoints
+        found = []
+        for checkpoint in library.list():
+            sha = None if checkpoint.is_folder else library.hashes.cached(checkpoint.path)
+            found.append(ModelInfo(checkpoint.name, checkpoint.title(sha[:10] if sha else None), checkpoint.short_name,
+                                   sha[:10] if sha else None, sha, str(checkpoint.path.resolve())))
+        return found
+
+    def loaded_model(self) -> ModelInfo | None:
+        """The base checkpoint loaded now, if any."""
+        loaded = self.pipelines.base
+        if loaded is None:
+            return None
+        checkpoint = loaded.checkpoint
+        return ModelInfo(checkpoint.name, checkpoint.title(loaded.short_hash), checkpoint.short_name,
+                         loaded.short_hash or None, None, str(checkpoint.path.resolve()))
+
+    def current_checkpoint(self) -> str | None:
+        loaded = self.loaded_model()
+        return loaded.name if loaded else None
+
+    def load_checkpoint(self, name: str) -> str:
+        """Load `name` as the base checkpoint (the previous one stays if it fails); returns its name."""
+        return self.pipelines.load_checkpoint(name).checkpoint.name
+
     def load_startup_checkpoint(self, wanted: str | None = None) -> str | None:
         """Load the checkpoint asked for (flag or setting), else the first SDXL base found; None if there is none."""
         wanted = wanted or self.settings.get("default_checkpoint") or None
         if wanted:
-            return self.engine.load_checkpoint(wanted).checkpoint.name
+            return self.load_checkpoint(wanted)
         bases = self.checkpoint_names("sdxl-base")
         if not bases:
             return None
-        return self.engine.load_checkpoint(bases[0]).checkpoint.name
-
-    def current_checkpoint(self) -> str | None:
-        return self.engine.base.checkpoint.name if self.engine.base else None
+        return self.load_checkpoint(bases[0])
 
     # ---- settings ---------------------------------------------------------------------------
 
     def vae_names(self) -> list[str]:
-        return ["Automatic", *self.engine.vaes.list()]
+        return ["Automatic", *self.pipelines.vaes.list()]
 
     def apply_settings(self, changes: dict) -> str:
         vae = changes.get("vae")
         if vae not in AUTOMATIC_VAE:
-            self.engine.vaes.get(vae)  # an unknown VAE is refused before anything is saved
+            self.pipelines.vaes.get(vae)  # an unknown VAE is refused before anything is saved
         before = self.settings.all()
         changed = self.settings.update(changes)
         if not changed:
             return "Nothing changed."
         if any(name.endswith("_dir") for name in changed):
-            hashes = self.engine.checkpoints.hashes
-            self.engine.checkpoints = CheckpointLibrary(self.settings.folder("ckpt"), hashes)
+            hashes = self.pipelines.checkpoints.hashes
             self.loras = LoraLibrary(self.settings.folder("lora"), hashes)
-            self.engine.loras = self.loras
-            self.engine.vaes = VaeLibrary(self.settings.folder("vae"), hashes)
+            self.pipelines.use_libraries(CheckpointLibrary(self.settings.folder("ckpt"), hashes),
+                                         VaeLibrary(self.settings.folder("vae"), hashes))
+            self.engine.use_libraries(self.loras)
         try:
-            return self.engine.configure(engine_options(self.settings))
+            message = self.pipelines.configure(pipeline_options(self.settings))
         except UserError:
             self.settings.update({name: before[name] for name in changed})  # keep the file matching what runs
             raise
+        self.engine.configure(preview_every=self.settings.get("preview_every"))
+        self.outputs.configure(output_options(self.settings))
+        return message
 
     # ---- prompts ------------------------------------------------------------------------------
 
@@ -115,11 +229,18 @@ class Studio:
         return downloads.download(repo_id, filename, folder, revision, overwrite, progress)
 
 
-def engine_options(settings: SettingsStore) -> EngineOptions:
-    return EngineOptions(
-        device=settings.get("device"), dtype=settings.get("dtype"), memory_mode=settings.get("memory_mode"),
-        vae_tiling=settings.get("vae_tiling"), prompt_syntax=settings.get("prompt_syntax"),
-        preview_every=settings.get("preview_every"), save_images=settings.get("save_images"),
-        outputs_dir=Path(settings.get("outputs_dir")), output_format=settings.get("output_format"),
-        filename_pattern=settings.get("filename_pattern"), embed_metadata=settings.get("embed_metadata"),
-        vae=settings.get("vae"), compile=settings.get("compile"))
+def _from_settings(options_class, settings: SettingsStore, **converters):
+    """An options dataclass filled from the settings of the same names (the settings table owns the values)."""
+    values = {}
+    for f in dataclasses.fields(options_class):
+        value = settings.get(f.name)
+        values[f.name] = converters[f.name](value) if f.name in converters else value
+    return options_class(**values)
+
+
+def pipeline_options(settings: SettingsStore) -> PipelineOptions:
+    return _from_settings(PipelineOptions, settings)
+
+
+def output_options(settings: SettingsStore) -> OutputOptions:
+    return _from_settings(OutputOptions, settings, outputs_dir=Path)

@@ -6,12 +6,12 @@ TOKENS_PER_CHUNK = 77
 
 
 def cat_position(engine, prompt="a photo of a cat"):
-    ids = engine.base.pipe.tokenizer(prompt).input_ids
+    ids = engine.pipelines.base.pipe.tokenizer(prompt).input_ids
     return ids.index(2368)  # "cat</w>"
 
 
 def test_a_weighted_word_moves_its_embedding_further_with_more_weight(engine):
-    enc = engine.encoder
+    enc = engine.pipelines.encoder
     plain = enc.encode("a photo of a cat", "").embeds
     pos = cat_position(engine)
     moved = [(enc.encode(f"a photo of a (cat:{w})", "").embeds[0, pos] - plain[0, pos]).norm().item()
@@ -22,15 +22,15 @@ def test_a_weighted_word_moves_its_embedding_further_with_more_weight(engine):
 
 
 def test_a1111_brackets_mean_1_1(engine):
-    enc = engine.encoder
+    enc = engine.pipelines.encoder
     assert torch.allclose(enc.encode("a photo of a (cat)", "").embeds, enc.encode("a photo of a (cat:1.1)", "").embeds)
     assert torch.allclose(enc.encode("a photo of a [cat]", "").embeds,
                           enc.encode(f"a photo of a (cat:{1 / 1.1})", "").embeds)
 
 
 def test_compel_syntax_setting(engine):
-    compel = PromptEncoder(engine.base.pipe, syntax="compel")
-    a1111 = engine.encoder
+    compel = PromptEncoder(engine.pipelines.base.pipe, syntax="compel")
+    a1111 = engine.pipelines.encoder
     # compel's "cat++" is A1111's "(cat:1.21)"; compel reads "(cat:1.21)" as text.
     assert torch.allclose(compel.encode("a photo of a cat++", "").embeds,
                           a1111.encode("a photo of a (cat:1.21)", "").embeds, atol=1e-5)
@@ -41,23 +41,23 @@ def test_compel_syntax_setting(engine):
 def test_long_prompt_is_chunked_not_truncated(engine):
     words = ["red", "green", "blue", "cat", "dog", "tree", "house", "sky"]
     long_prompt = " ".join(words[i % len(words)] for i in range(200))
-    assert engine.encoder.count_tokens(long_prompt) == 200
-    cond = engine.encoder.encode(long_prompt, "blurry")
+    assert engine.pipelines.encoder.count_tokens(long_prompt) == 200
+    cond = engine.pipelines.encoder.encode(long_prompt, "blurry")
     assert cond.embeds.shape[1] == 3 * TOKENS_PER_CHUNK  # 200 tokens -> three chunks of 75
     assert cond.negative_embeds.shape == cond.embeds.shape  # the negative prompt is padded to match
-    changed = engine.encoder.encode(long_prompt + " moon", "blurry").embeds
+    changed = engine.pipelines.encoder.encode(long_prompt + " moon", "blurry").embeds
     assert not torch.allclose(changed[0, 2 * TOKENS_PER_CHUNK:], cond.embeds[0, 2 * TOKENS_PER_CHUNK:])
 
 
 def test_long_negative_prompt_pads_the_positive(engine):
-    cond = engine.encoder.encode("cat", "ugly " * 100)
+    cond = engine.pipelines.encoder.encode("cat", "ugly " * 100)
     assert cond.embeds.shape == cond.negative_embeds.shape and cond.embeds.shape[1] == 2 * TOKENS_PER_CHUNK
 
 
 def test_refiner_conditioning_is_the_openclip_half(engine):
-    cond = engine.encoder.encode("a cat", "")
+    cond = engine.pipelines.encoder.encode("a cat", "")
     refiner = cond.for_refiner()
-    width = engine.base.pipe.text_encoder_2.config.hidden_size
+    width = engine.pipelines.base.pipe.text_encoder_2.config.hidden_size
     assert refiner.embeds.shape[-1] == width
     assert torch.equal(refiner.embeds, cond.embeds[..., -width:])
 
@@ -68,7 +68,7 @@ def test_malformed_prompts_generate(engine, small):
 
 
 def test_break_starts_a_new_chunk_as_in_a1111(engine):
-    enc = engine.encoder
+    enc = engine.pipelines.encoder
     cat, dog = enc.encode("a cat", ""), enc.encode("a dog", "")
     both = enc.encode("a cat BREAK a dog", "")
     assert both.embeds.shape[1] == 2 * TOKENS_PER_CHUNK and both.negative_embeds.shape == both.embeds.shape
@@ -78,12 +78,12 @@ def test_break_starts_a_new_chunk_as_in_a1111(engine):
     assert enc.encode("a cat BREAK", "").embeds.shape[1] == TOKENS_PER_CHUNK  # no chunk after a trailing BREAK
     leading = enc.encode("BREAK a dog", "").embeds
     assert leading.shape[1] == 2 * TOKENS_PER_CHUNK and torch.equal(leading[:, TOKENS_PER_CHUNK:], dog.embeds)
-    compel = PromptEncoder(engine.base.pipe, syntax="compel")
+    compel = PromptEncoder(engine.pipelines.base.pipe, syntax="compel")
     assert torch.allclose(compel.encode("a cat BREAK a dog", "").embeds, both.embeds, atol=1e-6)
 
 
 def test_token_counter_fills_the_chunk_a_break_ends(engine):
-    count = engine.encoder.count_tokens
+    count = engine.pipelines.encoder.count_tokens
     assert count("a cat") == 2
     assert count("a cat BREAK a dog") == 75 + 2
     assert count("a cat BREAK") == 75  # A1111 shows 75/75

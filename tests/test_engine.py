@@ -1,5 +1,3 @@
-import json
-import shutil
 import threading
 
 import numpy as np
@@ -7,9 +5,9 @@ import pytest
 import torch
 
 from sd_app import engine as engine_module
-from sd_app.engine import Job, decode_latents
+from sd_app.engine import decode_latents
 from sd_app.errors import UserError
-from sd_app.infotext import read_image
+from sd_app.jobs import Job
 
 from conftest import BASE, REFINER, make_engine
 
@@ -51,14 +49,14 @@ def test_batch_image_i_uses_seed_plus_i(engine, small):
 def test_noise_comes_from_the_seed_on_the_cpu(engine, small):
     """The initial latents are torch.randn from a CPU generator seeded with the image's seed."""
     seen = {}
-    original = engine.base.pipe.__class__.__call__
+    original = engine.pipelines.base.pipe.__class__.__call__
 
     def spy(pipe, *args, **kwargs):
         seen["latents"] = kwargs["latents"].clone()
         return original(pipe, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(engine.base.pipe.__class__, "__call__", spy)
+        mp.setattr(engine.pipelines.base.pipe.__class__, "__call__", spy)
         engine.generate(small)
     expected = torch.randn((4, 8, 8), generator=torch.Generator("cpu").manual_seed(small.seed))
     assert torch.equal(seen["latents"][0].cpu(), expected)
@@ -73,8 +71,8 @@ def test_base_plus_refiner_differs_from_base_alone(engine, small):
     again = engine.generate(small.replace(refiner_checkpoint=REFINER, refiner_switch_at=0.5))
     assert np.array_equal(pixels(refined), pixels(again))
     # The refiner shares the base's OpenCLIP encoder and VAE.
-    assert engine.refiner.pipe.vae is engine.base.pipe.vae
-    assert engine.refiner.pipe.text_encoder_2 is engine.base.pipe.text_encoder_2
+    assert engine.pipelines.refiner.pipe.vae is engine.pipelines.base.pipe.vae
+    assert engine.pipelines.refiner.pipe.text_encoder_2 is engine.pipelines.base.pipe.text_encoder_2
 
 
 def test_wrong_refiner_is_refused(engine, small):
@@ -83,66 +81,12 @@ def test_wrong_refiner_is_refused(engine, small):
     assert err.value.field == "refiner_checkpoint"
 
 
-def test_failed_load_keeps_the_previous_checkpoint(ckpt_dir, tmp_path, small):
-    folder = tmp_path / "ckpt"
-    shutil.copytree(ckpt_dir, folder)
-    data = (folder / "homegrown-demo-base.safetensors").read_bytes()
-    (folder / "truncated.safetensors").write_bytes(data[: len(data) // 2])
-    (folder / "garbage.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
-    # A header whose shapes disagree with its data: passes the cheap checks, fails inside the loader.
-    header_len = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + header_len])
-    name = next(k for k in header if k.startswith("model.diffusion_model.") and len(header[k]["shape"]) == 4)
-    header[name]["shape"][0] *= 2
-    text = json.dumps(header).encode()
-    (folder / "lying.safetensors").write_bytes(len(text).to_bytes(8, "little") + text + data[8 + header_len:])
-    engine = make_engine(folder, tmp_path, save_images=False)
-    engine.load_checkpoint(BASE)
-    before = engine.generate(small)
-    for name, words in (("truncated", "incomplete"), ("garbage", "not a valid"), ("missing", "no checkpoint"),
-                        ("lying", "could not load")):
-        with pytest.raises(UserError) as err:
-            engine.load_checkpoint(name)
-        assert words in err.value.message
-        assert engine.base.checkpoint.name == BASE
-        assert np.array_equal(pixels(engine.generate(small)), pixels(before))
-    with pytest.raises(UserError):
-        engine.generate(small.replace(checkpoint="garbage"))
-    assert np.array_equal(pixels(engine.generate(small)), pixels(before))
-
-
-def test_checkpoint_switch_frees_the_old_one(ckpt_dir, tmp_path, small):
-    import gc
-    import weakref
-
-    folder = tmp_path / "ckpt"
-    folder.mkdir()
-    shutil.copy(ckpt_dir / "homegrown-demo-base.safetensors", folder / "a.safetensors")
-    shutil.copy(ckpt_dir / "homegrown-demo-base.safetensors", folder / "b.safetensors")
-    engine = make_engine(folder, tmp_path, save_images=False)
-    old = weakref.ref(engine.load_checkpoint("a").pipe.unet)
-    engine.generate(small)
-    engine.load_checkpoint("b")
-    gc.collect()
-    assert old() is None
-    assert "Model: b," in engine.generate(small).infotexts[0]
-
-
 def test_no_checkpoint_loaded_is_a_clear_503(tmp_path, ckpt_dir, small):
     engine = make_engine(ckpt_dir, tmp_path)
     with pytest.raises(UserError) as err:
         engine.generate(small)
     assert err.value.status == 503
     assert "Model: homegrown-demo-base," in engine.generate(small.replace(checkpoint=BASE)).infotexts[0]
-
-
-def test_images_are_saved_with_infotext(ckpt_dir, tmp_path, small):
-    engine = make_engine(ckpt_dir, tmp_path)
-    result = engine.generate(small.replace(checkpoint=BASE, batch_size=2))
-    assert [p.name for p in result.paths] == ["00000-1234.png", "00001-1235.png"]
-    assert result.paths[0].parent.parent == tmp_path / "outputs" / "txt2img-images"
-    assert read_image(result.paths[1]) == result.infotexts[1]
-    assert not [p for p in result.paths[0].parent.iterdir() if p.name.startswith(".saving")]
 
 
 def test_interrupt_from_another_thread_returns_what_is_done(engine, small):
@@ -193,8 +137,8 @@ def test_skip_moves_to_the_next_batch(engine, small):
 
 
 def test_progress_and_previews(ckpt_dir, tmp_path, small):
-    engine = make_engine(ckpt_dir, tmp_path, save_images=False, preview_every=2)
-    engine.load_checkpoint(BASE)
+    engine = make_engine(ckpt_dir, tmp_path, preview_every=2)
+    engine.pipelines.load_checkpoint(BASE)
     job = Job()
     snapshots = []
     original = engine._progress_callback
@@ -230,7 +174,7 @@ def test_out_of_memory_is_reported_and_the_engine_keeps_working(engine, small, m
 
 
 def test_nan_decode_is_redone_in_float32(engine, small):
-    vae = engine.base.pipe.vae
+    vae = engine.pipelines.base.pipe.vae
     real_decode = vae.decode
     dtypes = []
 
@@ -257,47 +201,6 @@ def test_nan_decode_is_redone_in_float32(engine, small):
     assert np.asarray(image).std() > 0  # not black
 
 
-def test_memory_mode_and_dtype_choices(ckpt_dir, tmp_path):
-    engine = make_engine(ckpt_dir, tmp_path)
-    assert engine.device.type == "cpu" and engine.dtype == torch.float32
-    assert engine.memory_mode() == "none"  # offloading needs a GPU
-    with pytest.raises(UserError):
-        make_engine(ckpt_dir, tmp_path, memory_mode="huge").memory_mode()
-    with pytest.raises(UserError):
-        make_engine(ckpt_dir, tmp_path, dtype="float8")
-    with pytest.raises(UserError):
-        make_engine(ckpt_dir, tmp_path, device="cuda")
-
-
 def test_engine_module_has_no_ui_or_http_imports():
     source = open(engine_module.__file__).read()
     assert "gradio" not in source and "fastapi" not in source
-
-
-def test_a_chosen_vae_file_replaces_the_checkpoints_own(ckpt_dir, tmp_path, small):
-    import dataclasses
-
-    from sd_app.models import HashCache, VaeLibrary
-
-    engine = make_engine(ckpt_dir, tmp_path, save_images=False)
-    engine.vaes = VaeLibrary(ckpt_dir.parent / "VAE", HashCache(None))
-    engine.load_checkpoint(BASE)
-    own = engine.generate(small)
-    engine.configure(dataclasses.replace(engine.options, vae="homegrown-demo-vae"))
-    chosen = engine.generate(small)
-    assert np.abs(pixels(own) - pixels(chosen)).mean() > 1
-    assert "VAE: homegrown-demo-vae" in chosen.infotexts[0] and "VAE hash: " in chosen.infotexts[0]
-    with pytest.raises(UserError) as err:
-        engine.configure(dataclasses.replace(engine.options, vae="nope"))
-    assert err.value.field == "sd_vae" and "homegrown-demo-vae" in err.value.message
-    assert np.array_equal(pixels(engine.generate(small)), pixels(chosen))  # still the chosen VAE, working
-    engine.configure(dataclasses.replace(engine.options, vae="Automatic"))
-    assert np.array_equal(pixels(engine.generate(small)), pixels(own))
-
-
-def test_a_checkpoint_is_not_a_vae(ckpt_dir, tmp_path):
-    from sd_app.loading import load_vae
-
-    with pytest.raises(UserError) as err:
-        load_vae(ckpt_dir / "homegrown-demo-base.safetensors", torch.float32)
-    assert "SDXL base checkpoint" in err.value.message

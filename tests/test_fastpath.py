@@ -1,13 +1,11 @@
 """The fast path (torch.compile): same pictures as eager, LoRAs still work, a failed compile never costs the image."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
 
 from sd_app import fastpath
-from sd_app.engine import Job
+from sd_app.jobs import Job
 from sd_app.errors import UserError
 
 from conftest import BASE, make_engine
@@ -18,18 +16,18 @@ def pixels(result):
 
 
 def compile_as(engine, mode):
-    return engine.configure(dataclasses.replace(engine.options, compile=mode))
+    return engine.pipelines.replace_options(compile=mode)
 
 
 def test_compiled_engine_gives_eager_pictures_and_lora_still_applies(ckpt_dir, tmp_path, small):
     """Real inductor on the CPU: the slowest test here (compiling takes about a minute on 2 cores)."""
-    engine = make_engine(ckpt_dir, tmp_path, save_images=False, preview_every=0)
-    engine.load_checkpoint(BASE)
+    engine = make_engine(ckpt_dir, tmp_path, preview_every=0)
+    engine.pipelines.load_checkpoint(BASE)
     styled = small.replace(prompt=small.prompt + " <lora:demo-style:1>")
     eager, eager_lora = pixels(engine.generate(small)), pixels(engine.generate(styled))
 
     assert "compiles the model first" in compile_as(engine, "default")
-    assert fastpath.is_compiled(engine.base.pipe)
+    assert fastpath.is_compiled(engine.pipelines.base.pipe)
     compiled = engine.generate(small)
     assert not compiled.warnings
     # Kernels sum in another order: a level or two of 255 at most, never a different picture.
@@ -40,7 +38,7 @@ def test_compiled_engine_gives_eager_pictures_and_lora_still_applies(ckpt_dir, t
     assert np.array_equal(pixels(engine.generate(small)), pixels(compiled))  # and removing it restores exactly
 
     compile_as(engine, "off")
-    assert not fastpath.is_compiled(engine.base.pipe)
+    assert not fastpath.is_compiled(engine.pipelines.base.pipe)
     assert np.array_equal(pixels(engine.generate(small)), eager)
 
 
@@ -48,22 +46,22 @@ def test_failed_compile_falls_back_to_eager_with_a_warning(ckpt_dir, tmp_path, s
     notes = []  # what the progress bar says while torch compiles
 
     def broken_backend(graph, example_inputs):
-        notes.append(engine.current_job.note)
+        notes.append(job.note)  # the job being compiled for
         raise RuntimeError("no C compiler here")
 
     monkeypatch.setitem(fastpath.COMPILE_MODES, "broken", {"backend": broken_backend})
-    engine = make_engine(ckpt_dir, tmp_path, save_images=False, compile="broken")
-    engine.load_checkpoint(BASE)
-    assert fastpath.is_compiled(engine.base.pipe)
+    engine = make_engine(ckpt_dir, tmp_path, compile="broken")
+    engine.pipelines.load_checkpoint(BASE)
+    assert fastpath.is_compiled(engine.pipelines.base.pipe)
     job = Job()
     result = engine.generate(small, job)
     assert len(result.images) == 1 and "fast path" in result.warnings[0] and "no C compiler" in result.warnings[0]
     assert notes and "compiling" in notes[0] and job.note is None
-    assert not fastpath.is_compiled(engine.base.pipe) and engine.compile_mode() == "off"
+    assert not fastpath.is_compiled(engine.pipelines.base.pipe) and engine.pipelines.compile_mode() == "off"
     again = engine.generate(small)
     assert not again.warnings and np.array_equal(pixels(again), pixels(result))
     compile_as(engine, "off")
-    assert engine.compile_problem is None  # a new choice gets a new try
+    assert engine.pipelines.compile_problem is None  # a new choice gets a new try
 
 
 def test_unknown_compile_mode_names_the_field(ckpt_dir, tmp_path):
@@ -71,13 +69,13 @@ def test_unknown_compile_mode_names_the_field(ckpt_dir, tmp_path):
     with pytest.raises(UserError) as err:
         compile_as(engine, "turbo")
     assert err.value.field == "compile" and "max-autotune" in str(err.value)
-    assert engine.options.compile == "off"
+    assert engine.pipelines.options.compile == "off"
 
 
 def test_on_a_gpu_compiled_convolutions_go_channels_last_and_back(ckpt_dir, tmp_path):
     """The CUDA branch, checked without a GPU: nothing here runs the model, so no kernel needs CUDA."""
     engine = make_engine(ckpt_dir, tmp_path)
-    pipe = engine.load_checkpoint(BASE).pipe
+    pipe = engine.pipelines.load_checkpoint(BASE).pipe
     channels_last = lambda module: module.conv_in.weight.is_contiguous(memory_format=torch.channels_last)  # noqa: E731
     cuda = torch.device("cuda")
     assert not channels_last(pipe.unet) and not channels_last(pipe.vae.decoder)
@@ -106,12 +104,12 @@ def test_switching_fused_loras_reuses_the_compiled_graphs(ckpt_dir, tmp_path, sm
         return graph.forward  # runs eagerly: this test counts compilations, not speed
 
     monkeypatch.setitem(fastpath.COMPILE_MODES, "counting", {"backend": counting_backend})
-    engine = make_engine(ckpt_dir, tmp_path, save_images=False, preview_every=0, compile="counting")
-    engine.load_checkpoint(BASE)
+    engine = make_engine(ckpt_dir, tmp_path, preview_every=0, compile="counting")
+    engine.pipelines.load_checkpoint(BASE)
     plain = pixels(engine.generate(small))
     compiled_once = len(graphs)
     for tags in ("<lora:demo-style:1>", "<lora:demo-detail:0.5>", "<lora:demo-style:1> <lora:demo-detail:1>", ""):
         result = engine.generate(small.replace(prompt=f"{small.prompt} {tags}"))
-        assert engine.base.loras.fused or not tags
+        assert engine.pipelines.base.loras.fused or not tags
     assert compiled_once > 0 and len(graphs) == compiled_once
     assert np.array_equal(pixels(result), plain)

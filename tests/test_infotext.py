@@ -1,7 +1,4 @@
-from datetime import datetime
-
 import pytest
-from PIL import Image
 
 from sd_app import infotext
 from sd_app.params import GenerationParams
@@ -58,18 +55,6 @@ def test_round_trip_through_the_engine(engine, small):
     assert again.infotexts == result.infotexts
 
 
-def test_save_numbering_and_metadata(tmp_path):
-    image = Image.new("RGB", (8, 8), "red")
-    now = datetime(2026, 1, 2)
-    first = infotext.save_image(image, "cat\nSteps: 1, Seed: 5, Size: 8x8", tmp_path, "5", now=now)
-    second = infotext.save_image(image, "dög ✓\nSteps: 1, Seed: 6, Size: 8x8", tmp_path, "6", now=now)
-    assert first == tmp_path / "2026-01-02" / "00000-5.png"
-    assert second.name == "00001-6.png"
-    assert infotext.read_image(second).startswith("dög ✓")
-    (tmp_path / "2026-01-02" / "00007-1.png").write_bytes(b"")
-    assert infotext.save_image(image, None, tmp_path, "9", now=now).name == "00008-9.png"
-
-
 def test_unparseable_text_gives_defaults():
     params = infotext.to_params("just a prompt, with: colons")
     assert params.prompt == "just a prompt, with: colons" and params.steps == GenerationParams().steps
@@ -78,19 +63,3 @@ def test_unparseable_text_gives_defaults():
 @pytest.mark.parametrize("text", ["", "\n\n", "Steps: x, Seed: y, Size: big", "Negative prompt:"])
 def test_odd_infotext_never_fails(text):
     infotext.to_params(text)
-
-
-@pytest.mark.parametrize("fmt, ext", [("png", "png"), ("jpeg", "jpg"), ("webp", "webp")])
-def test_every_format_keeps_the_infotext(tmp_path, fmt, ext):
-    text = "a cat, ünïcode ✓\nNegative prompt: dog\nSteps: 3, Seed: 1, Size: 8x8"
-    path = infotext.save_image(Image.new("RGB", (8, 8), "blue"), text, tmp_path, "1", fmt)
-    assert path.suffix == "." + ext
-    assert infotext.read_image(path) == text
-
-
-def test_file_name_patterns_are_safe():
-    values = {"seed": 5, "model": "my/model:v2", "width": 64}
-    assert infotext.file_name("[seed]-[model]", values) == "5-my_model_v2"
-    assert infotext.file_name("[seed]-[unknown]", values) == "5-[unknown]"
-    assert infotext.file_name("../../[seed]", values) == "_5" or "/" not in infotext.file_name("../../[seed]", values)
-    assert infotext.file_name("", values) == "5"

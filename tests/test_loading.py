@@ -71,7 +71,7 @@ def test_other_kinds_get_a_clear_error(tmp_path, keys, kind, words):
     assert kind_of(keys) == kind
     engine = make_engine(folder, tmp_path)
     with pytest.raises(UserError) as err:
-        engine.load_checkpoint("other")
+        engine.pipelines.load_checkpoint("other")
     assert words in err.value.message and "SDXL" in err.value.message
 
 
@@ -90,7 +90,7 @@ def test_pickle_files_are_refused_and_never_unpickled(tmp_path, monkeypatch, suf
     engine = make_engine(folder, tmp_path)
     for name in ("evil", f"evil{suffix}"):
         with pytest.raises(UserError) as err:
-            engine.load_checkpoint(name)
+            engine.pipelines.load_checkpoint(name)
         assert "pickle" in err.value.message and "safetensors" in err.value.message
     with pytest.raises(UserError):
         read_header(folder / f"evil{suffix}")
@@ -100,13 +100,13 @@ def test_pickle_files_are_refused_and_never_unpickled(tmp_path, monkeypatch, suf
 def test_unknown_checkpoint_lists_the_valid_names(tmp_path, ckpt_dir):
     engine = make_engine(ckpt_dir, tmp_path)
     with pytest.raises(UserError) as err:
-        engine.load_checkpoint("sd_xl_base_1.0")
+        engine.pipelines.load_checkpoint("sd_xl_base_1.0")
     assert err.value.status == 404 and BASE in err.value.message
 
 
 def test_checkpoint_names_as_a1111_writes_them(tmp_path, ckpt_dir):
     engine = make_engine(ckpt_dir, tmp_path)
-    lib = engine.checkpoints
+    lib = engine.pipelines.checkpoints
     assert lib.get(BASE + ".safetensors").name == BASE
     assert lib.get(f"{BASE}.safetensors [{lib.short_hash(lib.get(BASE))}]").name == BASE
 
@@ -114,7 +114,7 @@ def test_checkpoint_names_as_a1111_writes_them(tmp_path, ckpt_dir):
 def test_refiner_file_as_base_is_refused(tmp_path, ckpt_dir):
     engine = make_engine(ckpt_dir, tmp_path)
     with pytest.raises(UserError) as err:
-        engine.load_checkpoint(REFINER)
+        engine.pipelines.load_checkpoint(REFINER)
     assert "refiner" in err.value.message
 
 
@@ -123,9 +123,9 @@ def test_diffusers_folder_loads(tmp_path, ckpt_dir):
     folder = tmp_path / "ckpt" / "my-diffusers-model"
     pipe.save_pretrained(folder)
     engine = make_engine(tmp_path / "ckpt", tmp_path)
-    names = [c.name for c in engine.checkpoints.list()]
+    names = [c.name for c in engine.pipelines.checkpoints.list()]
     assert names == ["my-diffusers-model"]
-    loaded = engine.load_checkpoint("my-diffusers-model")
+    loaded = engine.pipelines.load_checkpoint("my-diffusers-model")
     assert torch.equal(loaded.pipe.unet.conv_in.weight, pipe.unet.conv_in.weight)
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from sd_app.errors import UserError
-from sd_app.lora import LoraLibrary
+from sd_app.lora_library import LoraLibrary
 from sd_app.models import HashCache
 from sd_app.params import GenerationParams
 from sd_app.presets import PresetLibrary, parse

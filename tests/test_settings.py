@@ -5,8 +5,6 @@ import pytest
 from sd_app.errors import UserError
 from sd_app.settings import SETTINGS, SettingsStore
 
-from conftest import BASE, make_engine
-
 
 def test_defaults_without_a_file(tmp_path):
     store = SettingsStore(tmp_path / "settings.json")
@@ -69,16 +67,3 @@ def test_overrides_from_flags_win_but_are_not_saved(tmp_path):
     assert store.get("outputs_dir") == "/tmp/o"
     store.update({"steps": 9})
     assert json.loads(path.read_text())["outputs_dir"] == "outputs"
-
-
-def test_engine_configure_applies_live_or_reloads(ckpt_dir, tmp_path, small):
-    import dataclasses
-
-    engine = make_engine(ckpt_dir, tmp_path, save_images=False)
-    engine.load_checkpoint(BASE)
-    pipe = engine.base.pipe
-    message = engine.configure(dataclasses.replace(engine.options, prompt_syntax="compel"))
-    assert engine.base.pipe is pipe and engine.encoder.syntax == "compel" and "applied" in message
-    message = engine.configure(dataclasses.replace(engine.options, vae_tiling=True))
-    assert engine.base.pipe is not pipe and "reloaded" in message
-    assert len(engine.generate(small).images) == 1

@@ -7,10 +7,10 @@ import io
 import gradio as gr
 from PIL import Image, ImageDraw
 
-from ..errors import UserError
-from ..lora import LoraInfo
+from ..lora_library import LoraInfo
 from ..prompts import insert_lora_tag
 from ..studio import Studio
+from .handlers import shows_user_errors
 
 
 def card_image(studio: Studio, info: LoraInfo) -> Image.Image:
@@ -64,13 +64,11 @@ def build(studio: Studio, prompt: gr.Textbox):
     search.change(listing, search, [cards, shown, details], api_name=False)
     refresh.click(listing, search, [cards, shown, details], api_name="refresh_loras")
 
+    @shows_user_errors
     def pick(names, text, w, words, evt: gr.SelectData):
         if not 0 <= evt.index < len(names):
             return gr.update(), ""
-        try:
-            info = studio.loras.get(names[evt.index])
-        except UserError as err:
-            raise gr.Error(str(err)) from None
+        info = studio.loras.get(names[evt.index])
         if info.base_model in ("sd1", "sd2"):
             raise gr.Error(f"{info.name} was made for {info.base_label}; it cannot be used with SDXL")
         new = insert_lora_tag(text or "", info.name, w)
@@ -92,13 +90,11 @@ def build(studio: Studio, prompt: gr.Textbox):
         fetch = gr.Button("Download", variant="primary")
         status = gr.Markdown(elem_id="hf-status")
 
+        @shows_user_errors
         def download(repo, name, rev, replace, query, progress=gr.Progress()):
             def report(done, total):
                 progress((done, total) if total else None, desc=f"Downloading {name}", unit="bytes")
-            try:
-                path = studio.download("lora", repo, name, rev, replace, report)
-            except UserError as err:
-                raise gr.Error(str(err)) from None
+            path = studio.download("lora", repo, name, rev, replace, report)
             return (f"Saved `{path.name}` into the LoRA folder.", *listing(query))
 
         fetch.click(download, [repo_id, filename, revision, overwrite, search], [status, cards, shown, details],

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ..errors import UserError
 from ..settings import SECTIONS, SETTINGS, Setting
 from ..studio import Studio
+from .handlers import shows_user_errors
 
 
 def control(setting: Setting, value, studio: Studio):
@@ -40,12 +40,10 @@ def build(studio: Studio) -> None:
     save = gr.Button("Save settings", variant="primary", elem_id="save-settings")
     status = gr.Markdown(elem_id="settings-status")
 
+    @shows_user_errors
     def apply(*values):
         # settings.check_value turns Gradio's whole floats (21.0) into ints and refuses the rest.
         changes = {setting.name: value for setting, value in zip(SETTINGS, values)}
-        try:
-            return studio.apply_settings(changes)
-        except UserError as err:
-            raise gr.Error(str(err)) from None
+        return studio.apply_settings(changes)
 
     save.click(apply, controls, status, concurrency_limit=1, concurrency_id="gpu", api_name="save_settings")

@@ -1,0 +1,152 @@
+"""A1111 requests -> Homegrown requests, and Homegrown results -> A1111 answers: pure functions, no HTTP.
+
+Kept apart from the routes so that A1111's rules (which fields override an infotext, what `info` holds,
+how options are named) are tested in-process, without a server.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .. import __version__, infotext
+from ..errors import UserError
+from ..jobs import GenerationResult
+from ..outputs import output_format
+from ..params import GenerationParams
+from .schemas import OPTION_KEYS, UNSUPPORTED, Txt2ImgRequest
+
+
+@dataclass(frozen=True)
+class Txt2ImgPlan:
+    """What an A1111 txt2img request asks Homegrown to do."""
+
+    params: GenerationParams
+    output_format: str  # one of outputs.OUTPUT_FORMATS
+    save: bool
+    restore_checkpoint: bool  # load the previous checkpoint back afterwards (override_settings_restore_afterwards)
+
+
+def txt2img_plan(request: Txt2ImgRequest, current_vae: str, default_format: str, loras=None,
+                 presets=None) -> Txt2ImgPlan:
+    """The request as Homegrown runs it; UserError naming the field for what Homegrown cannot do.
+
+    `loras` renames infotext LoRA tags by hash; `presets` applies `styles` (a PresetLibrary)."""
+    check_supported(request)
+    base = GenerationParams()
+    if request.infotext:
+        base = infotext.to_params(request.infotext, loras=loras)
+    overrides = dict(request.override_settings or {})
+    unknown = [k for k in overrides if k not in OPTION_KEYS]
+    if unknown:
+        raise UserError(f"override_settings.{unknown[0]} is not supported; supported: {', '.join(OPTION_KEYS)}",
+                        field="override_settings")
+    if "CLIP_stop_at_last_layers" in overrides:
+        check_option("CLIP_stop_at_last_layers", overrides["CLIP_stop_at_last_layers"])
+    if "sd_vae" in overrides and vae_name(overrides["sd_vae"]) != vae_name(current_vae):
+        raise UserError("a per-request VAE is not supported: set it with POST /sdapi/v1/options "
+                        f"{{\"sd_vae\": ...}} (now: {current_vae!r})", field="sd_vae")
+    fmt = output_format(overrides.get("samples_format", default_format), field="samples_format")
+    # With `infotext`, its values are the base and only the fields the client sent override them (A1111).
+    sent = request.model_fields_set if request.infotext else set(Txt2ImgRequest.model_fields)
+    fields = {
+        "prompt": request.prompt, "negative_prompt": request.negative_prompt, "steps": request.steps,
+        "cfg_scale": request.cfg_scale, "width": request.width, "height": request.height, "seed": request.seed,
+        "batch_size": request.batch_size, "n_iter": request.n_iter,
+        "sampler_name": request.sampler_name or request.sampler_index,
+        "scheduler": request.scheduler or "Automatic",
+        "refiner_checkpoint": checkpoint_name(request.refiner_checkpoint)
+        if request.refiner_checkpoint not in (None, "", "None") else None,
+        "refiner_switch_at": request.refiner_switch_at if request.refiner_switch_at is not None else 0.8,
+    }
+    aliases = {"sampler_name": ("sampler_name", "sampler_index")}
+    changes = {name: value for name, value in fields.items()
+               if any(field in sent for field in aliases.get(name, (name,)))}
+    changes["checkpoint"] = checkpoint_name(overrides.get("sd_model_checkpoint")) or (
+        base.checkpoint if request.infotext else None)
+    params = base.replace(**changes)
+    for style in request.styles or []:
+        params = presets.get(style, loras=loras).apply(params, prompts_only=True)
+    return Txt2ImgPlan(params, fmt, save=request.save_images and not request.do_not_save_samples,
+                       restore_checkpoint=request.override_settings_restore_afterwards and bool(params.checkpoint))
+
+
+def check_supported(request: Txt2ImgRequest) -> None:
+    for name, (allowed, why) in UNSUPPORTED.items():
+        if getattr(request, name) not in allowed:
+            raise UserError(f"{why} (got {getattr(request, name)!r})", field=name)
+
+
+def txt2img_info(request: Txt2ImgRequest, result: GenerationResult, started: float) -> dict:
+    """A1111's `info` for a txt2img answer (a JSON object; the route sends it as a string, as A1111 does)."""
+    params = result.params
+    count = len(result.images)
+    return {
+        "prompt": params.prompt, "all_prompts": [params.prompt] * count,
+        "negative_prompt": params.negative_prompt, "all_negative_prompts": [params.negative_prompt] * count,
+        "seed": params.seed, "all_seeds": result.seeds, "subseed": params.seed,
+        "all_subseeds": result.seeds, "subseed_strength": 0, "width": params.width, "height": params.height,
+        "sampler_name": result.sampler, "scheduler": result.schedule,
+        "cfg_scale": params.cfg_scale, "steps": params.steps, "batch_size": params.batch_size,
+        "restore_faces": False, "face_restoration_model": None,
+        "sd_model_name": result.model_name, "sd_model_hash": result.model_hash,
+        "sd_vae_name": result.vae_name, "sd_vae_hash": result.vae_hash,
+        "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": request.denoising_strength,
+        "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": result.infotexts,
+        "styles": request.styles or [], "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(started)),
+        "clip_skip": 1, "is_using_inpainting_conditioning": False, "version": f"Homegrown {__version__}",
+        "interrupted": result.interrupted, "saved_files": [str(p) for p in result.paths],
+        "warnings": result.warnings,
+    }
+
+
+def options(model, settings: dict[str, Any]) -> dict:
+    """A1111's `GET /options` from the loaded model (a studio.ModelInfo, or None) and the settings."""
+    fmt = settings["output_format"]
+    return {"sd_model_checkpoint": model.title if model else None,
+            "sd_checkpoint_hash": model.short_hash if model else None,
+            "sd_vae": settings["vae"], "CLIP_stop_at_last_layers": 1,
+            "samples_format": "jpg" if fmt == "jpeg" else fmt, "outdir_samples": settings["outputs_dir"],
+            "samples_save": settings["save_images"]}
+
+
+def option_changes(changes: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """`POST /options` -> (checkpoint to load or None, settings to apply). Refuses what Homegrown lacks."""
+    unknown = [k for k in changes if k not in OPTION_KEYS]
+    if unknown:
+        raise UserError(f"option {unknown[0]!r} is not supported; supported: {', '.join(OPTION_KEYS)}",
+                        field=unknown[0])
+    checkpoint, settings = None, {}
+    for key, value in changes.items():
+        if key == "sd_model_checkpoint":
+            checkpoint = checkpoint_name(value) or ""
+        elif key == "samples_format":
+            settings["output_format"] = output_format(value, field="samples_format")
+        elif key == "sd_vae":
+            settings["vae"] = vae_name(value)
+        else:
+            check_option(key, value)
+    return checkpoint, settings
+
+
+def checkpoint_name(value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise UserError("must be a checkpoint name", field="sd_model_checkpoint")
+    return value
+
+
+def vae_name(value: Any) -> str:
+    if value in (None, "", "None", "Automatic"):
+        return "Automatic"
+    if not isinstance(value, str):
+        raise UserError("must be a VAE name", field="sd_vae")
+    return value.removesuffix(".safetensors")
+
+
+def check_option(key: str, value: Any) -> None:
+    if key == "CLIP_stop_at_last_layers" and value not in (1, 2):
+        raise UserError("must be 1 or 2 (SDXL always uses the penultimate layer, as A1111 does)",
+                        field="CLIP_stop_at_last_layers")
