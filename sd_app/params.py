@@ -65,6 +65,8 @@ class GenerationParams:
             if len(value) > MAX_PROMPT_CHARS:
                 raise UserError(f"is {len(value)} characters long; at most {MAX_PROMPT_CHARS} are allowed",
                                 field=name)
+            if (problem := text_problem(value)) is not None:
+                raise UserError(problem, field=name)
         for name in ("steps", "width", "height", "batch_size", "n_iter", "seed"):
             _check_int(name, getattr(self, name))
         for name in ("cfg_scale", "refiner_switch_at"):
@@ -87,6 +89,24 @@ class GenerationParams:
             if value is not None and not isinstance(value, str):
                 raise UserError(f"must be a checkpoint name, got {type(value).__name__}", field=name)
         return self
+
+
+def text_problem(value) -> str | None:
+    """What makes `value` (a string, or lists and dicts of them) invalid text, or None. JSON can carry half of
+    a UTF-16 surrogate pair (`"\\ud800"`), which is no character at all: the tokenizer and every UTF-8 writer
+    fail on it."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            return (f"contains {value[err.start]!r} at character {err.start + 1}: half of a UTF-16 surrogate pair, "
+                    "not valid Unicode text")
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for key, item in items:
+        if (problem := text_problem(key) or text_problem(item)) is not None:
+            return problem
+    return None
 
 
 def _check_int(name: str, value) -> None:

@@ -11,17 +11,20 @@ import base64
 import binascii
 import io
 import json
+import math
 import os
 import time
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from PIL import Image
 
 from .. import __version__, infotext, samplers
+from ..auth import SignInThrottle
 from ..errors import UserError
 from ..studio import Studio
 from . import convert
@@ -30,18 +33,20 @@ from .schemas import OptionsRequest, PngInfoRequest, Txt2ImgRequest
 PREFIX = "/sdapi/v1"
 
 
-def mount(app: FastAPI, studio: Studio) -> FastAPI:
+def mount(app: FastAPI, studio: Studio, throttle: SignInThrottle | None = None) -> FastAPI:
     """Serve the API on the Gradio app's server: `/sdapi/v1/...`, docs at `/docs`."""
-    api = build_api(studio)
+    api = build_api(studio, throttle)
     app.mount(PREFIX, api)
     app.add_api_route("/docs", lambda: RedirectResponse(f"{PREFIX}/docs"), include_in_schema=False)
     return api
 
 
-def build_api(studio: Studio) -> FastAPI:
+def build_api(studio: Studio, throttle: SignInThrottle | None = None) -> FastAPI:
+    # FastAPI's own docs routes skip the app's dependencies: they are served by _docs_routes, behind the password.
     api = FastAPI(title="Homegrown API (AUTOMATIC1111-compatible)", version=__version__,
                   description="A1111's /sdapi/v1 on Homegrown's SDXL engine. Differences: see README.",
-                  dependencies=[Depends(_auth_dependency(studio))])
+                  dependencies=[Depends(_auth_dependency(studio, throttle or SignInThrottle()))],
+                  docs_url=None, redoc_url=None, openapi_url=None)
 
     @api.exception_handler(UserError)
     async def user_error(request: Request, err: UserError):
@@ -62,7 +67,25 @@ def build_api(studio: Studio) -> FastAPI:
     _job_routes(api, studio)
     _model_routes(api, studio)
     _other_routes(api, studio)
+    _docs_routes(api)
     return api
+
+
+def _docs_routes(api: FastAPI) -> None:
+    @api.get("/openapi.json", include_in_schema=False)
+    def openapi(request: Request):
+        root = request.scope.get("root_path", "").rstrip("/")  # as FastAPI's own: "Try it out" calls /sdapi/v1/...
+        return {**api.openapi(), **({"servers": [{"url": root}]} if root else {})}
+
+    @api.get("/docs", include_in_schema=False)
+    def docs(request: Request):
+        return get_swagger_ui_html(openapi_url=request.scope.get("root_path", "") + "/openapi.json",
+                                   title=api.title + " - docs")
+
+    @api.get("/redoc", include_in_schema=False)
+    def redoc(request: Request):
+        return get_redoc_html(openapi_url=request.scope.get("root_path", "") + "/openapi.json",
+                              title=api.title + " - ReDoc")
 
 
 def _job_routes(api: FastAPI, studio: Studio) -> None:
@@ -203,15 +226,28 @@ def _txt2img(studio: Studio, request: Txt2ImgRequest) -> dict:
 # ---- helpers ---------------------------------------------------------------------------------
 
 
-def _auth_dependency(studio: Studio):
+def _auth_dependency(studio: Studio, throttle: SignInThrottle):
     basic = HTTPBasic(auto_error=False)
 
-    def check(credentials: HTTPBasicCredentials | None = Depends(basic)):
+    def refused():
+        return HTTPException(status_code=401, detail="Incorrect username or password",
+                             headers={"WWW-Authenticate": "Basic"})
+
+    def check(request: Request, credentials: HTTPBasicCredentials | None = Depends(basic)):
         if not studio.credentials.enabled:
             return
-        if credentials is None or not studio.credentials.check(credentials.username, credentials.password):
-            raise HTTPException(status_code=401, detail="Incorrect username or password",
-                                headers={"WWW-Authenticate": "Basic"})
+        if credentials is None:  # not an attempt: browsers and clients ask first without credentials
+            raise refused()
+        client = request.client.host if request.client else "unknown"
+        wait = throttle.begin(client)
+        if wait:
+            seconds = math.ceil(wait)
+            raise HTTPException(status_code=429, detail=f"too many failed sign-ins from this address: try again "
+                                f"in {seconds} s", headers={"Retry-After": str(seconds)})
+        if not studio.credentials.check(credentials.username, credentials.password):
+            throttle.failed(client)
+            raise refused()
+        throttle.succeeded(client)
 
     return check
 

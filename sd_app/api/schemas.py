@@ -9,10 +9,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..params import text_problem
 
 
-class Txt2ImgRequest(BaseModel):
+class _Request(BaseModel):
+    @field_validator("*", mode="before")
+    @classmethod
+    def _valid_text(cls, value):  # a lone surrogate in any field is a 422 naming it, never a crash later
+        if (problem := text_problem(value)) is not None:
+            raise ValueError(problem)
+        return value
+
+
+class Txt2ImgRequest(_Request):
     """A1111's StableDiffusionTxt2ImgProcessingAPI: every field, with A1111's defaults."""
 
     model_config = ConfigDict(extra="ignore")  # A1111 ignores fields it does not know; so do we
@@ -100,6 +111,14 @@ OPTION_KEYS = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", "sam
 class OptionsRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_text(cls, data):  # every key is an extra field here, which field validators do not see
+        for key, value in data.items() if isinstance(data, dict) else ():
+            if (problem := text_problem(key) or text_problem(value)) is not None:
+                raise ValueError(f"{key!r}: {problem}")
+        return data
 
-class PngInfoRequest(BaseModel):
+
+class PngInfoRequest(_Request):
     image: str = ""
