@@ -15,6 +15,7 @@ import argparse  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
+from urllib.parse import urlsplit  # noqa: E402
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -36,6 +37,12 @@ FLAGS = {
     "preset": (None, "preset to select at start"),
     "demo": (False, "use the tiny random-weight demo models (made on first use): no download needed"),
     "offline": (False, "never touch the network; hide downloads"),
+    "allowed-hosts": (None, "more host names the server answers to, comma-separated (.example.com: a domain and "
+                            "its subdomains); others get 400"),
+    "cors-allow-origins": (None, "web origins (https://tools.example.com) allowed to call the app from a browser"),
+    "tls-certfile": (None, "serve HTTPS with this certificate (PEM); needs --tls-keyfile"),
+    "tls-keyfile": (None, "the private key (PEM) of --tls-certfile"),
+    "tls-self-signed": (False, "serve HTTPS with a self-signed certificate made once and kept in <data-dir>/tls"),
 }
 
 
@@ -96,9 +103,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
+    from sd_app.auth import SignInThrottle
     from sd_app.errors import UserError
+    from sd_app.tls import certificate_names, server_tls, transport_notes
+    from sd_app.web_guard import WebGuard, WebPolicy
 
     try:
+        policy = WebPolicy.from_flags(args.listen, args.allowed_hosts, args.cors_allow_origins,
+                                      colab="COLAB_RELEASE_TAG" in os.environ)
+        tls = server_tls(args.tls_certfile, args.tls_keyfile, args.tls_self_signed, Path(args.data_dir) / "tls",
+                         certificate_names(args.listen, sorted(policy.hosts)), share=args.share)
         studio, blocks = build(args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -107,18 +121,32 @@ def main(argv: list[str] | None = None) -> int:
     from sd_app.ui import CSS
 
     host = "0.0.0.0" if args.listen else "127.0.0.1"
+    throttle = SignInThrottle()  # one for the page's login and the API's Basic auth
+    guard = WebGuard(policy, throttle)
     blocks.queue(default_concurrency_limit=None)
     app, local_url, share_url = blocks.launch(
         server_name=host, server_port=args.port, share=args.share, auth=studio.credentials.as_gradio(),
         auth_message="Homegrown: sign in", prevent_thread_lock=True, show_error=True, quiet=True, css=CSS,
         blocked_paths=[str(Path(args.data_dir).resolve()), str(studio.settings.folder("ckpt").resolve()),
-                       str(studio.settings.folder("lora").resolve())])
-    api.mount(app, studio)
+                       str(studio.settings.folder("lora").resolve())],
+        # ssl_verify only concerns Gradio's start-up request to itself on localhost, which a self-signed
+        # certificate, or one made for the machine's public name, would fail.
+        ssl_certfile=tls and tls.certfile, ssl_keyfile=tls and tls.keyfile, ssl_verify=False,
+        app_kwargs={"lifespan": guard.lifespan, "openapi_url": None})  # Gradio's schema: not without a password
+    if not guard.installed:  # never serve without the Host and cross-site checks
+        print("error: the web guard could not be installed; stopping", file=sys.stderr)
+        blocks.close()
+        return 1
+    api.mount(app, studio, throttle)
+    if share_url:
+        policy.allow_host(urlsplit(share_url).hostname or "")
     print(f"Homegrown is running at {local_url}" + (" (and on your LAN)" if args.listen else ""))
     if args.share:
         print(f"Public link: {share_url}" if share_url else
               "The public share link could not be created (no internet, or gradio.live is unreachable); "
               "the local URL still works.")
+    for note in transport_notes(args.listen, bool(share_url), tls, args.port):
+        print(note)
     if studio.credentials.generated:
         user, password = next(iter(studio.credentials.users.items()))
         print(f"Sign in with user '{user}' and password '{password}' (made for this run; set --auth to choose).")

@@ -162,6 +162,7 @@ def test_listen_without_credentials_requires_the_printed_password(tmp_path, demo
     try:
         match = re.search(r"user '(\w+)' and password '([^']+)'", server.log())
         assert match, server.log()
+        assert "Warning: traffic on the network is unencrypted" in server.log()  # and how to fix it (test_security)
         user, password = match.groups()
         with httpx.Client(base_url=server.url, timeout=60) as c:
             assert c.get("/sdapi/v1/samplers").status_code == 401
