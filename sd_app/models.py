@@ -139,7 +139,10 @@ def _json_type(value) -> str:
 
 
 def _shown(value) -> str:
-    return reprlib.repr(value)  # short, whatever a damaged file holds
+    """A value from a damaged file, kept short whatever it holds (tensor names in full, up to 120 characters)."""
+    short = reprlib.Repr()
+    short.maxstring = 120
+    return short.repr(value)
 
 
 def pickle_message(path: Path) -> str:
@@ -358,7 +361,10 @@ class VaeLibrary:
             raise UserError("must be a VAE file inside the VAE folder", field="sd_vae")
         if wanted in self.list():
             path = self.folder / (wanted + ".safetensors")
-            read_header(path)  # a damaged file is refused by name and fault before any setting changes
+            try:
+                read_header(path)  # a damaged file is refused by name and fault before any setting changes
+            except UserError as err:
+                raise UserError(err.message, field="sd_vae", status=err.status) from None
             return path
         names = ", ".join(["Automatic", *self.list()])
         raise UserError(f"no VAE {name!r}; available: {names}", field="sd_vae", status=404)

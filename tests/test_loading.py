@@ -217,7 +217,7 @@ def test_a_damaged_checkpoint_is_listed_with_its_fault_and_refused_by_name(tmp_p
     assert studio.load_startup_checkpoint() == BASE  # the first SDXL base that can be read
     with pytest.raises(UserError) as err:
         studio.load_checkpoint("a-damaged")
-    assert err.value.status == 422 and "a-damaged.safetensors" in err.value.message
+    assert err.value.status == 422 and err.value.field == "checkpoint" and "a-damaged.safetensors" in err.value.message
     assert "__metadata__ is a list" in err.value.message
     assert studio.current_checkpoint() == BASE  # the loaded one stays
 
@@ -249,4 +249,4 @@ def test_a_damaged_vae_is_listed_with_its_fault_and_refused_before_settings_chan
     with pytest.raises(UserError) as err:
         studio.apply_settings({"vae": "bad-vae"})
     assert "bad-vae.safetensors is not a valid .safetensors file" in err.value.message
-    assert err.value.status == 422 and studio.settings.get("vae") == "Automatic"
+    assert err.value.status == 422 and err.value.field == "sd_vae" and studio.settings.get("vae") == "Automatic"
