@@ -97,24 +97,18 @@ def _check_tensors(path: Path, tensors: dict) -> int:
     data area's size."""
     spans = []
     for name, entry in tensors.items():
-        if not isinstance(entry, dict):
-            raise _invalid(path, f"the entry of tensor {_shown(name)} is {_json_type(entry)}, not an object")
-        missing = [key for key in ("dtype", "shape", "data_offsets") if key not in entry]
-        if missing:
-            raise _invalid(path, f"tensor {_shown(name)} has no {' and no '.join(missing)}")
-        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if dtype not in DTYPE_BITS:
-            raise _invalid(path, f"tensor {_shown(name)} has dtype {_shown(dtype)}; known: {', '.join(DTYPE_BITS)}")
-        if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
-            raise _invalid(path, f"tensor {_shown(name)} has shape {_shown(shape)}, not a list of whole numbers >= 0")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(n) for n in offsets)
-                and offsets[0] <= offsets[1]):
-            raise _invalid(path, f"tensor {_shown(name)} has data_offsets {_shown(offsets)}, not [begin, end] "
-                                 "with 0 <= begin <= end")
-        bits = DTYPE_BITS[dtype] * math.prod(shape)
-        if bits % 8 or offsets[1] - offsets[0] != bits // 8:
-            raise _invalid(path, f"tensor {_shown(name)} ({dtype}, shape {shape}) needs {bits / 8:g} bytes, but its "
-                                 f"data_offsets {offsets} span {offsets[1] - offsets[0]}")
+        # The common case inline (a real checkpoint has thousands of entries); a fault is described below.
+        if type(entry) is not dict or type(entry.get("dtype")) is not str or type(entry.get("shape")) is not list:
+            raise _entry_fault(path, name, entry)
+        offsets, bits = entry.get("data_offsets"), DTYPE_BITS.get(entry["dtype"], 0)
+        for n in entry["shape"]:
+            if type(n) is not int or n < 0:
+                raise _entry_fault(path, name, entry)
+            bits *= n
+        if not (type(offsets) is list and len(offsets) == 2 and type(offsets[0]) is int and type(offsets[1]) is int
+                and 0 <= offsets[0] <= offsets[1] and entry["dtype"] in DTYPE_BITS and bits % 8 == 0
+                and offsets[1] - offsets[0] == bits // 8):
+            raise _entry_fault(path, name, entry)
         spans.append((offsets[0], offsets[1], name))
     end = 0
     for begin, stop, name in sorted(spans):
@@ -123,6 +117,27 @@ def _check_tensors(path: Path, tensors: dict) -> int:
             raise _invalid(path, f"tensor {_shown(name)} starts at byte {begin} of the data, {where}")
         end = stop
     return end
+
+
+def _entry_fault(path: Path, name: str, entry) -> UserError:
+    """What is wrong with a tensor entry that `_check_tensors` refused, in words."""
+    if not isinstance(entry, dict):
+        return _invalid(path, f"the entry of tensor {_shown(name)} is {_json_type(entry)}, not an object")
+    missing = [key for key in ("dtype", "shape", "data_offsets") if key not in entry]
+    if missing:
+        return _invalid(path, f"tensor {_shown(name)} has no {' and no '.join(missing)}")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
+        return _invalid(path, f"tensor {_shown(name)} has dtype {_shown(dtype)}; known: {', '.join(DTYPE_BITS)}")
+    if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
+        return _invalid(path, f"tensor {_shown(name)} has shape {_shown(shape)}, not a list of whole numbers >= 0")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(n) for n in offsets)
+            and offsets[0] <= offsets[1]):
+        return _invalid(path, f"tensor {_shown(name)} has data_offsets {_shown(offsets)}, not [begin, end] "
+                              "with 0 <= begin <= end")
+    bits = DTYPE_BITS[dtype] * math.prod(shape)
+    return _invalid(path, f"tensor {_shown(name)} ({dtype}, shape {shape}) needs {bits / 8:g} bytes, but its "
+                          f"data_offsets {offsets} span {offsets[1] - offsets[0]}")
 
 
 def _invalid(path: Path, fault: str) -> UserError:
@@ -230,9 +245,10 @@ class HashCache:
         self._data: dict[str, dict] = {}
         if self.path and self.path.exists():
             try:
-                self._data = json.loads(self.path.read_text())
-            except (OSError, json.JSONDecodeError):
-                self._data = {}  # a damaged cache only costs a rehash
+                data = json.loads(self.path.read_text(encoding="utf-8"))
+            except (OSError, ValueError, RecursionError):
+                data = {}
+            self._data = data if isinstance(data, dict) else {}  # a damaged cache only costs a rehash
 
     def sha256(self, file: str | Path) -> str:
         file = Path(file).resolve()
@@ -257,7 +273,8 @@ class HashCache:
         stat = file.stat()
         with self._lock:
             entry = self._data.get(str(file))
-        if entry and entry.get("size") == stat.st_size and entry.get("mtime") == stat.st_mtime:
+        if isinstance(entry, dict) and entry.get("size") == stat.st_size and entry.get("mtime") == stat.st_mtime \
+                and isinstance(entry.get("sha256"), str):
             return entry["sha256"]
         return None
 

@@ -161,6 +161,7 @@ def _tensor(field, value):
     (_tensor("shape", [2, 4]), "needs 32 bytes, but its data_offsets [0, 24] span 24"),
     (_tensor("shape", "2x3"), "has shape '2x3'"),
     (_tensor("dtype", "F33"), "has dtype 'F33'; known: BOOL"),
+    (_tensor("dtype", ["F32"]), "has dtype ['F32']"),
     (lambda h: h["a.weight"].pop("dtype"), "tensor 'a.weight' has no dtype"),
     (_set("a.weight", 7), "the entry of tensor 'a.weight' is a number"),
     (lambda h: h["b.weight"].__setitem__("data_offsets", [0, 8]), "inside another tensor"),
@@ -188,6 +189,41 @@ def test_headers_that_are_not_a_json_object(tmp_path, content, words):
     with pytest.raises(UserError) as err:
         read_header(path)
     assert "odd.safetensors" in err.value.message and words in err.value.message
+
+
+def test_any_damage_is_a_user_error_exactly_when_safetensors_refuses_the_file(tmp_path):
+    import random
+
+    from safetensors.torch import load_file
+
+    data = _two_tensors(tmp_path / "good.safetensors").read_bytes()
+    header_end = 8 + int.from_bytes(data[:8], "little")
+    rng = random.Random(13)
+    verdicts = set()
+    for _ in range(400):
+        damaged = bytearray(data)
+        how = rng.randrange(3)
+        if how == 0:  # one byte of the JSON header, mostly to something JSON-like
+            damaged[rng.randrange(8, header_end)] = rng.choice(b'0123456789[]{}",:-. eE\xff')
+        elif how == 1:
+            damaged = damaged[:rng.randrange(len(damaged))]  # cut short
+        else:
+            damaged[rng.randrange(8)] = rng.randrange(256)  # the header's length
+        path = tmp_path / "damaged.safetensors"
+        path.write_bytes(bytes(damaged))
+        try:
+            read_header(path)
+            ours = True
+        except UserError:  # and never any other exception
+            ours = False
+        try:
+            load_file(str(path))
+            theirs = True
+        except Exception:
+            theirs = False
+        assert ours == theirs, bytes(damaged[:header_end])
+        verdicts.add(ours)
+    assert verdicts == {True, False}
 
 
 def test_bytes_after_the_last_tensor_are_refused_as_safetensors_does(tmp_path):
@@ -250,3 +286,20 @@ def test_a_damaged_vae_is_listed_with_its_fault_and_refused_before_settings_chan
         studio.apply_settings({"vae": "bad-vae"})
     assert "bad-vae.safetensors is not a valid .safetensors file" in err.value.message
     assert err.value.status == 422 and err.value.field == "sd_vae" and studio.settings.get("vae") == "Automatic"
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe{}", b"[1, 2]", b'{"%s": 5}', b'{"%s": {"size": 0, "mtime": 0}}',
+                                     b"{" * 100_000])
+def test_a_damaged_hash_cache_only_costs_a_rehash(tmp_path, content):
+    import hashlib
+
+    from sd_app.models import HashCache
+
+    model = _two_tensors(tmp_path / "m.safetensors")
+    stat = model.stat()
+    content = content.replace(b"%s", str(model.resolve()).encode())
+    content = content.replace(b'"size": 0, "mtime": 0', f'"size": {stat.st_size}, "mtime": {stat.st_mtime}'.encode())
+    (tmp_path / "hashes.json").write_bytes(content)
+    cache = HashCache(tmp_path / "hashes.json")
+    assert cache.cached(model) is None
+    assert cache.sha256(model) == hashlib.sha256(model.read_bytes()).hexdigest()
