@@ -227,14 +227,6 @@ class Checkpoint:
             return "sdxl-refiner" if "Img2Img" in name else ("sdxl-base" if "XL" in name else "unknown")
         return kind_of(read_header(self.path).tensors)
 
-    def problem(self) -> str | None:
-        """Why this file cannot be used, or None; for listings, which show a damaged file instead of failing."""
-        try:
-            self.kind()
-        except UserError as err:
-            return err.message
-        return None
-
 
 class HashCache:
     """sha256 of model files, computed once and kept in a JSON file keyed by path, size and mtime."""
@@ -293,6 +285,37 @@ class CheckpointLibrary:
     def __init__(self, folder: str | Path, hashes: HashCache):
         self.folder = Path(folder)
         self.hashes = hashes
+        # path -> ((size, mtime_ns), (kind or None, problem or None)): listings read a header once per change
+        self._kinds: dict[Path, tuple] = {}
+        self._lock = threading.Lock()
+
+    def kind(self, checkpoint: Checkpoint) -> str | None:
+        """`checkpoint.kind()`, remembered until the file changes; None for a damaged file (see `problem`)."""
+        return self._read(checkpoint)[0]
+
+    def problem(self, checkpoint: Checkpoint) -> str | None:
+        """Why the checkpoint cannot be used (a damaged header), or None; remembered until the file changes."""
+        return self._read(checkpoint)[1]
+
+    def _read(self, checkpoint: Checkpoint) -> tuple[str | None, str | None]:
+        marker = checkpoint.path / "model_index.json" if checkpoint.is_folder else checkpoint.path
+        try:
+            stat = marker.stat()
+            signature = (stat.st_size, stat.st_mtime_ns)
+        except OSError:
+            signature = None  # gone or unreadable: kind() says which, and nothing is remembered
+        with self._lock:
+            known = self._kinds.get(checkpoint.path)
+        if signature is not None and known is not None and known[0] == signature:
+            return known[1]
+        try:
+            found = (checkpoint.kind(), None)
+        except UserError as err:
+            found = (None, err.message)
+        if signature is not None:
+            with self._lock:
+                self._kinds[checkpoint.path] = (signature, found)
+        return found
 
     def list(self) -> list[Checkpoint]:
         if not self.folder.is_dir():

@@ -136,16 +136,9 @@ class Studio:
 
     def checkpoint_names(self, kind: str | None = None) -> list[str]:
         """Names of the checkpoints found; with kind ("sdxl-base"/"sdxl-refiner") only those."""
-        names = []
-        for checkpoint in self.pipelines.checkpoints.list():
-            if kind is not None:
-                try:
-                    if checkpoint.kind() != kind:
-                        continue
-                except UserError:  # a damaged file is none of the kinds; checkpoint_problems says why
-                    continue
-            names.append(checkpoint.name)
-        return names
+        library = self.pipelines.checkpoints
+        # A damaged file is none of the kinds (its kind is None); checkpoint_problems says why.
+        return [c.name for c in library.list() if kind is None or library.kind(c) == kind]
 
     def checkpoints(self) -> list[ModelInfo]:
         """Every checkpoint found, with the hashes already known (listing never hashes a 7 GB file) and what
@@ -158,13 +151,14 @@ class Studio:
             except OSError:
                 sha = None  # gone or unreadable since the folder was read; problem() says which
             found.append(ModelInfo(checkpoint.name, checkpoint.title(sha[:10] if sha else None), checkpoint.short_name,
-                                   sha[:10] if sha else None, sha, str(checkpoint.path.resolve()), checkpoint.problem()))
+                                   sha[:10] if sha else None, sha, str(checkpoint.path.resolve()),
+                                   library.problem(checkpoint)))
         return found
 
     def checkpoint_problems(self) -> list[str]:
         """What is wrong with each damaged checkpoint file, for the page to show beside the list."""
-        return [problem for checkpoint in self.pipelines.checkpoints.list()
-                if (problem := checkpoint.problem()) is not None]
+        library = self.pipelines.checkpoints
+        return [problem for checkpoint in library.list() if (problem := library.problem(checkpoint)) is not None]
 
     def loaded_model(self) -> ModelInfo | None:
         """The base checkpoint loaded now, if any."""

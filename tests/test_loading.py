@@ -263,9 +263,12 @@ def test_a_diffusers_folder_with_a_broken_index_is_listed_with_its_fault(tmp_pat
     folder.mkdir(parents=True)
     (folder / "model_index.json").write_text('["not", "an", "index"]')
     engine = make_engine(tmp_path / "ckpt", tmp_path)
-    checkpoint, = engine.pipelines.checkpoints.list()
-    assert "broken-folder/model_index.json names no pipeline class" in checkpoint.problem()
-    (folder / "model_index.json").write_bytes(b"\xff{")
+    library = engine.pipelines.checkpoints
+    checkpoint, = library.list()
+    assert "broken-folder/model_index.json names no pipeline class" in library.problem(checkpoint)
+    assert library.kind(checkpoint) is None
+    (folder / "model_index.json").write_bytes(b"\xff{")  # a changed file is read again
+    assert "broken-folder/model_index.json cannot be read" in library.problem(checkpoint)
     with pytest.raises(UserError) as err:
         engine.pipelines.load_checkpoint("broken-folder")
     assert "model_index.json cannot be read" in err.value.message
