@@ -40,11 +40,14 @@ def config_folder(kind: str, metadata: dict[str, str]) -> Path:
 
 
 def check_kind(checkpoint: Checkpoint, wanted: str) -> str:
-    kind = checkpoint.kind()
+    field = "refiner_checkpoint" if wanted == "sdxl-refiner" else "checkpoint"
+    try:
+        kind = checkpoint.kind()
+    except UserError as err:  # a damaged file: the message names it, the field says which choice it was
+        raise UserError(err.message, field=field, status=err.status) from None
     if kind not in ("sdxl-base", "sdxl-refiner"):
         raise UserError(f"{checkpoint.filename} is {KIND_LABELS[kind]}. {SUPPORTED_TEXT}.", field="checkpoint")
     if kind != wanted:
-        field = "refiner_checkpoint" if wanted == "sdxl-refiner" else "checkpoint"
         raise UserError(f"{checkpoint.filename} is {KIND_LABELS[kind]}, but {KIND_LABELS[wanted]} is needed here",
                         field=field)
     return kind

@@ -38,6 +38,7 @@ class LoraInfo:
     preview: Path | None = None  # an image file beside the LoRA
     cover_image: bytes | None = None  # an image embedded in the metadata (modelspec.thumbnail)
     metadata: dict[str, str] = field(default_factory=dict)
+    problem: str | None = None  # why the file cannot be used (a damaged header): listed, refused when used
 
     @property
     def stem(self) -> str:
@@ -79,14 +80,14 @@ def base_model_of(keys, metadata: dict[str, str], shapes: dict[str, list[int]]) 
 def _trigger_words(metadata: dict[str, str], limit: int = 6) -> list[str]:
     try:
         frequencies = json.loads(metadata.get("ss_tag_frequency", "{}"))
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         return []
     counts: Counter = Counter()
     if isinstance(frequencies, dict):
         for tags in frequencies.values():
             if isinstance(tags, dict):
                 for tag, n in tags.items():
-                    if isinstance(n, (int, float)):
+                    if isinstance(n, (int, float)) and math.isfinite(n):
                         counts[str(tag).strip()] += n
     return [tag for tag, _ in counts.most_common(limit) if tag]
 
@@ -95,7 +96,7 @@ def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # a broken neighbour file only loses its extras
         return {}
 
 
@@ -115,7 +116,7 @@ def describe(path: Path, name: str) -> LoraInfo:
     try:
         weight = float(user.get("preferred weight") or 0)
         info.preferred_weight = weight if weight and math.isfinite(weight) else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         pass
     version = str(user.get("sd version", "") or "").lower()
     if version in ("sdxl", "sd1", "sd2"):
@@ -165,7 +166,10 @@ class LoraLibrary:
             if not path.is_file():
                 continue
             name = path.relative_to(self.folder).with_suffix("").as_posix()
-            mtime = path.stat().st_mtime
+            try:
+                mtime = path.stat().st_mtime
+            except OSError:
+                continue  # gone since the folder was read
             with self._lock:
                 cached = self._cache.get(path)
             if cached and cached[0] == mtime:
@@ -173,8 +177,8 @@ class LoraLibrary:
                 continue
             try:
                 info = describe(path, name)
-            except UserError:
-                continue  # damaged files are reported when used, not while listing
+            except UserError as err:  # listed with its fault, so the page and the API can say what is wrong
+                info = LoraInfo(name=name, path=path, alias=path.stem, base_model="unknown", problem=err.message)
             with self._lock:
                 self._cache[path] = (mtime, info)
             found.append(info)
@@ -199,10 +203,9 @@ class LoraLibrary:
                 info = hits[0]
                 if self.folder.resolve() not in info.path.resolve().parents:
                     raise UserError(f"LoRA {name!r} lies outside the LoRA folder", field="prompt", status=404)
+                if info.problem:
+                    raise UserError(f"LoRA {info.name!r} cannot be used: {info.problem}", field="prompt")
                 return info
-        candidate = self.folder / (wanted + ".safetensors")
-        if candidate.is_file() and self.folder.resolve() in candidate.resolve().parents:
-            describe(candidate, wanted)  # left out of the list because it is damaged: say how
         names = [i.name for i in loras]
         close = difflib.get_close_matches(wanted, names, n=5, cutoff=0.4)
         hint = f"did you mean: {', '.join(close)}?" if close else (
@@ -215,7 +218,7 @@ class LoraLibrary:
 
     def find_by_hash(self, short_hash: str) -> LoraInfo | None:
         for info in self.list():
-            if self.short_hash(info).startswith(short_hash.lower()):
+            if info.problem is None and self.short_hash(info).startswith(short_hash.lower()):
                 return info
         return None
 

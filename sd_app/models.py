@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import reprlib
 import struct
 import threading
 from dataclasses import dataclass
@@ -33,6 +35,12 @@ SUPPORTED_KINDS = ("sdxl-base", "sdxl-refiner")
 SUPPORTED_TEXT = "Homegrown runs SDXL checkpoints: SDXL 1.0 base, the SDXL refiner and fine-tunes of them"
 
 
+# Bits per element of every dtype safetensors knows (its own list; a file with another one cannot be loaded).
+DTYPE_BITS = {"BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8,
+              "F8_E5M2FNUZ": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
+              "I32": 32, "U32": 32, "F32": 32, "C64": 64, "F64": 64, "I64": 64, "U64": 64}
+
+
 @dataclass(frozen=True)
 class SafetensorsHeader:
     tensors: dict[str, dict]  # name -> {"dtype", "shape", "data_offsets"}
@@ -40,7 +48,11 @@ class SafetensorsHeader:
 
 
 def read_header(path: str | Path) -> SafetensorsHeader:
-    """Read the JSON header of a .safetensors file without touching the tensors."""
+    """Read the JSON header of a .safetensors file without touching the tensors.
+
+    The header is checked as safetensors itself checks it before loading, so a damaged or hand-made file
+    is refused here, by name and fault, as a UserError: never an exception of another type, whatever the
+    file holds (a library that lists a folder of them relies on that)."""
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise UserError(pickle_message(path), status=415)
@@ -50,23 +62,102 @@ def read_header(path: str | Path) -> SafetensorsHeader:
             if len(head) < 8:
                 raise UserError(f"{path.name} is empty or cut short: it is not a valid .safetensors file")
             (length,) = struct.unpack("<Q", head)
-            size = path.stat().st_size
+            size = os.fstat(f.fileno()).st_size
             if length > min(MAX_HEADER_BYTES, size - 8):
                 raise UserError(f"{path.name} is not a valid .safetensors file (its header is damaged, "
                                 "or the file was cut short while downloading)")
             header = json.loads(f.read(length))
     except FileNotFoundError:
         raise UserError(f"{path} does not exist", status=404) from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except OSError as err:
+        raise UserError(f"{path.name} cannot be read: {err.strerror or err}") from None
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, nested too deep, numbers too long
         raise UserError(f"{path.name} is not a valid .safetensors file (its header is not readable JSON)") from None
     if not isinstance(header, dict):
-        raise UserError(f"{path.name} is not a valid .safetensors file")
-    metadata = header.pop("__metadata__", None) or {}
-    end = max((t.get("data_offsets", [0, 0])[1] for t in header.values() if isinstance(t, dict)), default=0)
+        raise _invalid(path, f"its header is {_json_type(header)}, not a JSON object")
+    metadata = header.pop("__metadata__", None)
+    metadata = {} if metadata is None else metadata
+    if not isinstance(metadata, dict):
+        raise _invalid(path, f"its __metadata__ is {_json_type(metadata)}, not an object of text values")
+    for key, value in metadata.items():
+        if not isinstance(value, str):
+            raise _invalid(path, f"its __metadata__ entry {_shown(key)} is {_json_type(value)}, not text")
+    end = _check_tensors(path, header)
     if 8 + length + end > size:
         raise UserError(f"{path.name} is incomplete ({size} bytes, its header describes {8 + length + end}): "
                         "download it again")
-    return SafetensorsHeader(header, {str(k): str(v) for k, v in metadata.items()})
+    if 8 + length + end < size:
+        raise _invalid(path, f"{size - 8 - length - end} bytes after its last tensor belong to no tensor")
+    return SafetensorsHeader(header, metadata)
+
+
+def _check_tensors(path: Path, tensors: dict) -> int:
+    """Check every tensor entry (dtype, shape, data_offsets) as safetensors does: the tensors, in the order of
+    their offsets, must fill the data area exactly, each with the size its shape and dtype give. Returns the
+    data area's size."""
+    spans = []
+    for name, entry in tensors.items():
+        # The common case inline (a real checkpoint has thousands of entries); a fault is described below.
+        if type(entry) is not dict or type(entry.get("dtype")) is not str or type(entry.get("shape")) is not list:
+            raise _entry_fault(path, name, entry)
+        offsets, bits = entry.get("data_offsets"), DTYPE_BITS.get(entry["dtype"], 0)
+        for n in entry["shape"]:
+            if type(n) is not int or n < 0:
+                raise _entry_fault(path, name, entry)
+            bits *= n
+        if not (type(offsets) is list and len(offsets) == 2 and type(offsets[0]) is int and type(offsets[1]) is int
+                and 0 <= offsets[0] <= offsets[1] and entry["dtype"] in DTYPE_BITS and bits % 8 == 0
+                and offsets[1] - offsets[0] == bits // 8):
+            raise _entry_fault(path, name, entry)
+        spans.append((offsets[0], offsets[1], name))
+    end = 0
+    for begin, stop, name in sorted(spans):
+        if begin != end:
+            where = "after a gap no tensor fills" if begin > end else "inside another tensor"
+            raise _invalid(path, f"tensor {_shown(name)} starts at byte {begin} of the data, {where}")
+        end = stop
+    return end
+
+
+def _entry_fault(path: Path, name: str, entry) -> UserError:
+    """What is wrong with a tensor entry that `_check_tensors` refused, in words."""
+    if not isinstance(entry, dict):
+        return _invalid(path, f"the entry of tensor {_shown(name)} is {_json_type(entry)}, not an object")
+    missing = [key for key in ("dtype", "shape", "data_offsets") if key not in entry]
+    if missing:
+        return _invalid(path, f"tensor {_shown(name)} has no {' and no '.join(missing)}")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
+        return _invalid(path, f"tensor {_shown(name)} has dtype {_shown(dtype)}; known: {', '.join(DTYPE_BITS)}")
+    if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
+        return _invalid(path, f"tensor {_shown(name)} has shape {_shown(shape)}, not a list of whole numbers >= 0")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(n) for n in offsets)
+            and offsets[0] <= offsets[1]):
+        return _invalid(path, f"tensor {_shown(name)} has data_offsets {_shown(offsets)}, not [begin, end] "
+                              "with 0 <= begin <= end")
+    bits = DTYPE_BITS[dtype] * math.prod(shape)
+    return _invalid(path, f"tensor {_shown(name)} ({dtype}, shape {shape}) needs {bits / 8:g} bytes, but its "
+                          f"data_offsets {offsets} span {offsets[1] - offsets[0]}")
+
+
+def _invalid(path: Path, fault: str) -> UserError:
+    return UserError(f"{path.name} is not a valid .safetensors file: {fault}")
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _json_type(value) -> str:
+    names = {dict: "an object", list: "a list", str: "a text", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+def _shown(value) -> str:
+    """A value from a damaged file, kept short whatever it holds (tensor names in full, up to 120 characters)."""
+    short = reprlib.Repr()
+    short.maxstring = 120
+    return short.repr(value)
 
 
 def pickle_message(path: Path) -> str:
@@ -123,10 +214,17 @@ class Checkpoint:
         return model_title(self.name if self.is_folder else f"{self.name}.safetensors", short_hash)
 
     def kind(self) -> str:
+        """What the checkpoint is, from its header; UserError naming the file and its fault if it is damaged."""
         if self.is_folder:
-            index = json.loads((self.path / "model_index.json").read_text())
-            return "sdxl-refiner" if "Img2Img" in index.get("_class_name", "") else (
-                "sdxl-base" if "XL" in index.get("_class_name", "") else "unknown")
+            index_file = self.path / "model_index.json"
+            try:
+                index = json.loads(index_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError, RecursionError) as err:
+                raise UserError(f"{self.name}/model_index.json cannot be read: {err}") from None
+            name = index.get("_class_name") if isinstance(index, dict) else None
+            if not isinstance(name, str):
+                raise UserError(f"{self.name}/model_index.json names no pipeline class (_class_name)")
+            return "sdxl-refiner" if "Img2Img" in name else ("sdxl-base" if "XL" in name else "unknown")
         return kind_of(read_header(self.path).tensors)
 
 
@@ -139,9 +237,10 @@ class HashCache:
         self._data: dict[str, dict] = {}
         if self.path and self.path.exists():
             try:
-                self._data = json.loads(self.path.read_text())
-            except (OSError, json.JSONDecodeError):
-                self._data = {}  # a damaged cache only costs a rehash
+                data = json.loads(self.path.read_text(encoding="utf-8"))
+            except (OSError, ValueError, RecursionError):
+                data = {}
+            self._data = data if isinstance(data, dict) else {}  # a damaged cache only costs a rehash
 
     def sha256(self, file: str | Path) -> str:
         file = Path(file).resolve()
@@ -166,7 +265,8 @@ class HashCache:
         stat = file.stat()
         with self._lock:
             entry = self._data.get(str(file))
-        if entry and entry.get("size") == stat.st_size and entry.get("mtime") == stat.st_mtime:
+        if isinstance(entry, dict) and entry.get("size") == stat.st_size and entry.get("mtime") == stat.st_mtime \
+                and isinstance(entry.get("sha256"), str):
             return entry["sha256"]
         return None
 
@@ -185,6 +285,37 @@ class CheckpointLibrary:
     def __init__(self, folder: str | Path, hashes: HashCache):
         self.folder = Path(folder)
         self.hashes = hashes
+        # path -> ((size, mtime_ns), (kind or None, problem or None)): listings read a header once per change
+        self._kinds: dict[Path, tuple] = {}
+        self._lock = threading.Lock()
+
+    def kind(self, checkpoint: Checkpoint) -> str | None:
+        """`checkpoint.kind()`, remembered until the file changes; None for a damaged file (see `problem`)."""
+        return self._read(checkpoint)[0]
+
+    def problem(self, checkpoint: Checkpoint) -> str | None:
+        """Why the checkpoint cannot be used (a damaged header), or None; remembered until the file changes."""
+        return self._read(checkpoint)[1]
+
+    def _read(self, checkpoint: Checkpoint) -> tuple[str | None, str | None]:
+        marker = checkpoint.path / "model_index.json" if checkpoint.is_folder else checkpoint.path
+        try:
+            stat = marker.stat()
+            signature = (stat.st_size, stat.st_mtime_ns)
+        except OSError:
+            signature = None  # gone or unreadable: kind() says which, and nothing is remembered
+        with self._lock:
+            known = self._kinds.get(checkpoint.path)
+        if signature is not None and known is not None and known[0] == signature:
+            return known[1]
+        try:
+            found = (checkpoint.kind(), None)
+        except UserError as err:
+            found = (None, err.message)
+        if signature is not None:
+            with self._lock:
+                self._kinds[checkpoint.path] = (signature, found)
+        return found
 
     def list(self) -> list[Checkpoint]:
         if not self.folder.is_dir():
@@ -254,11 +385,26 @@ class VaeLibrary:
         return [p.relative_to(self.folder).with_suffix("").as_posix()
                 for p in sorted(self.folder.rglob("*.safetensors")) if p.is_file()]
 
+    def problems(self) -> dict[str, str]:
+        """name -> why the file cannot be used, for the damaged VAE files in the folder."""
+        found = {}
+        for name in self.list():
+            try:
+                read_header(self.folder / (name + ".safetensors"))
+            except UserError as err:
+                found[name] = err.message
+        return found
+
     def get(self, name: str) -> Path:
         wanted = (name or "").strip().removesuffix(".safetensors")
         if wanted.startswith("/") or ".." in wanted.split("/"):
             raise UserError("must be a VAE file inside the VAE folder", field="sd_vae")
         if wanted in self.list():
-            return self.folder / (wanted + ".safetensors")
+            path = self.folder / (wanted + ".safetensors")
+            try:
+                read_header(path)  # a damaged file is refused by name and fault before any setting changes
+            except UserError as err:
+                raise UserError(err.message, field="sd_vae", status=err.status) from None
+            return path
         names = ", ".join(["Automatic", *self.list()])
         raise UserError(f"no VAE {name!r}; available: {names}", field="sd_vae", status=404)

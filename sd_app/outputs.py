@@ -57,15 +57,28 @@ class OutputWriter:
         self.options = options
 
     def save(self, result: GenerationResult, fmt: str | None = None) -> list[Path]:
-        """Save every image of `result` (in `fmt`, else the option's format); adds the paths to it."""
+        """Save every image of `result` (in `fmt`, else the option's format); adds the paths to it.
+
+        A folder that cannot be written (read-only, full, not a folder) loses no image: the result keeps them
+        all, with a warning saying which were not saved, where, and why."""
         fmt = output_format(fmt or self.options.output_format)
         params = result.params
         folder = Path(self.options.outputs_dir) / "txt2img-images"
-        for image, text, seed in zip(result.images, result.infotexts, result.seeds):
+        for index, (image, text, seed) in enumerate(zip(result.images, result.infotexts, result.seeds)):
             values = {"seed": seed, "model": result.model_name or "", "width": params.width, "height": params.height,
                       "steps": params.steps, "sampler": params.sampler_name, "date": time.strftime("%Y-%m-%d")}
-            result.paths.append(save_image(image, text if self.options.embed_metadata else None, folder,
-                                           file_name(self.options.filename_pattern, values), fmt))
+            try:
+                result.paths.append(save_image(image, text if self.options.embed_metadata else None, folder,
+                                               file_name(self.options.filename_pattern, values), fmt))
+            except OSError as err:  # the next image would meet the same folder: stop here
+                unsaved = len(result.images) - index
+                which = "the image was" if len(result.images) == 1 else (
+                    f"{unsaved} of {len(result.images)} images were")
+                reason = f"{err.strerror}: {err.filename}" if err.strerror and err.filename else (err.strerror or err)
+                result.warnings.append(f"{which} not saved: {folder.absolute()} cannot be written ({reason}). "
+                                       "The images are only in this result: download them, or fix the outputs "
+                                       "folder in Settings.")
+                break
         return result.paths
 
 

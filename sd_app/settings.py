@@ -7,7 +7,9 @@ reported, kept as it is, and defaults are used; the next save first copies it as
 from __future__ import annotations
 
 import json
+import math
 import os
+import reprlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,24 +88,31 @@ GENERATION_DEFAULTS = ("prompt", "negative_prompt", "steps", "cfg_scale", "width
 def check_value(setting: Setting, value: Any) -> Any:
     """The value in the setting's type, or UserError naming the setting and what it allows."""
     default = setting.default
+    shown = reprlib.repr(value)  # a damaged file can hold anything: keep the message short
     if isinstance(default, bool):
         if not isinstance(value, bool):
-            raise UserError(f"must be true or false, got {value!r}", field=setting.name)
-    elif isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
-            raise UserError(f"must be a whole number, got {value!r}", field=setting.name)
-        value = int(value)
-    elif isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"must be a number, got {value!r}", field=setting.name)
-        value = float(value)
+            raise UserError(f"must be true or false, got {shown}", field=setting.name)
+    elif isinstance(default, (int, float)):
+        # JSON files can hold NaN, Infinity and 1e999 (read as inf): none of them is a setting.
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                isinstance(value, float) and not math.isfinite(value)):
+            raise UserError(f"must be a finite number, got {shown}", field=setting.name)
+        if isinstance(default, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise UserError(f"must be a whole number, got {shown}", field=setting.name)
+            value = int(value)
+        elif not isinstance(value, float):
+            try:
+                value = float(value)
+            except OverflowError:  # an integer with hundreds of digits
+                raise UserError(f"must be a finite number, got {shown}", field=setting.name) from None
     elif isinstance(default, str):
         if not isinstance(value, str):
-            raise UserError(f"must be text, got {value!r}", field=setting.name)
+            raise UserError(f"must be text, got {shown}", field=setting.name)
     if setting.choices is not None and value not in setting.choices:
-        raise UserError(f"must be one of {', '.join(map(str, setting.choices))}; got {value!r}", field=setting.name)
+        raise UserError(f"must be one of {', '.join(map(str, setting.choices))}; got {shown}", field=setting.name)
     if setting.limits is not None and not setting.limits[0] <= value <= setting.limits[1]:
-        raise UserError(f"must be between {setting.limits[0]} and {setting.limits[1]}, got {value}",
+        raise UserError(f"must be between {setting.limits[0]} and {setting.limits[1]}, got {reprlib.repr(value)}",
                         field=setting.name)
     return value
 
@@ -126,7 +135,7 @@ class SettingsStore:
             data = json.loads(self.path.read_text(encoding="utf-8"))
             if not isinstance(data, dict):
                 raise ValueError("the file does not hold a JSON object")
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:  # ValueError: not JSON, or not UTF-8
             self._file_broken = True
             self.problems.append(f"{self.path} could not be read ({exc}); using default settings. The file was "
                                  "left as it is; saving settings will keep a copy of it beside the new one.")

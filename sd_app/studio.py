@@ -44,6 +44,7 @@ class ModelInfo:
     short_hash: str | None  # A1111's 10-digit model hash, when known
     sha256: str | None
     filename: str
+    problem: str | None = None  # why the file cannot be used (a damaged header), or None
 
 
 class Studio:
@@ -135,26 +136,29 @@ class Studio:
 
     def checkpoint_names(self, kind: str | None = None) -> list[str]:
         """Names of the checkpoints found; with kind ("sdxl-base"/"sdxl-refiner") only those."""
-        names = []
-        for checkpoint in self.pipelines.checkpoints.list():
-            if kind is not None:
-                try:
-                    if checkpoint.kind() != kind:
-                        continue
-                except (UserError, OSError, ValueError):
-                    continue
-            names.append(checkpoint.name)
-        return names
+        library = self.pipelines.checkpoints
+        # A damaged file is none of the kinds (its kind is None); checkpoint_problems says why.
+        return [c.name for c in library.list() if kind is None or library.kind(c) == kind]
 
     def checkpoints(self) -> list[ModelInfo]:
-        """Every checkpoint found, with the hashes already known (listing never hashes a 7 GB file)."""
+        """Every checkpoint found, with the hashes already known (listing never hashes a 7 GB file) and what
+        is wrong with the damaged ones."""
         library = self.pipelines.checkpoints
         found = []
         for checkpoint in library.list():
-            sha = None if checkpoint.is_folder else library.hashes.cached(checkpoint.path)
+            try:
+                sha = None if checkpoint.is_folder else library.hashes.cached(checkpoint.path)
+            except OSError:
+                sha = None  # gone or unreadable since the folder was read; problem() says which
             found.append(ModelInfo(checkpoint.name, checkpoint.title(sha[:10] if sha else None), checkpoint.short_name,
-                                   sha[:10] if sha else None, sha, str(checkpoint.path.resolve())))
+                                   sha[:10] if sha else None, sha, str(checkpoint.path.resolve()),
+                                   library.problem(checkpoint)))
         return found
+
+    def checkpoint_problems(self) -> list[str]:
+        """What is wrong with each damaged checkpoint file, for the page to show beside the list."""
+        library = self.pipelines.checkpoints
+        return [problem for checkpoint in library.list() if (problem := library.problem(checkpoint)) is not None]
 
     def loaded_model(self) -> ModelInfo | None:
         """The base checkpoint loaded now, if any."""
@@ -187,6 +191,10 @@ class Studio:
 
     def vae_names(self) -> list[str]:
         return ["Automatic", *self.pipelines.vaes.list()]
+
+    def vae_problems(self) -> dict[str, str]:
+        """VAE name -> why its file cannot be used, for the damaged ones."""
+        return self.pipelines.vaes.problems()
 
     def apply_settings(self, changes: dict) -> str:
         vae = changes.get("vae")

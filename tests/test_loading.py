@@ -1,4 +1,6 @@
 import pickle
+import shutil
+import struct
 
 import pytest
 import torch
@@ -134,3 +136,173 @@ def test_demo_files_are_identical_on_every_machine(demo_root, tmp_path):
     for path in again.values():
         original = demo_root / path.relative_to(tmp_path)
         assert path.read_bytes() == original.read_bytes(), path.name
+
+
+def _two_tensors(path):
+    save_file({"a.weight": torch.zeros(2, 3), "b.weight": torch.zeros(4, dtype=torch.float16)}, str(path),
+              metadata={"format": "pt"})
+    return path
+
+
+def _set(key, value):
+    return lambda header: header.__setitem__(key, value)
+
+
+def _tensor(field, value):
+    return lambda header: header["a.weight"].__setitem__(field, value)
+
+
+@pytest.mark.parametrize("change, words", [
+    (_set("__metadata__", ["format", "pt"]), "its __metadata__ is a list"),
+    (_set("__metadata__", {"steps": 5}), "__metadata__ entry 'steps' is a number, not text"),
+    (_tensor("data_offsets", [0]), "tensor 'a.weight' has data_offsets [0]"),
+    (_tensor("data_offsets", "0-24"), "tensor 'a.weight' has data_offsets '0-24'"),
+    (_tensor("data_offsets", [0, 10 ** 9]), "needs 24 bytes"),
+    (_tensor("shape", [2, 4]), "needs 32 bytes, but its data_offsets [0, 24] span 24"),
+    (_tensor("shape", "2x3"), "has shape '2x3'"),
+    (_tensor("dtype", "F33"), "has dtype 'F33'; known: BOOL"),
+    (_tensor("dtype", ["F32"]), "has dtype ['F32']"),
+    (lambda h: h["a.weight"].pop("dtype"), "tensor 'a.weight' has no dtype"),
+    (_set("a.weight", 7), "the entry of tensor 'a.weight' is a number"),
+    (lambda h: h["b.weight"].__setitem__("data_offsets", [0, 8]), "inside another tensor"),
+])
+def test_damaged_headers_are_user_errors_naming_the_file_and_the_fault(tmp_path, change, words):
+    from damaged import with_header
+
+    bad = with_header(_two_tensors(tmp_path / "good.safetensors"), tmp_path / "bad.safetensors", change)
+    with pytest.raises(UserError) as err:
+        read_header(bad)
+    assert err.value.message.startswith("bad.safetensors is not a valid .safetensors file: ")
+    assert words in err.value.message and err.value.status == 422
+    assert read_header(tmp_path / "good.safetensors").metadata == {"format": "pt"}
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"[1, 2]", "its header is a list"),
+    (b"{\"a\": ", "not readable JSON"),
+    (b"[" * 100_000, "not readable JSON"),  # nested too deep for Python's JSON reader
+    (b"\xff\xfe{}", "not readable JSON"),
+])
+def test_headers_that_are_not_a_json_object(tmp_path, content, words):
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes(struct.pack("<Q", len(content)) + content)
+    with pytest.raises(UserError) as err:
+        read_header(path)
+    assert "odd.safetensors" in err.value.message and words in err.value.message
+
+
+def test_any_damage_is_a_user_error_exactly_when_safetensors_refuses_the_file(tmp_path):
+    import random
+
+    from safetensors.torch import load_file
+
+    data = _two_tensors(tmp_path / "good.safetensors").read_bytes()
+    header_end = 8 + int.from_bytes(data[:8], "little")
+    rng = random.Random(13)
+    verdicts = set()
+    for _ in range(400):
+        damaged = bytearray(data)
+        how = rng.randrange(3)
+        if how == 0:  # one byte of the JSON header, mostly to something JSON-like
+            damaged[rng.randrange(8, header_end)] = rng.choice(b'0123456789[]{}",:-. eE\xff')
+        elif how == 1:
+            damaged = damaged[:rng.randrange(len(damaged))]  # cut short
+        else:
+            damaged[rng.randrange(8)] = rng.randrange(256)  # the header's length
+        path = tmp_path / "damaged.safetensors"
+        path.write_bytes(bytes(damaged))
+        try:
+            read_header(path)
+            ours = True
+        except UserError:  # and never any other exception
+            ours = False
+        try:
+            load_file(str(path))
+            theirs = True
+        except Exception:
+            theirs = False
+        assert ours == theirs, bytes(damaged[:header_end])
+        verdicts.add(ours)
+    assert verdicts == {True, False}
+
+
+def test_bytes_after_the_last_tensor_are_refused_as_safetensors_does(tmp_path):
+    path = _two_tensors(tmp_path / "long.safetensors")
+    path.write_bytes(path.read_bytes() + b"\0" * 5)
+    with pytest.raises(UserError) as err:
+        read_header(path)
+    assert "5 bytes after its last tensor" in err.value.message
+
+
+def test_a_damaged_checkpoint_is_listed_with_its_fault_and_refused_by_name(tmp_path, ckpt_dir):
+    from damaged import metadata_as_list
+
+    from conftest import make_studio
+
+    folder = tmp_path / "Stable-diffusion"
+    folder.mkdir()
+    shutil.copy(ckpt_dir / demo.BASE_FILE, folder)
+    metadata_as_list(ckpt_dir / demo.BASE_FILE, folder / "a-damaged.safetensors")  # sorts before the good one
+    studio = make_studio(folder, tmp_path, lora_dir=ckpt_dir.parent / "Lora", vae_dir=str(ckpt_dir.parent / "VAE"))
+    assert studio.checkpoint_names("sdxl-base") == [BASE]
+    listed = {m.name: m for m in studio.checkpoints()}
+    assert listed[BASE].problem is None
+    assert listed["a-damaged"].problem.startswith("a-damaged.safetensors is not a valid .safetensors file: "
+                                                  "its __metadata__ is a list")
+    assert studio.checkpoint_problems() == [listed["a-damaged"].problem]
+    assert studio.load_startup_checkpoint() == BASE  # the first SDXL base that can be read
+    with pytest.raises(UserError) as err:
+        studio.load_checkpoint("a-damaged")
+    assert err.value.status == 422 and err.value.field == "checkpoint" and "a-damaged.safetensors" in err.value.message
+    assert "__metadata__ is a list" in err.value.message
+    assert studio.current_checkpoint() == BASE  # the loaded one stays
+
+
+def test_a_diffusers_folder_with_a_broken_index_is_listed_with_its_fault(tmp_path):
+    folder = tmp_path / "ckpt" / "broken-folder"
+    folder.mkdir(parents=True)
+    (folder / "model_index.json").write_text('["not", "an", "index"]')
+    engine = make_engine(tmp_path / "ckpt", tmp_path)
+    library = engine.pipelines.checkpoints
+    checkpoint, = library.list()
+    assert "broken-folder/model_index.json names no pipeline class" in library.problem(checkpoint)
+    assert library.kind(checkpoint) is None
+    (folder / "model_index.json").write_bytes(b"\xff{")  # a changed file is read again
+    assert "broken-folder/model_index.json cannot be read" in library.problem(checkpoint)
+    with pytest.raises(UserError) as err:
+        engine.pipelines.load_checkpoint("broken-folder")
+    assert "model_index.json cannot be read" in err.value.message
+
+
+def test_a_damaged_vae_is_listed_with_its_fault_and_refused_before_settings_change(tmp_path, ckpt_dir):
+    from damaged import short_data_offsets
+
+    from conftest import make_studio
+
+    vae_dir = tmp_path / "VAE"
+    vae_dir.mkdir()
+    short_data_offsets(ckpt_dir.parent / "VAE" / demo.VAE_FILE, vae_dir / "bad-vae.safetensors")
+    studio = make_studio(ckpt_dir, tmp_path, vae_dir=str(vae_dir))
+    assert studio.vae_names() == ["Automatic", "bad-vae"]
+    assert "data_offsets [0]" in studio.vae_problems()["bad-vae"]
+    with pytest.raises(UserError) as err:
+        studio.apply_settings({"vae": "bad-vae"})
+    assert "bad-vae.safetensors is not a valid .safetensors file" in err.value.message
+    assert err.value.status == 422 and err.value.field == "sd_vae" and studio.settings.get("vae") == "Automatic"
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe{}", b"[1, 2]", b'{"%s": 5}', b'{"%s": {"size": 0, "mtime": 0}}',
+                                     b"{" * 100_000])
+def test_a_damaged_hash_cache_only_costs_a_rehash(tmp_path, content):
+    import hashlib
+
+    from sd_app.models import HashCache
+
+    model = _two_tensors(tmp_path / "m.safetensors")
+    stat = model.stat()
+    content = content.replace(b"%s", str(model.resolve()).encode())
+    content = content.replace(b'"size": 0, "mtime": 0', f'"size": {stat.st_size}, "mtime": {stat.st_mtime}'.encode())
+    (tmp_path / "hashes.json").write_bytes(content)
+    cache = HashCache(tmp_path / "hashes.json")
+    assert cache.cached(model) is None
+    assert cache.sha256(model) == hashlib.sha256(model.read_bytes()).hexdigest()

@@ -102,3 +102,32 @@ def test_bad_tags_get_clear_errors(lora_engine, small, tag, words):
     with pytest.raises(UserError) as err:
         lora_engine.generate(small.replace(prompt=f"cat {tag}"))
     assert words in err.value.message and err.value.field == "prompt"
+
+
+def test_a_damaged_lora_is_listed_with_its_fault_and_refused_by_name(tmp_path, ckpt_dir):
+    from damaged import metadata_as_list, short_data_offsets
+
+    from sd_app.lora_library import resolve_tags
+    from sd_app.prompts import LoraTag
+
+    folder = tmp_path / "Lora"
+    folder.mkdir()
+    good = ckpt_dir.parent / "Lora" / "demo-style.safetensors"
+    shutil.copy(good, folder)
+    short_data_offsets(good, folder / "bad-offsets.safetensors")
+    metadata_as_list(good, folder / "bad-meta.safetensors")
+    (folder / "demo-style.json").write_text("{\"description\": " + "[" * 100_000)  # a broken neighbour: ignored
+    lib = LoraLibrary(folder, HashCache(None))
+    listed = {i.name: i for i in lib.list()}
+    assert set(listed) == {"demo-style", "bad-offsets", "bad-meta"} and listed["demo-style"].problem is None
+    assert "bad-offsets.safetensors is not a valid .safetensors file" in listed["bad-offsets"].problem
+    assert "data_offsets [" in listed["bad-offsets"].problem
+    assert "its __metadata__ is a list" in listed["bad-meta"].problem
+    assert [a.info.name for a in resolve_tags(lib, [LoraTag("demo-style", 0.5)])] == ["demo-style"]
+    for name, words in (("bad-offsets", "data_offsets"), ("bad-meta", "__metadata__")):
+        with pytest.raises(UserError) as err:
+            resolve_tags(lib, [LoraTag("demo-style", 0.5), LoraTag(name, 1.0)])
+        assert err.value.field == "prompt" and err.value.status == 422
+        assert f"LoRA {name!r} cannot be used: {name}.safetensors is not a valid" in err.value.message
+        assert words in err.value.message
+    assert lib.find_by_hash(lib.short_hash(listed["demo-style"])).name == "demo-style"

@@ -64,3 +64,57 @@ def test_a_run_without_saving_writes_nothing(ckpt_dir, tmp_path, small):
     saved = studio.generate(small.replace(checkpoint=BASE), save=True, output_format="jpeg")
     assert saved.paths[0].suffix == ".jpg" and read_image(saved.paths[0]) == saved.infotexts[0]
     assert "save" in saved.timings
+
+
+def _result(count=2):
+    from sd_app.jobs import GenerationResult
+    from sd_app.params import GenerationParams
+
+    params = GenerationParams(prompt="cat", steps=2, width=8, height=8, seed=5)
+    return GenerationResult(images=[Image.new("RGB", (8, 8), c) for c in ("red", "blue", "green")[:count]],
+                            infotexts=[f"cat\nSteps: 2, Seed: {5 + i}" for i in range(count)],
+                            seeds=[5 + i for i in range(count)], params=params)
+
+
+def test_an_outputs_folder_that_cannot_be_made_keeps_every_image_with_a_warning(tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")  # read-only folders do not stop root; this stops everyone
+    writer = outputs.OutputWriter(outputs.OutputOptions(outputs_dir=tmp_path / "a-file" / "outputs"))
+    result = _result()
+    assert writer.save(result) == [] and len(result.images) == 2
+    warning, = result.warnings
+    assert warning.startswith(f"2 of 2 images were not saved: {tmp_path / 'a-file' / 'outputs' / 'txt2img-images'} "
+                              "cannot be written (Not a directory: ")
+    assert (tmp_path / "a-file").read_text() == "not a folder"
+
+
+def test_a_full_disk_keeps_every_image_and_leaves_no_half_written_file(tmp_path, monkeypatch):
+    import errno
+
+    written = []
+
+    def fill_the_disk(image, text, f, fmt):
+        if written:  # the second image finds the disk full halfway through
+            f.write(b"\x89PNG half an image")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(fmt)
+        return real(image, text, f, fmt)
+
+    real = outputs.write_image
+    monkeypatch.setattr(outputs, "write_image", fill_the_disk)
+    writer = outputs.OutputWriter(outputs.OutputOptions(outputs_dir=tmp_path / "out"))
+    result = _result(3)
+    saved = writer.save(result)
+    assert [p.name for p in saved] == ["00000-5.png"] and len(result.images) == 3
+    assert result.warnings == [f"2 of 3 images were not saved: {tmp_path / 'out' / 'txt2img-images'} cannot be "
+                               "written (No space left on device). The images are only in this result: download "
+                               "them, or fix the outputs folder in Settings."]
+    assert [p.name for p in saved[0].parent.iterdir()] == ["00000-5.png"]  # no .saving- leftovers
+
+
+def test_a_page_job_whose_images_cannot_be_saved_still_shows_them(ckpt_dir, tmp_path, small):
+    (tmp_path / "a-file").write_text("")
+    studio = make_studio(ckpt_dir, tmp_path, outputs_dir=str(tmp_path / "a-file" / "outputs"))
+    job = studio.start(small.replace(checkpoint=BASE, batch_size=2), owner="page")  # the page's way in
+    assert job.wait(300)
+    assert job.error is None and len(job.result.images) == 2 and job.result.paths == []
+    assert "2 of 2 images were not saved" in job.result.warnings[0] and "a-file" in job.result.warnings[0]

@@ -67,3 +67,33 @@ def test_overrides_from_flags_win_but_are_not_saved(tmp_path):
     assert store.get("outputs_dir") == "/tmp/o"
     store.update({"steps": 9})
     assert json.loads(path.read_text())["outputs_dir"] == "outputs"
+
+
+@pytest.mark.parametrize("text, name", [
+    ('{"steps": NaN}', "steps"), ('{"steps": 1e999}', "steps"), ('{"steps": Infinity}', "steps"),
+    ('{"steps": -Infinity}', "steps"), ('{"cfg_scale": NaN}', "cfg_scale"), ('{"cfg_scale": 1e999}', "cfg_scale"),
+    ('{"steps": 1' + "0" * 400 + "}", "steps"), ('{"cfg_scale": 1' + "0" * 400 + "}", "cfg_scale"),
+    ('{"steps": 20.5}', "steps"), ('{"steps": [20]}', "steps"), ('{"width": "1024"}', "width"),
+    ('{"save_images": 1}', "save_images"), ('{"outputs_dir": 5}', "outputs_dir"),
+    ('{"sampler_name": {"a": 1}}', "sampler_name"), ('{"refiner_switch_at": true}', "refiner_switch_at"),
+])
+def test_non_finite_and_wrong_typed_values_in_the_file_fall_back_to_the_default(tmp_path, text, name):
+    path = tmp_path / "settings.json"
+    path.write_text(text[:-1] + ', "height": 768}')  # the exact value, with a good one after it
+    store = SettingsStore(path)
+    default = next(s.default for s in SETTINGS if s.name == name)
+    assert store.get(name) == default and store.get("height") == 768  # the good value next to it is kept
+    problem, = store.problems
+    assert f"{name}: must be" in problem and f"using the default {default!r}" in problem and len(problem) < 300
+    store.update({"steps": 12})  # saving writes plain JSON that reads back without problems
+    assert json.loads(path.read_text())["steps"] == 12 and SettingsStore(path).problems == []
+
+
+@pytest.mark.parametrize("content", [b"[1, 2]", b"NaN", b'"steps"', b"\xff\xfe{\"steps\": 5}",
+                                     b"[" * 100_000])
+def test_a_file_that_is_not_a_json_object_of_text_falls_back_to_defaults(tmp_path, content):
+    path = tmp_path / "settings.json"
+    path.write_bytes(content)
+    store = SettingsStore(path)
+    assert store.get("steps") == 30 and "could not be read" in store.problems[0]
+    assert path.read_bytes() == content

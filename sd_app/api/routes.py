@@ -118,21 +118,24 @@ def _job_routes(api: FastAPI, studio: Studio) -> None:
 
 
 def _model_routes(api: FastAPI, studio: Studio) -> None:
+    # Damaged files are listed with a "problem" (A1111 clients ignore the extra field); using one is a 4xx.
     @api.get("/sd-models")
     def sd_models():
         return [{"title": m.title, "model_name": m.name, "hash": m.short_hash, "sha256": m.sha256,
-                 "filename": m.filename, "config": None} for m in studio.checkpoints()]
+                 "filename": m.filename, "config": None, "problem": m.problem} for m in studio.checkpoints()]
 
     @api.get("/sd-vae")
     def sd_vae():
         folder = studio.settings.folder("vae")
         files = sorted(folder.rglob("*.safetensors")) if folder.is_dir() else []
-        return [{"model_name": p.relative_to(folder).as_posix(), "filename": str(p.resolve())} for p in files]
+        problems = studio.vae_problems()
+        return [{"model_name": p.relative_to(folder).as_posix(), "filename": str(p.resolve()),
+                 "problem": problems.get(p.relative_to(folder).with_suffix("").as_posix())} for p in files]
 
     @api.get("/loras")
     def loras():
-        return [{"name": i.name, "alias": i.alias, "path": str(i.path.resolve()), "metadata": i.metadata}
-                for i in studio.loras.list()]
+        return [{"name": i.name, "alias": i.alias, "path": str(i.path.resolve()), "metadata": i.metadata,
+                 "problem": i.problem} for i in studio.loras.list()]
 
     @api.post("/refresh-checkpoints")
     def refresh_checkpoints():

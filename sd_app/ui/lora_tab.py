@@ -22,14 +22,20 @@ def card_image(studio: Studio, info: LoraInfo) -> Image.Image:
             return image.convert("RGB")
         except Exception:
             pass  # a broken preview gets the placeholder
-    # No preview: a tile with the name's initials, coloured by the name so cards stay recognisable.
+    # No preview: a tile with the name's initials, coloured by the name so cards stay recognisable;
+    # a damaged file's tile is grey and says so.
     hue = sum(map(ord, info.name)) % 360
-    image = Image.new("HSV", (256, 256), (int(hue / 360 * 255), 90, 200)).convert("RGB")
-    ImageDraw.Draw(image).text((20, 110), info.stem[:18], fill="white", font_size=28)
+    image = Image.new("HSV", (256, 256), (int(hue / 360 * 255), 0 if info.problem else 90, 200)).convert("RGB")
+    draw = ImageDraw.Draw(image)
+    draw.text((20, 110), info.stem[:18], fill="white", font_size=28)
+    if info.problem:
+        draw.text((20, 160), "damaged file", fill="white", font_size=24)
     return image
 
 
 def caption(info: LoraInfo) -> str:
+    if info.problem:
+        return f"⚠ {info.name} · {info.problem}"
     words = ", ".join(info.trigger_words[:4])
     return f"{info.name} · {info.base_label}" + (f" · {words}" if words else "")
 

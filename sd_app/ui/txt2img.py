@@ -133,7 +133,7 @@ def build(studio: Studio) -> tuple[Form, dict]:
     no_model_box, get_base, get_refiner, download_status = _no_model_box(studio, visible=not base_names)
     with gr.Row():
         checkpoint = gr.Dropdown(base_names, value=studio.current_checkpoint(), label="Checkpoint", scale=4,
-                                 elem_id="checkpoint")
+                                 elem_id="checkpoint", info=checkpoint_note(studio))
         refresh = gr.Button("↻ Refresh", scale=0, min_width=90)
         preset = gr.Dropdown([""] + list(presets), value=studio.start_preset or "", label="Preset", scale=2,
                              elem_id="preset")
@@ -356,9 +356,16 @@ def refresh_lists(studio: Studio, current):
     """Read the folders again: (checkpoint, refiner and preset dropdowns, the no-checkpoint note)."""
     bases = studio.checkpoint_names("sdxl-base")
     names, _ = studio.presets.load()
-    return (gr.update(choices=bases, value=current if current in bases else studio.current_checkpoint()),
+    return (gr.update(choices=bases, value=current if current in bases else studio.current_checkpoint(),
+                      info=checkpoint_note(studio)),
             gr.update(choices=refiner_dropdown_names(studio)), gr.update(choices=[""] + list(names)),
             gr.update(visible=not bases))
+
+
+def checkpoint_note(studio: Studio) -> str | None:
+    """The damaged checkpoint files, under the dropdown that leaves them out (None: there are none)."""
+    problems = studio.checkpoint_problems()
+    return "\n".join(f"⚠ {problem}" for problem in problems) if problems else None
 
 
 def change_checkpoint(studio: Studio, name):
