@@ -64,7 +64,7 @@ class Engine:
         job = job or Job(params)
         job.params = params
         with self.pipelines.lock:
-            job.started = time.time()
+            job.started = job.started or time.time()  # a job of several requests started with its first
             job.job_count = params.n_iter
             try:
                 return self._run(params, prompt, active, sampler, schedule, job)
@@ -121,7 +121,7 @@ class Engine:
                 result.infotexts.append(text)
                 result.seeds.append(seed)
         result.interrupted = job.interrupted
-        job.progress = 1.0
+        job.set_progress(1.0)
         return result
 
     def _plan(self, params: GenerationParams, prompt: str, base: LoadedModel,
@@ -182,7 +182,7 @@ class Engine:
             stage = start + (end - start) * (step_index + 1) / total
             job.sampling_steps = params.steps
             job.sampling_step = min(params.steps, round(stage * params.steps))
-            job.progress = min(1.0, (job.job_no + stage) / job.job_count)
+            job.set_progress((job.job_no + stage) / job.job_count)
             if every and (step_index % every == 0 or step_index + 1 == total):
                 job.preview = latent_preview(kwargs["latents"][0])
                 job.preview_step = job.sampling_step

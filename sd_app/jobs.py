@@ -28,6 +28,8 @@ class Job:
         self.finished: float | None = None
         self.job_no = 0  # the batch running now (A1111's state.job_no)
         self.job_count = 1  # batches in this job (n_iter)
+        self.part_no = 0  # the request running now, when one job runs several (an X/Y/Z plot's cells)
+        self.part_count = 1
         self.sampling_step = 0
         self.sampling_steps = 0
         self.progress = 0.0  # 0..1 over the whole job
@@ -76,6 +78,10 @@ class Job:
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the job has ended (or `timeout` seconds); True when it has."""
         return self._done.wait(timeout)
+
+    def set_progress(self, fraction: float) -> None:
+        """Progress through the request running now (0..1), kept as a share of the whole job."""
+        self.progress = min(1.0, (self.part_no + fraction) / self.part_count)
 
     def eta(self) -> float | None:
         """Seconds left, from the pace so far."""

@@ -81,6 +81,12 @@ class OutputWriter:
                 break
         return result.paths
 
+    def save_grid(self, image: Image.Image, text: str, fmt: str | None = None) -> Path:
+        """Save a grid (an X/Y/Z plot) into `outputs/txt2img-grids/YYYY-MM-DD/`, where A1111 puts grids."""
+        folder = Path(self.options.outputs_dir) / "txt2img-grids"
+        return save_image(image, text if self.options.embed_metadata else None, folder, "xyz_grid",
+                          output_format(fmt or self.options.output_format))
+
 
 def save_image(image: Image.Image, infotext: str | None, folder: str | Path, name: str, fmt: str = "png",
                now: datetime | None = None) -> Path:

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import downloads
+from . import downloads, xyz
 from .auth import Credentials
 from .encoding import count_tokens
 from .engine import Engine
@@ -99,18 +99,67 @@ class Studio:
         """`generate` in a thread of its own, for a front end that polls the job (the page): the job ends with
         its result, or with a message for the user."""
         job = Job(params, owner)
+        return self._in_thread(job, lambda: self.generate(params, owner, job))
 
-        def work():
+    def generate_grid(self, plan: xyz.GridPlan, owner: str = API_OWNER, job: Job | None = None,
+                      save: bool | None = None, output_format: str | None = None) -> xyz.GridResult:
+        """Run an X/Y/Z plot as ONE job: each cell through `generate` (so saving, progress and interrupt work as
+        for any image), the progress spanning all cells; Interrupt stops the plot, Skip ends the current cell.
+        A cell that fails with a UserError leaves a blank slot and a warning. The checkpoint loaded before is
+        loaded back at the end. The grid is saved in `txt2img-grids/` when the images are saved."""
+        job = job or Job(plan.base, owner)
+        job.owner, job.part_count = owner, len(plan.cells)
+        previous = self.current_checkpoint()
+        done, warnings, first_error = {}, list(plan.warnings), None
+        self.jobs.add(job)  # on the board between cells too: each `generate` adds and removes its own entry
+        try:
+            for number, cell in enumerate(_fewest_loads(plan.cells, previous)):
+                if job.interrupted:
+                    break
+                job.sampling_step, job.finished, job.part_no = 0, None, number  # the step count is the cell's
+                try:
+                    done[cell.index] = self.generate(cell.params, owner, job, save, output_format)
+                except UserError as err:
+                    first_error = first_error or err
+                    warnings.append(f"{cell.label}: {err}")
+                    log.warning("X/Y/Z plot cell %s failed: %s", cell.label, err)
+        finally:
+            if previous and self.current_checkpoint() != previous:
+                self._load_back(previous, warnings)
+            job.finished = time.time()
+            self.jobs.remove(job)
+        if first_error is not None and not any(result.images for result in done.values()) and not job.interrupted:
+            raise first_error
+        for result in done.values():
+            warnings += [w for w in result.warnings if w not in warnings]
+        grid = xyz.assemble(plan, done, interrupted=job.interrupted, warnings=warnings)
+        if self.outputs.options.save_images if save is None else save:
+            grid.path = self.outputs.save_grid(grid.grid, grid.infotext, output_format)
+        return grid
+
+    def start_grid(self, plan: xyz.GridPlan, owner: str) -> Job:
+        """`generate_grid` in a thread: the job ends with one result, the grid first, then the single images."""
+        job = Job(plan.base, owner)
+        return self._in_thread(job, lambda: self.generate_grid(plan, owner, job).as_result())
+
+    def _in_thread(self, job: Job, work) -> Job:
+        def run():
             try:
-                job.end(result=self.generate(params, owner, job))
+                job.end(result=work())
             except UserError as err:
                 job.end(error=str(err))
             except Exception as err:  # never a dead page: say what broke, keep the traceback in the log
                 log.exception("generation failed")
                 job.end(error=f"generation failed: {type(err).__name__}: {err}")
 
-        threading.Thread(target=work, daemon=True, name=f"job-{owner}").start()
+        threading.Thread(target=run, daemon=True, name=f"job-{job.owner}").start()
         return job
+
+    def _load_back(self, name: str, warnings: list[str]) -> None:
+        try:
+            self.load_checkpoint(name)
+        except UserError as err:
+            warnings.append(f"could not load {name} back after the plot: {err}")
 
     def job_of(self, owner: str) -> Job | None:
         return self.jobs.of(owner)
@@ -235,6 +284,11 @@ class Studio:
             raise UserError("Homegrown runs with --offline: downloads are switched off", status=403)
         folder = {"lora": self.settings.folder("lora"), "checkpoint": self.settings.folder("ckpt")}[what]
         return downloads.download(repo_id, filename, folder, revision, overwrite, progress)
+
+
+def _fewest_loads(cells, loaded: str | None) -> list:
+    """The plan's cells with those on the loaded checkpoint first: one load fewer, and one fewer to load back."""
+    return sorted(cells, key=lambda cell: cell.params.checkpoint not in (None, loaded))
 
 
 def _from_settings(options_class, settings: SettingsStore, **converters):

@@ -88,6 +88,9 @@ def test_override_checkpoint_refiner_and_styles(client):
     ({"prompt": "x <lora:../../etc/passwd:1>"}, 404, "prompt"),
     ({"styles": ["No such style"]}, 404, "preset"),
     ({"refiner_checkpoint": "homegrown-demo-base"}, 422, "refiner_checkpoint"),
+    ({"script_name": "prompt matrix"}, 422, "script_name"),
+    ({"script_name": "x/y/z plot", "script_args": [5, "1, 2"]}, 422, "x_type"),  # Hires steps: not in Homegrown
+    ({"script_name": "x/y/z plot", "script_args": [4, "1-9", [], 6, "1-9"]}, 422, None),  # 81 cells: over 64
 ])
 def test_bad_requests_get_json_errors_and_the_server_lives(client, demo_server, change, status, field):
     r = client.post(f"{API}/txt2img", json={"prompt": "x", "steps": 2, "width": 64, "height": 64, **change})
@@ -117,7 +120,7 @@ def test_listing_endpoints(client):
     assert {"DPM++ 2M", "Euler a", "UniPC"} <= {s["name"] for s in samplers}
     assert {"automatic", "karras"} <= {s["name"] for s in client.get(f"{API}/schedulers").json()}
     assert [v["model_name"] for v in client.get(f"{API}/sd-vae").json()] == ["homegrown-demo-vae.safetensors"]
-    assert client.get(f"{API}/scripts").json() == {"txt2img": [], "img2img": []}
+    assert client.get(f"{API}/scripts").json() == {"txt2img": ["x/y/z plot"], "img2img": []}
     assert "ram" in client.get(f"{API}/memory").json()
     assert client.get(f"{API}/cmd-flags").json()["demo"] is True
     assert any(s["name"] == "Photo" for s in client.get(f"{API}/prompt-styles").json())
@@ -238,3 +241,25 @@ def test_infotext_field_fills_the_request_and_sent_fields_win(client):
     assert info["prompt"] == "a fox <lora:demo-style:0.5>" and info["negative_prompt"] == "ugly"
     assert (info["steps"], info["cfg_scale"], info["seed"], info["width"]) == (3, 5.0, 78, 64)
     assert "Sampler: Euler a," in info["infotexts"][0]
+
+
+def test_xyz_plot_script_grid_first_then_the_single_images(client, demo_server):
+    before = set(demo_server.outputs.rglob("*.png"))
+    payload = {"prompt": "a fox", "steps": 2, "width": 64, "height": 64, "seed": 5, "save_images": True,
+               "script_name": "X/Y/Z plot", "script_args": [4, "2, 3", [], 9, "", ["Euler a", "DDIM"], 0, "", [],
+                                                           True, True]}
+    r = client.post(f"{API}/txt2img", json=payload)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    info = json.loads(body["info"])
+    images = [decode(b) for b in body["images"]]
+    assert len(images) == 5 and images[0].width > 128 and images[0].height > 128 and images[1].size == (64, 64)
+    assert info["index_of_first_image"] == 1 and len(info["infotexts"]) == 5
+    assert 'Script: X/Y/Z plot, X Type: Steps, X Values: "2, 3", Y Type: Sampler' in info["infotexts"][0]
+    assert images[0].info["parameters"] == info["infotexts"][0]
+    assert "Steps: 3, Sampler: Euler a," in info["infotexts"][2] and "Sampler: DDIM," in info["infotexts"][3]
+    assert all("Seed: 5," in text for text in info["infotexts"])  # one seed for every cell
+    saved = set(demo_server.outputs.rglob("*.png")) - before
+    assert sorted(p.parent.parent.name for p in saved) == ["txt2img-grids"] + ["txt2img-images"] * 4
+    only_grid = client.post(f"{API}/txt2img", json={**payload, "save_images": False, "script_args": [4, "2, 3"]})
+    assert len(only_grid.json()["images"]) == 1  # A1111's default: the grid without the single images

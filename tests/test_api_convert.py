@@ -2,7 +2,8 @@
 
 import pytest
 
-from sd_app.api.convert import option_changes, options, txt2img_info, txt2img_plan
+from sd_app.api.convert import (A1111_XYZ_AXES, option_changes, options, txt2img_info, txt2img_plan, wants_xyz,
+                                xyz_request)
 from sd_app.api.schemas import Txt2ImgRequest
 from sd_app.errors import UserError
 from sd_app.jobs import GenerationResult
@@ -36,7 +37,8 @@ def test_infotext_is_the_base_and_only_sent_fields_override_it():
 
 
 @pytest.mark.parametrize("fields, field", [
-    ({"enable_hr": True}, "enable_hr"), ({"script_name": "x/y/z plot"}, "script_name"),
+    ({"enable_hr": True}, "enable_hr"), ({"script_name": "prompt matrix"}, "script_name"),
+    ({"script_args": [1, "2"]}, "script_args"),
     ({"s_churn": 0.5}, "s_churn"), ({"override_settings": {"sd_hypernetwork": "x"}}, "override_settings"),
     ({"override_settings": {"CLIP_stop_at_last_layers": 5}}, "CLIP_stop_at_last_layers"),
     ({"override_settings": {"sd_vae": "other-vae"}}, "sd_vae"),
@@ -81,3 +83,55 @@ def test_options_and_option_changes():
     with pytest.raises(UserError) as err:
         option_changes({"samples_format": "png", "sd_hypernetwork": "x"})  # nothing is applied if one key is bad
     assert err.value.field == "sd_hypernetwork"
+
+
+def xyz(*script_args, checkpoints=("homegrown-demo-base",), **fields):
+    request = Txt2ImgRequest(script_name="X/Y/Z Plot", script_args=list(script_args),
+                             **{"prompt": "a cat", "steps": 4, "width": 64, "height": 64, **fields})
+    made = plan(**request.model_dump(exclude_unset=True))  # the script's fields pass the unsupported check
+    return xyz_request(request, made.params, list(checkpoints))
+
+
+def test_xyz_script_args_in_a1111s_order_with_its_axis_indices():
+    assert A1111_XYZ_AXES.index("Steps") == 4 and A1111_XYZ_AXES.index("Prompt S/R") == 7
+    assert A1111_XYZ_AXES.index("Sampler") == 9 and A1111_XYZ_AXES.index("Size") == 41
+    wanted = xyz(4, "2, 3", [], 6, "5-7 [3]", [], 0, "", [], False, True, False, False, True, False, False, 8, False)
+    plan = wanted.plan
+    assert [a.axis.label for a in plan.axes] == ["Steps", "CFG Scale", "Nothing"] and plan.shape == (2, 3, 1)
+    assert wanted.include_lone_images and not wanted.include_sub_grids and not plan.draw_legend and plan.margin == 8
+    assert all(c.params.seed == plan.base.seed + c.ix for c in plan.cells)  # "Vary seeds for X"
+    short = xyz(4, "2, 3")  # a shorter list takes the page's defaults, as A1111's API fills it
+    assert short.plan.draw_legend and not short.include_lone_images and short.plan.shape == (2, 1, 1)
+
+
+def test_xyz_list_axes_read_the_dropdown_unless_csv_mode():
+    assert xyz(9, "", ["Euler a", "DDIM"]).plan.axes[0].values == ("Euler a", "DDIM")
+    assert xyz(9, "Euler, LMS", ["Euler a"]).plan.axes[0].values == ("Euler a",)  # A1111 ignores the text
+    csv_mode = [False] * 7 + [0, True]
+    assert xyz(9, "Euler, LMS", ["Euler a"], 0, "", [], 0, "", [], *csv_mode).plan.axes[0].values == ("Euler", "LMS")
+    assert xyz(9, "Euler, LMS", []).plan.axes[0].values == ("Euler", "LMS")  # no dropdown sent: the text
+    assert xyz("Steps", "2").plan.axes[0].axis.label == "Steps"  # a label works as well as an index
+    assert xyz(11, "", ["homegrown-demo-base.safetensors [abc]"]).plan.axes[0].values == ("homegrown-demo-base",)
+
+
+@pytest.mark.parametrize("args, field, words", [
+    ((5, "1, 2"), "x_type", ["'Hires steps'"]),
+    ((4, "2", [], 29, "", ["vae"]), "y_type", ["'VAE'"]),
+    ((99, "1"), "x_type", ["0 to 41"]),
+    ((4, "2, x"), "x_values", ["Steps", "'x'"]),
+    ((4, 5), "x_values", ["script_args[1]"]),
+    ((4, "2", [], 0, "", [], 0, "", [], "yes"), "draw_legend", ["true or false", "script_args[9]"]),
+    ((4, "1-9", [], 6, "1-9"), None, ["81 cells", "at most 64"]),
+    (tuple([0] * 19), "script_args", ["takes 18"]),
+])
+def test_xyz_bad_script_args_are_refused_naming_them(args, field, words):
+    with pytest.raises(UserError) as err:
+        xyz(*args)
+    assert err.value.field == field and err.value.status == 422
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_xyz_is_asked_by_title_in_any_case():
+    assert wants_xyz(Txt2ImgRequest(script_name=" x/y/z PLOT")) and not wants_xyz(Txt2ImgRequest())
+    assert not wants_xyz(Txt2ImgRequest(script_name="x/y plot"))

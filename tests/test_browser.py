@@ -57,3 +57,23 @@ def test_lora_card_inserts_its_tag_once(page):
     assert prompt.count("<lora:demo-detail") == 1 and "a castle" in prompt
     page.screenshot(path=str(OUTPUT / "lora-tab.png"), full_page=True)
     page.get_by_role("tab", name="txt2img").click()
+
+
+def test_xyz_plot_from_the_browser(page):
+    page.get_by_role("tab", name="txt2img").click()
+    page.fill("#prompt textarea", "a lighthouse")
+    page.fill("#seed input", "77")
+    page.get_by_text("X/Y/Z plot", exact=True).click()
+    page.fill("#xyz-x-values textarea, #xyz-x-values input", "1, 2")  # X type starts as Seed, as in A1111
+    y_type = page.locator("#xyz-y-type input")
+    y_type.click()
+    y_type.fill("Steps")
+    page.get_by_role("option", name="Steps", exact=True).click()
+    page.fill("#xyz-y-values textarea, #xyz-y-values input", "2, 3")
+    page.click("#xyz-generate")
+    page.wait_for_function("document.querySelector('#infotext textarea').value.includes('X/Y/Z plot')",
+                           timeout=180_000)
+    info = page.input_value("#infotext textarea")
+    assert info.startswith("a lighthouse") and "X Type: Seed" in info and 'Y Values: "2, 3"' in info
+    page.wait_for_function("document.querySelectorAll('#gallery img').length >= 5", timeout=30_000)
+    page.screenshot(path=str(OUTPUT / "xyz-plot.png"), full_page=True)

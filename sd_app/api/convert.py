@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .. import __version__, infotext
+from .. import __version__, infotext, xyz
 from ..errors import UserError
 from ..jobs import GenerationResult
 from ..outputs import output_format
@@ -74,6 +74,8 @@ def txt2img_plan(request: Txt2ImgRequest, current_vae: str, default_format: str,
 
 def check_supported(request: Txt2ImgRequest) -> None:
     for name, (allowed, why) in UNSUPPORTED.items():
+        if name in ("script_name", "script_args") and wants_xyz(request):
+            continue
         if getattr(request, name) not in allowed:
             raise UserError(f"{why} (got {getattr(request, name)!r})", field=name)
 
@@ -150,3 +152,96 @@ def check_option(key: str, value: Any) -> None:
     if key == "CLIP_stop_at_last_layers" and value not in (1, 2):
         raise UserError("must be 1 or 2 (SDXL always uses the penultimate layer, as A1111 does)",
                         field="CLIP_stop_at_last_layers")
+
+
+# ---- X/Y/Z plot (A1111's scripts/xyz_grid.py) ---------------------------------------------------
+
+# A1111 1.10's axis list as its txt2img tab has it: script_args' x_type, y_type and z_type index into it.
+A1111_XYZ_AXES = (
+    "Nothing", "Seed", "Var. seed", "Var. strength", "Steps", "Hires steps", "CFG Scale", "Prompt S/R",
+    "Prompt order", "Sampler", "Hires sampler", "Checkpoint name", "Negative Guidance minimum sigma", "Sigma Churn",
+    "Sigma min", "Sigma max", "Sigma noise", "Schedule type", "Schedule min sigma", "Schedule max sigma",
+    "Schedule rho", "Beta schedule alpha", "Beta schedule beta", "Eta", "Clip skip", "Denoising",
+    "Initial noise multiplier", "Extra noise", "Hires upscaler", "VAE", "Styles", "UniPC Order", "Face restore",
+    "Token merging ratio", "Token merging ratio high-res", "Always discard next-to-last sigma",
+    "SGM noise multiplier", "Refiner checkpoint", "Refiner switch at", "RNG source", "FP8 mode", "Size",
+)
+# The script's arguments in the order of its ui() return, with the page's defaults: A1111's API fills a
+# shorter script_args from these.
+XYZ_ARGS = (
+    ("x_type", 1), ("x_values", ""), ("x_values_dropdown", []), ("y_type", 0), ("y_values", ""),
+    ("y_values_dropdown", []), ("z_type", 0), ("z_values", ""), ("z_values_dropdown", []), ("draw_legend", True),
+    ("include_lone_images", False), ("include_sub_grids", False), ("no_fixed_seeds", False), ("vary_seeds_x", False),
+    ("vary_seeds_y", False), ("vary_seeds_z", False), ("margin_size", 0), ("csv_mode", False),
+)
+
+
+@dataclass(frozen=True)
+class XyzRequest:
+    plan: xyz.GridPlan
+    include_lone_images: bool  # A1111's "Include Sub Images": the single images after the grid
+    include_sub_grids: bool  # one grid per Z value after the whole grid
+
+
+def wants_xyz(request: Txt2ImgRequest) -> bool:
+    """`script_name` names the X/Y/Z plot (A1111 matches script titles case-insensitively)."""
+    return isinstance(request.script_name, str) and request.script_name.strip().lower() == xyz.TITLE.lower()
+
+
+def xyz_request(request: Txt2ImgRequest, params: GenerationParams, checkpoints) -> XyzRequest:
+    """A1111's positional `script_args` for "x/y/z plot" -> the plan; UserError naming the argument at fault,
+    and an axis Homegrown lacks by its A1111 label."""
+    args = xyz_args(request.script_args)
+    axes = []
+    for letter in "xyz":
+        axis = xyz.find_axis(_axis_label(args[f"{letter}_type"], letter), letter.upper())
+        text, dropdown = args[f"{letter}_values"], args[f"{letter}_values_dropdown"]
+        if axis.choices is not None and not args["csv_mode"] and dropdown:
+            text = xyz.join_values(dropdown)  # A1111 reads a list axis from its dropdown unless csv_mode
+        axes.append((axis.label, text))
+    plan = xyz.make_plan(params, axes, checkpoints, draw_legend=args["draw_legend"],
+                         no_fixed_seeds=args["no_fixed_seeds"],
+                         vary_seeds=(args["vary_seeds_x"], args["vary_seeds_y"], args["vary_seeds_z"]),
+                         margin=args["margin_size"] or 0)
+    return XyzRequest(plan, args["include_lone_images"], args["include_sub_grids"])
+
+
+def xyz_args(values: Any) -> dict[str, Any]:
+    """`script_args` by name, A1111's defaults for those not sent, each of the type the script takes."""
+    if not isinstance(values, list):
+        raise UserError("must be a list, in the order of A1111's X/Y/Z plot arguments", field="script_args")
+    if len(values) > len(XYZ_ARGS):
+        raise UserError(f"has {len(values)} values; the X/Y/Z plot takes {len(XYZ_ARGS)}: "
+                        f"{', '.join(name for name, _ in XYZ_ARGS)}", field="script_args")
+    args = {name: values[i] if i < len(values) else default for i, (name, default) in enumerate(XYZ_ARGS)}
+    for position, (name, default) in enumerate(XYZ_ARGS):
+        value = args[name]
+        if name.endswith("_values"):
+            value, what = "" if value is None else value, "text"
+            ok = isinstance(value, str)
+        elif name.endswith("_dropdown"):
+            value, what = [] if value is None else value, "a list of texts"
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        elif isinstance(default, bool):
+            value, what = bool(value) if value in (0, 1) else value, "true or false"  # 0/1 too, as Python reads them
+            ok = isinstance(value, bool)
+        else:
+            what = "an axis index or label" if name.endswith("_type") else "a number"
+            ok = value is None or (isinstance(value, (int, float, str)) and not isinstance(value, bool))
+        if not ok:
+            raise UserError(f"must be {what} (script_args[{position}]), got {value!r}", field=name)
+        args[name] = value
+    return args
+
+
+def _axis_label(value: Any, letter: str) -> str:
+    """An axis type as A1111 sends it (an index into its list) or as a label, -> a label."""
+    if value is None:
+        return "Nothing"
+    if isinstance(value, str) and not value.strip().isdigit():
+        return value
+    index = int(value) if isinstance(value, (int, str)) else -1
+    if not 0 <= index < len(A1111_XYZ_AXES) or isinstance(value, float):
+        raise UserError(f"must be 0 to {len(A1111_XYZ_AXES) - 1} (an index into A1111's axis list) or an axis "
+                        f"label, got {value!r}", field=f"{letter}_type")
+    return A1111_XYZ_AXES[index]

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from PIL import Image
 
-from .. import __version__, infotext, samplers
+from .. import __version__, infotext, samplers, xyz
 from ..auth import SignInThrottle
 from ..errors import UserError
 from ..studio import Studio
@@ -200,7 +200,7 @@ def _other_routes(api: FastAPI, studio: Studio) -> None:
 
     @api.get("/scripts")
     def scripts():
-        return {"txt2img": [], "img2img": []}
+        return {"txt2img": [xyz.TITLE.lower()], "img2img": []}  # A1111 lists script titles in lower case
 
     @api.get("/memory")
     def memory():
@@ -213,6 +213,8 @@ def _other_routes(api: FastAPI, studio: Studio) -> None:
 def _txt2img(studio: Studio, request: Txt2ImgRequest) -> dict:
     plan = convert.txt2img_plan(request, studio.settings.get("vae"), studio.settings.get("output_format"),
                                 loras=studio.loras, presets=studio.presets)
+    if convert.wants_xyz(request):
+        return _xyz_plot(studio, request, plan)
     previous = studio.current_checkpoint()
     started = time.time()
     try:
@@ -220,8 +222,22 @@ def _txt2img(studio: Studio, request: Txt2ImgRequest) -> dict:
     finally:
         if plan.restore_checkpoint and previous and studio.current_checkpoint() != previous:
             studio.load_checkpoint(previous)
+    return _answer(request, result, convert.txt2img_info(request, result, started), plan.output_format)
+
+
+def _xyz_plot(studio: Studio, request: Txt2ImgRequest, plan: convert.Txt2ImgPlan) -> dict:
+    """`script_name: "x/y/z plot"`: the grid first, then (with include_lone_images) the single images."""
+    wanted = convert.xyz_request(request, plan.params, studio.checkpoint_names())
+    started = time.time()
+    grid = studio.generate_grid(wanted.plan, save=plan.save, output_format=plan.output_format)
+    result = grid.as_result(singles=wanted.include_lone_images, sub_grids=wanted.include_sub_grids)
     info = convert.txt2img_info(request, result, started)
-    images = [_b64_image(img, text, plan.output_format) for img, text in zip(result.images, result.infotexts)] \
+    info["index_of_first_image"] = 1  # as A1111's script says: the grid comes first
+    return _answer(request, result, info, plan.output_format)
+
+
+def _answer(request: Txt2ImgRequest, result, info: dict, fmt: str) -> dict:
+    images = [_b64_image(img, text, fmt) for img, text in zip(result.images, result.infotexts)] \
         if request.send_images else []
     return {"images": images, "parameters": request.model_dump(), "info": json.dumps(info, ensure_ascii=False)}
 
@@ -260,9 +276,10 @@ def _state(job) -> dict:
         return {"skipped": False, "interrupted": False, "stopping_generation": False, "job": "", "job_count": 0,
                 "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0}
     return {"skipped": job.skipped, "interrupted": job.interrupted, "stopping_generation": job.interrupted,
-            "job": "txt2img", "job_count": job.job_count,
+            "job": "txt2img", "job_count": job.job_count * job.part_count,
             "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.started or job.created)),
-            "job_no": job.job_no, "sampling_step": job.sampling_step, "sampling_steps": job.sampling_steps}
+            "job_no": job.part_no * job.job_count + job.job_no,  # an X/Y/Z plot counts its cells, as A1111
+            "sampling_step": job.sampling_step, "sampling_steps": job.sampling_steps}
 
 
 def _b64_png(image: Image.Image) -> str:

@@ -1,8 +1,9 @@
 """A1111's request bodies (`modules/api/models.py`): the same fields, types and defaults, and which of them
 Homegrown does not run.
 
-Fields for features Homegrown lacks (hires fix, face restoration, scripts...) are accepted while they hold
-A1111's default or an empty value, and refused with a 422 naming the field when they ask for the feature.
+Fields for features Homegrown lacks (hires fix, face restoration, scripts other than X/Y/Z plot...) are accepted
+while they hold A1111's default or an empty value, and refused with a 422 naming the field when they ask for
+the feature.
 """
 
 from __future__ import annotations
@@ -93,8 +94,8 @@ UNSUPPORTED = {
     "subseed_strength": ((0, 0.0), "variation seeds are not supported"),
     "seed_resize_from_h": ((-1, 0), "seed resize is not supported"),
     "seed_resize_from_w": ((-1, 0), "seed resize is not supported"),
-    "script_name": ((None, ""), "scripts are not supported"),
-    "script_args": (([],), "scripts are not supported"),
+    "script_name": ((None, ""), "the one script Homegrown has is \"x/y/z plot\""),
+    "script_args": (([],), "script_args belong to a script: send script_name \"x/y/z plot\""),
     "alwayson_scripts": (({},), "extensions (alwayson_scripts) are not supported"),
     "firstpass_image": ((None, ""), "a first-pass image needs hires fix, which is not supported"),
     "s_churn": ((None, 0, 0.0), "sampler noise settings (s_churn) are not supported"),

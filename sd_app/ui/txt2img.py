@@ -18,6 +18,7 @@ from ..jobs import Job
 from ..params import LIMITS, SDXL_SIZES, GenerationParams
 from ..prompts import token_chunks
 from ..studio import Studio
+from . import xyz_panel
 from .handlers import bind, shows_user_errors
 
 NO_REFINER = "None"
@@ -117,6 +118,7 @@ def progress_html(job: Job, queued: bool = False) -> str:
     percent = round(job.progress * 100)
     eta = job.eta()
     batch = f" · batch {job.job_no + 1}/{job.job_count}" if job.job_count > 1 else ""
+    batch += f" · cell {job.part_no + 1}/{job.part_count}" if job.part_count > 1 else ""
     eta_text = f" · ETA {eta:.0f}s" if eta is not None and job.progress > 0 else ""
     text = job.note or f"Step {job.sampling_step}/{job.sampling_steps or '?'}{batch}{eta_text}"
     return f"<div class='hg-progress'><div class='hg-bar' style='width:{percent}%'></div><span>{text}</span></div>"
@@ -153,6 +155,7 @@ def build(studio: Studio) -> tuple[Form, dict]:
     with gr.Row():
         with gr.Column(scale=1):
             fields, size, swap, random_seed, reuse_seed = _options_column(studio, defaults)
+            grid_controls = xyz_panel.layout(studio)
         with gr.Column(scale=1):
             shown, to_form, pasted, apply_paste, dropped, dropped_info, dropped_to_form = _results_column()
     # The states come after the row, as they always did: the page's blocks keep their order.
@@ -161,6 +164,7 @@ def build(studio: Studio) -> tuple[Form, dict]:
 
     generate.click(bind(run, studio, results), inputs=form.inputs(), outputs=results.outputs(),
                    concurrency_limit=1, concurrency_id="gpu", api_name="txt2img")
+    xyz_panel.wire(grid_controls, studio, form, results)  # "Generate grid": the same form, the same results
     interrupt.click(bind(interrupt_job, studio), None, None, queue=False, api_name="interrupt")
     skip.click(bind(skip_job, studio), None, None, queue=False, api_name="skip")
     results.gallery.select(select_infotext, results.infotexts, results.info, api_name=False)
