@@ -7,11 +7,12 @@ weighted fragments, since compel's own parser reads `(red:1.3)` as literal text.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 from compel import Compel, ReturnedEmbeddingsType
-from compel.prompt_parser import Conjunction, FlattenedPrompt
+from compel.prompt_parser import Blend, Conjunction, FlattenedPrompt, Fragment
 
 from . import prompts
 
@@ -25,15 +26,21 @@ class Conditioning:
     negative_embeds: torch.Tensor
     negative_pooled: torch.Tensor
     te2_width: int
+    notes: tuple[str, ...] = ()  # for the user: prompt weights that were clamped
+    largest_weight: float = 1.0  # the largest prompt weight used (in size), to name it if the image fails
 
     def for_refiner(self) -> "Conditioning":
         """The refiner sees only the OpenCLIP half: compel builds each encoder's part separately."""
-        return Conditioning(self.embeds[..., -self.te2_width:], self.pooled,
-                            self.negative_embeds[..., -self.te2_width:], self.negative_pooled, self.te2_width)
+        return dataclasses.replace(self, embeds=self.embeds[..., -self.te2_width:],
+                                   negative_embeds=self.negative_embeds[..., -self.te2_width:])
 
     def repeat(self, n: int) -> "Conditioning":
-        return Conditioning(self.embeds.repeat(n, 1, 1), self.pooled.repeat(n, 1),
-                            self.negative_embeds.repeat(n, 1, 1), self.negative_pooled.repeat(n, 1), self.te2_width)
+        return dataclasses.replace(self, embeds=self.embeds.repeat(n, 1, 1), pooled=self.pooled.repeat(n, 1),
+                                   negative_embeds=self.negative_embeds.repeat(n, 1, 1),
+                                   negative_pooled=self.negative_pooled.repeat(n, 1))
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return self.embeds, self.pooled, self.negative_embeds, self.negative_pooled
 
 
 class PromptEncoder:
@@ -48,8 +55,9 @@ class PromptEncoder:
                                returned_embeddings_type=kind, truncate_long_prompts=False, requires_pooled=True)
         self.te2_width = pipe.text_encoder_2.config.hidden_size
 
-    def _parse(self, text: str) -> list[tuple[Conjunction, str]]:
-        """compel's structure for each BREAK part of the text, with its plain words (for the pooled embedding).
+    def _parse(self, text: str, weights: "_Weights") -> list[tuple[Conjunction, str]]:
+        """compel's structure for each BREAK part of the text, with its plain words (for the pooled embedding),
+        weights clamped to prompts.WEIGHT_RANGE.
 
         A trailing empty part is dropped: A1111 makes no chunk for it."""
         parts = None
@@ -61,14 +69,16 @@ class PromptEncoder:
         if parts is None:
             parts = [(Conjunction([FlattenedPrompt(list(runs))]), "".join(t for t, _ in runs))
                      for runs in prompts.split_breaks(text)]
+        for conjunction, _ in parts:
+            weights.clamp(conjunction)
         return parts[:-1] if len(parts) > 1 and not parts[-1][1] else parts
 
     @torch.no_grad()
-    def _encode_one(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode_one(self, text: str, weights: "_Weights | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Each BREAK part in chunks of its own, side by side; the pooled embedding is the first part's,
         as A1111 takes it from the first chunk."""
         embeds, pooled = [], None
-        for conjunction, plain in self._parse(text):
+        for conjunction, plain in self._parse(text, weights or _Weights("prompt")):
             left, _, _ = self.compel_1.build_conditioning_tensor_for_conjunction(conjunction, return_tokenization=True)
             right, _, _ = self.compel_2.build_conditioning_tensor_for_conjunction(conjunction,
                                                                                   return_tokenization=True)
@@ -79,14 +89,17 @@ class PromptEncoder:
 
     @torch.no_grad()
     def encode(self, prompt: str, negative_prompt: str) -> Conditioning:
-        embeds, pooled = self._encode_one(prompt)
-        negative, negative_pooled = self._encode_one(negative_prompt)
+        weights = _Weights("prompt"), _Weights("negative_prompt")
+        embeds, pooled = self._encode_one(prompt, weights[0])
+        negative, negative_pooled = self._encode_one(negative_prompt, weights[1])
         # Long prompts are chunked by 77 tokens; the shorter side is padded with empty chunks.
         if embeds.shape[1] != negative.shape[1]:
             empty, _ = self._encode_one("")
             target = max(embeds.shape[1], negative.shape[1])
             embeds, negative = _pad(embeds, empty, target), _pad(negative, empty, target)
-        return Conditioning(embeds, pooled, negative, negative_pooled, self.te2_width)
+        return Conditioning(embeds, pooled, negative, negative_pooled, self.te2_width,
+                            notes=weights[0].notes + weights[1].notes,
+                            largest_weight=max(w.largest for w in weights))
 
     def count_tokens(self, text: str) -> int:
         return count_tokens(self.compel_1.conditioning_provider.tokenizer, text, self.syntax)
@@ -102,6 +115,34 @@ def count_tokens(tokenizer, text: str, syntax: str = "a1111") -> int:
         parts = prompts.split_break_text(text)
     counts = [len(tokenizer(part, truncation=False, verbose=False).input_ids) - 2 for part in parts]
     return sum(max(1, -(-count // 75)) * 75 for count in counts[:-1]) + counts[-1]
+
+
+class _Weights:
+    """Clamps the weights of one prompt's parsed structure to prompts.WEIGHT_RANGE, noting what it changed."""
+
+    def __init__(self, field: str):
+        self.field = field
+        self.notes: tuple[str, ...] = ()
+        self.largest = 1.0
+
+    def clamp(self, node) -> None:
+        if isinstance(node, Fragment):
+            node.weight = self._clamped(node.weight, node.text)
+        if isinstance(node, (Blend, Conjunction)):
+            node.weights = [self._clamped(w, f"a .{type(node).__name__.lower()}()") for w in node.weights]
+        for attribute in ("children", "prompts", "original", "edited"):  # compel's nodes hold others here
+            for child in getattr(node, attribute, None) or ():
+                self.clamp(child)
+
+    def _clamped(self, weight: float, text: str) -> float:
+        used = prompts.clamp_weight(weight)
+        if used != weight:
+            low, high = prompts.WEIGHT_RANGE
+            words = text.strip()[:40] or "(empty)"
+            self.notes += (f"{self.field}: the weight {weight:.3g} of {words!r} is outside {low:g} to {high:g}; "
+                           f"{used:g} was used",)
+        self.largest = max(self.largest, abs(used))
+        return used
 
 
 def _pad(embeds: torch.Tensor, empty: torch.Tensor, target: int) -> torch.Tensor:

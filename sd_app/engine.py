@@ -15,12 +15,13 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from . import __version__, infotext, samplers
+from . import __version__, infotext, nonfinite, samplers
 from .encoding import Conditioning
 from .errors import UserError
 from .jobs import GenerationResult, Job
 from .lora_library import LoraLibrary, resolve_tags
-from .params import GenerationParams
+from .nonfinite import NotFinite
+from .params import GenerationParams, Limits
 from .pipelines import LoadedModel, Pipelines, free_memory
 from .preview import latent_preview
 from .prompts import extract_lora_tags
@@ -37,23 +38,26 @@ class Pass:
 
 
 class Engine:
-    def __init__(self, pipelines: Pipelines, loras: LoraLibrary | None = None, preview_every: int = 3):
+    def __init__(self, pipelines: Pipelines, loras: LoraLibrary | None = None, preview_every: int = 3,
+                 limits: Limits | None = None):
         self.pipelines = pipelines
         self.loras = loras
         self.preview_every = preview_every  # steps between live previews; 0 turns them off
+        self.limits = limits or Limits()  # what one request may ask for (Settings → Limits)
 
     def use_libraries(self, loras: LoraLibrary | None) -> None:
         """A new LoRA folder (from Settings): tags resolve there from the next job on."""
         self.loras = loras
 
-    def configure(self, preview_every: int) -> None:
+    def configure(self, preview_every: int, limits: Limits | None = None) -> None:
         self.preview_every = preview_every
+        self.limits = limits or self.limits
 
     # ---- generation -------------------------------------------------------------------------
 
     def generate(self, params: GenerationParams, job: Job | None = None) -> GenerationResult:
         """Run one request and return its images with their infotexts (saving them is the caller's step)."""
-        params.check()
+        params.check(self.limits)
         prompt, tags = extract_lora_tags(params.prompt)
         if tags and self.loras is None:
             raise UserError("this Homegrown has no LoRA folder configured", field="prompt")
@@ -66,12 +70,20 @@ class Engine:
         with self.pipelines.lock:
             job.started = job.started or time.time()  # a job of several requests started with its first
             job.job_count = params.n_iter
+            if job.interrupted:  # stopped while it waited (its client went away): nothing to load or encode
+                job.finished = time.time()
+                return GenerationResult([], [], [], params, interrupted=True)
             try:
                 return self._run(params, prompt, active, sampler, schedule, job)
             except (torch.OutOfMemoryError, MemoryError):
                 free_memory()
                 raise UserError("out of memory: lower the size or batch size, or choose a memory-saving mode in "
                                 "Settings", status=507) from None
+            except NotFinite as err:  # never a silent black image: fail, naming the likely cause
+                base = self.pipelines.base
+                err.model = err.model or base
+                raise nonfinite.explain(err, params, active, base.loras.weights if base.loras else None,
+                                        self.pipelines.vae_file) from None
             finally:
                 job.finished = time.time()
 
@@ -97,7 +109,8 @@ class Engine:
         vae_name, vae_hash = pipes.vae_file or (None, None)
         result = GenerationResult([], [], [], params, sampler=sampler.name, schedule=schedule.name,
                                   model_name=base.checkpoint.short_name, model_hash=base.short_hash or None,
-                                  vae_name=vae_name, vae_hash=vae_hash, timings=timings)
+                                  vae_name=vae_name, vae_hash=vae_hash, timings=timings,
+                                  warnings=list(passes[0].cond.notes))
         for batch_no in range(params.n_iter):
             if job.interrupted:
                 break
@@ -127,7 +140,10 @@ class Engine:
     def _plan(self, params: GenerationParams, prompt: str, base: LoadedModel,
               refiner: LoadedModel | None) -> list[Pass]:
         """The passes this request runs, with their conditioning (the prompt is encoded once)."""
-        cond = self.pipelines.encoder.encode(prompt, params.negative_prompt).repeat(params.batch_size)
+        cond = self.pipelines.encoder.encode(prompt, params.negative_prompt)
+        nonfinite.check(cond.tensors(), "the prompt's conditioning", base, ("text_encoder", "text_encoder_2"),
+                        largest_weight=cond.largest_weight)
+        cond = cond.repeat(params.batch_size)
         if refiner is None:
             return [Pass(base, cond, 0.0, 1.0)]
         switch = params.refiner_switch_at
@@ -141,6 +157,9 @@ class Engine:
                     break
                 self._note_compiling(job)
             latents = self._run_pass(step, latents, generators, params, sampler, schedule, seeds, job)
+            refining = step.model is not passes[0].model
+            nonfinite.check([latents], "the refiner's pass" if refining else "the base model's denoising", step.model,
+                            ("unet",), "refiner_checkpoint" if refining else "checkpoint", step.cond.largest_weight)
         return latents
 
     def _start_latents(self, params, model: LoadedModel, seeds: list[int]):
@@ -216,12 +235,14 @@ class Engine:
 
 def decode_latents(vae, latents: torch.Tensor) -> list[Image.Image]:
     """Latents -> images. SDXL's VAE overflows in fp16 (NaN, black images): it decodes in fp32 when its
-    config says so (`force_upcast`), and any NaN from a half-precision decode is redone in fp32, as A1111 does."""
+    config says so (`force_upcast`), and any NaN from a half-precision decode is redone in fp32, as A1111 does.
+    A NaN that remains raises nonfinite.NotFinite (the engine names the VAE) rather than a black image."""
     wanted = torch.float32 if vae.dtype == torch.float16 and vae.config.force_upcast else vae.dtype
     pixels = _decode_as(vae, latents, wanted)
     if not torch.isfinite(pixels).all() and wanted != torch.float32:
         pixels = _decode_as(vae, latents, torch.float32)
-    pixels = (pixels / 2 + 0.5).clamp(0, 1).nan_to_num(0.0)
+    nonfinite.check([pixels], "decoding the image", None, ("vae",))  # finite latents, yet a NaN decode
+    pixels = (pixels / 2 + 0.5).clamp(0, 1)
     array = (pixels.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype("uint8")
     return [Image.fromarray(a) for a in array]
 

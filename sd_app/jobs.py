@@ -38,9 +38,12 @@ class Job:
         self.note: str | None = None  # what the job does while no step is counted (compiling), for the user
         self.result: GenerationResult | None = None  # set when it ends well
         self.error: str | None = None  # set when it ends with a message for the user
+        self.cause: Exception | None = None  # the exception behind `error`: the API answers with its status
         self._interrupt = threading.Event()
         self._skip = threading.Event()
         self._done = threading.Event()
+        self._on_end: list = []
+        self._lock = threading.Lock()
 
     def interrupt(self) -> None:
         """Stop after the current step; what is done so far is decoded and returned."""
@@ -70,10 +73,24 @@ class Job:
     def done(self) -> bool:
         return self._done.is_set()
 
-    def end(self, result: GenerationResult | None = None, error: str | None = None) -> None:
+    def end(self, result: GenerationResult | None = None, error: str | None = None,
+            cause: Exception | None = None) -> None:
         """Record how the job ended and wake whoever waits for it."""
-        self.result, self.error = result, error
-        self._done.set()
+        self.result, self.error, self.cause = result, error, cause
+        with self._lock:
+            self._done.set()
+            callbacks, self._on_end = self._on_end, []
+        for callback in callbacks:
+            callback()
+
+    def on_end(self, callback) -> None:
+        """Call `callback()` when the job ends (from the thread that ends it), or now if it has: lets an
+        event loop wait for the job without holding a thread."""
+        with self._lock:
+            if not self._done.is_set():
+                self._on_end.append(callback)
+                return
+        callback()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the job has ended (or `timeout` seconds); True when it has."""

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import samplers
 from .errors import UserError
+from .prompts import prompt_chunks, prompt_nesting
 
 # Limits: A1111's slider ranges where they exist, wide enough for API clients, small enough that a
 # typo (width=10240, batch_size=500) is refused instead of taking the GPU down.
@@ -27,7 +28,40 @@ LIMITS = {
 }
 MAX_PIXELS_PER_BATCH = 4 * 2048 * 2048  # width * height * batch_size
 SIZE_MULTIPLE = 8  # the VAE downscales by 8
-MAX_PROMPT_CHARS = 20_000
+
+
+def _limit(default: int, most: int, label: str, help: str = ""):
+    return field(default=default, metadata={"most": most, "label": label, "help": help})
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How big one request may be: the table of limits (Settings → Limits has one entry per field, same name).
+
+    Generous defaults, so that no ordinary request meets them, yet a small request cannot hold the GPU for
+    minutes: a 20 KB prompt of 3300 BREAKs took 400 s to encode, 4096x4096 or 100 images are one click
+    away in the API. `most` is the highest a setting accepts. Every check is a linear scan of the request,
+    done before anything is parsed or encoded, so a refusal takes milliseconds."""
+
+    max_prompt_chars: int = _limit(20_000, 200_000, "Prompt length (characters)")
+    max_prompt_chunks: int = _limit(
+        32, 1000, "Prompt chunks (75 tokens each; every BREAK starts one)",
+        "Counted from the words before encoding (at least one token each); each chunk is a text-encoder pass "
+        "and widens every cross-attention")
+    max_prompt_nesting: int = _limit(50, 10_000, "Bracket nesting depth in a prompt", "A1111 prompts rarely go past 5")
+    max_steps: int = _limit(100, LIMITS["steps"][1], "Steps", "SDXL's samplers settle in 20-40 steps; up to 150 "
+                            "(A1111's slider) can be allowed here")
+    max_pixels: int = _limit(2048 * 2048, 4096 * 4096, "Pixels per image (width x height)",
+                             "2048x2048 = 4194304; SDXL draws best near 1024x1024")
+    max_images: int = _limit(32, LIMITS["batch_size"][1] * LIMITS["n_iter"][1],
+                             "Images per job (batch size x batch count)")
+
+    @classmethod
+    def table(cls) -> list[tuple[str, int, int, str, str]]:
+        """(name, default, most, label, help) of each limit, for the settings table."""
+        return [(f.name, f.default, f.metadata["most"], f.metadata["label"], f.metadata["help"])
+                for f in dataclasses.fields(cls)]
+
 
 # SDXL was trained on ~1 megapixel buckets; these are the sizes it draws best (width, height).
 SDXL_SIZES = (
@@ -56,21 +90,24 @@ class GenerationParams:
     def replace(self, **changes) -> "GenerationParams":
         return dataclasses.replace(self, **changes)
 
-    def check(self) -> "GenerationParams":
-        """Raise UserError naming the first bad field; return self so calls chain."""
+    def check(self, limits: Limits | None = None) -> "GenerationParams":
+        """Raise UserError naming the first bad field; return self so calls chain. `limits` are Settings →
+        Limits (the table's defaults without them)."""
+        limits = limits or Limits()
         for name in ("prompt", "negative_prompt"):
             value = getattr(self, name)
             if not isinstance(value, str):
                 raise UserError(f"must be text, got {type(value).__name__}", field=name)
-            if len(value) > MAX_PROMPT_CHARS:
-                raise UserError(f"is {len(value)} characters long; at most {MAX_PROMPT_CHARS} are allowed",
-                                field=name)
+            check_prompt_size(name, value, limits)
             if (problem := text_problem(value)) is not None:
                 raise UserError(problem, field=name)
         for name in ("steps", "width", "height", "batch_size", "n_iter", "seed"):
             _check_int(name, getattr(self, name))
         for name in ("cfg_scale", "refiner_switch_at"):
             _check_number(name, getattr(self, name))
+        if self.steps > limits.max_steps:
+            raise UserError(f"must be between {LIMITS['steps'][0]} and {limits.max_steps}, got {self.steps}"
+                            f"{_SETTING}", field="steps")
         for name in ("width", "height"):
             if getattr(self, name) % SIZE_MULTIPLE:
                 raise UserError(f"must be a multiple of {SIZE_MULTIPLE}, got {getattr(self, name)} "
@@ -80,6 +117,7 @@ class GenerationParams:
             raise UserError(f"{self.batch_size} images of {self.width}x{self.height} are too many pixels for one "
                             f"batch (at most {MAX_PIXELS_PER_BATCH // (1024 * 1024)} megapixels): "
                             "lower batch_size and raise n_iter instead", field="batch_size")
+        self._check_job_size(limits)
         for name in ("sampler_name", "scheduler"):
             if not isinstance(getattr(self, name), str):
                 raise UserError(f"must be text, got {type(getattr(self, name)).__name__}", field=name)
@@ -89,6 +127,37 @@ class GenerationParams:
             if value is not None and not isinstance(value, str):
                 raise UserError(f"must be a checkpoint name, got {type(value).__name__}", field=name)
         return self
+
+    def _check_job_size(self, limits: Limits) -> None:
+        pixels = self.width * self.height
+        if pixels > limits.max_pixels:
+            raise UserError(f"{self.width}x{self.height} is {pixels:,} pixels; at most {limits.max_pixels:,} per "
+                            f"image are allowed{_SETTING}", field="width")
+        images = self.batch_size * self.n_iter
+        if images > limits.max_images:
+            which = "batch_size" if self.batch_size > limits.max_images else "n_iter"
+            raise UserError(f"{self.n_iter} batches of {self.batch_size} make {images} images; at most "
+                            f"{limits.max_images} per job are allowed{_SETTING}", field=which)
+
+
+_SETTING = " (Settings → Limits)"
+
+
+def check_prompt_size(name: str, text: str, limits: Limits) -> None:
+    """Refuse a prompt too long, too deeply nested or of too many chunks, by linear scans of its text (no
+    parsing, no tokenizer): milliseconds for any prompt the length limit lets through."""
+    if len(text) > limits.max_prompt_chars:
+        raise UserError(f"is {len(text)} characters long; at most {limits.max_prompt_chars} are allowed{_SETTING}",
+                        field=name)
+    depth = prompt_nesting(text)
+    if depth > limits.max_prompt_nesting:
+        raise UserError(f"has brackets nested {depth} deep; at most {limits.max_prompt_nesting} levels are "
+                        f"allowed{_SETTING}", field=name)
+    chunks, breaks = prompt_chunks(text)
+    if chunks > limits.max_prompt_chunks:
+        made = f" ({breaks} BREAKs each start one)" if breaks else ""
+        raise UserError(f"needs at least {chunks} chunks of 75 tokens{made}; at most "
+                        f"{limits.max_prompt_chunks} are allowed{_SETTING}", field=name)
 
 
 def text_problem(value) -> str | None:

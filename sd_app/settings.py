@@ -20,7 +20,7 @@ from .encoding import SYNTAXES
 from .errors import UserError
 from .fastpath import COMPILE_MODES
 from .outputs import OUTPUT_FORMATS
-from .params import LIMITS, GenerationParams
+from .params import LIMITS, GenerationParams, Limits
 from .pipelines import DEVICES, DTYPES, MEMORY_MODES, RELOAD_OPTIONS
 
 
@@ -40,7 +40,7 @@ class Setting:
         return "reload" if self.name in RELOAD_OPTIONS else "now"
 
 
-SECTIONS = ("Folders", "Defaults", "Prompts", "Device and memory", "Previews", "Saving")
+SECTIONS = ("Folders", "Defaults", "Prompts", "Device and memory", "Previews", "Saving", "Limits")
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("models_dir", "models", "Models folder", "Folders",
@@ -79,6 +79,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("filename_pattern", "[seed]", "File name after the number", "Saving",
             help="Tokens: [seed] [model] [width] [height] [steps] [sampler] [date]"),
     Setting("embed_metadata", True, "Store generation parameters in the image", "Saving"),
+    # What one request may ask for, from the page and the API alike (the table is params.Limits).
+    *(Setting(name, default, label, "Limits", limits=(1, most), help=help)
+      for name, default, most, label, help in Limits.table()),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 GENERATION_DEFAULTS = ("prompt", "negative_prompt", "steps", "cfg_scale", "width", "height", "sampler_name",

@@ -24,7 +24,7 @@ from .loading import load_tokenizers
 from .lora_library import LoraLibrary
 from .models import AUTOMATIC_VAE, CheckpointLibrary, HashCache, VaeLibrary
 from .outputs import OutputOptions, OutputWriter
-from .params import GenerationParams
+from .params import GenerationParams, Limits
 from .pipelines import PipelineOptions, Pipelines
 from .presets import PresetLibrary
 from .settings import SettingsStore
@@ -72,7 +72,7 @@ class Studio:
         loras = LoraLibrary(settings.folder("lora"), hashes)
         pipelines = Pipelines(CheckpointLibrary(settings.folder("ckpt"), hashes), pipeline_options(settings),
                               vaes=VaeLibrary(settings.folder("vae"), hashes))
-        engine = Engine(pipelines, loras, preview_every=settings.get("preview_every"))
+        engine = Engine(pipelines, loras, preview_every=settings.get("preview_every"), limits=limits(settings))
         return cls(settings, pipelines, engine, OutputWriter(output_options(settings)), loras, presets,
                    credentials, offline, demo)
 
@@ -95,11 +95,14 @@ class Studio:
         finally:
             self.jobs.remove(job)
 
-    def start(self, params: GenerationParams, owner: str) -> Job:
-        """`generate` in a thread of its own, for a front end that polls the job (the page): the job ends with
-        its result, or with a message for the user."""
+    def start(self, params: GenerationParams, owner: str, save: bool | None = None,
+              output_format: str | None = None) -> Job:
+        """`generate` in a thread of its own, for a front end that waits on the job (the page, the API): the
+        job ends with its result, or with a message for the user (and the exception, as `job.cause`). A
+        request over the limits is refused here, at once, before any thread or queue."""
+        params.check(self.limits())
         job = Job(params, owner)
-        return self._in_thread(job, lambda: self.generate(params, owner, job))
+        return self._in_thread(job, lambda: self.generate(params, owner, job, save, output_format))
 
     def generate_grid(self, plan: xyz.GridPlan, owner: str = API_OWNER, job: Job | None = None,
                       save: bool | None = None, output_format: str | None = None) -> xyz.GridResult:
@@ -147,10 +150,10 @@ class Studio:
             try:
                 job.end(result=work())
             except UserError as err:
-                job.end(error=str(err))
+                job.end(error=str(err), cause=err)
             except Exception as err:  # never a dead page: say what broke, keep the traceback in the log
                 log.exception("generation failed")
-                job.end(error=f"generation failed: {type(err).__name__}: {err}")
+                job.end(error=f"generation failed: {type(err).__name__}: {err}", cause=err)
 
         threading.Thread(target=run, daemon=True, name=f"job-{job.owner}").start()
         return job
@@ -160,6 +163,10 @@ class Studio:
             self.load_checkpoint(name)
         except UserError as err:
             warnings.append(f"could not load {name} back after the plot: {err}")
+
+    def limits(self) -> Limits:
+        """What one request may ask for (Settings → Limits)."""
+        return limits(self.settings)
 
     def job_of(self, owner: str) -> Job | None:
         return self.jobs.of(owner)
@@ -264,7 +271,7 @@ class Studio:
         except UserError:
             self.settings.update({name: before[name] for name in changed})  # keep the file matching what runs
             raise
-        self.engine.configure(preview_every=self.settings.get("preview_every"))
+        self.engine.configure(preview_every=self.settings.get("preview_every"), limits=self.limits())
         self.outputs.configure(output_options(self.settings))
         return message
 
@@ -306,3 +313,7 @@ def pipeline_options(settings: SettingsStore) -> PipelineOptions:
 
 def output_options(settings: SettingsStore) -> OutputOptions:
     return _from_settings(OutputOptions, settings, outputs_dir=Path)
+
+
+def limits(settings: SettingsStore) -> Limits:
+    return _from_settings(Limits, settings)

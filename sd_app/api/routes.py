@@ -7,6 +7,7 @@ same GPU and show on the same progress.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
@@ -17,6 +18,7 @@ import time
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import JSONResponse, RedirectResponse
@@ -26,11 +28,12 @@ from PIL import Image
 from .. import __version__, infotext, samplers, xyz
 from ..auth import SignInThrottle
 from ..errors import UserError
-from ..studio import Studio
+from ..studio import API_OWNER, Studio
 from . import convert
 from .schemas import OptionsRequest, PngInfoRequest, Txt2ImgRequest
 
 PREFIX = "/sdapi/v1"
+CLIENT_POLL_SECONDS = 0.5  # how often a waiting txt2img looks whether its client is still there
 
 
 def mount(app: FastAPI, studio: Studio, throttle: SignInThrottle | None = None) -> FastAPI:
@@ -89,12 +92,15 @@ def _docs_routes(api: FastAPI) -> None:
 
 
 def _job_routes(api: FastAPI, studio: Studio) -> None:
+    # These are `async def`: txt2img waits for its job without holding a worker thread, and progress,
+    # interrupt and skip only read or flip thread-safe job state, so they answer at once however many
+    # requests are queued (as sync routes they waited for a free thread: 31 s behind 40 queued jobs).
     @api.post("/txt2img")
-    def txt2img(request: Txt2ImgRequest):
-        return _txt2img(studio, request)
+    async def txt2img(request: Txt2ImgRequest, http: Request):
+        return await _txt2img(studio, request, http)
 
     @api.get("/progress")
-    def progress(skip_current_image: bool = False):
+    async def progress(skip_current_image: bool = False):
         job = studio.running_job()
         if job is None:
             return {"progress": 0.0, "eta_relative": 0.0, "state": _state(None), "current_image": None,
@@ -107,12 +113,12 @@ def _job_routes(api: FastAPI, studio: Studio) -> None:
                 "state": _state(job), "current_image": image, "textinfo": job.note, "current_task": str(id(job))}
 
     @api.post("/interrupt")
-    def interrupt():
+    async def interrupt():
         studio.interrupt()  # the running job, whoever started it: what A1111 clients expect
         return {}
 
     @api.post("/skip")
-    def skip():
+    async def skip():
         studio.skip()
         return {}
 
@@ -210,19 +216,29 @@ def _other_routes(api: FastAPI, studio: Studio) -> None:
 # ---- txt2img ---------------------------------------------------------------------------------
 
 
-def _txt2img(studio: Studio, request: Txt2ImgRequest) -> dict:
-    plan = convert.txt2img_plan(request, studio.settings.get("vae"), studio.settings.get("output_format"),
-                                loras=studio.loras, presets=studio.presets)
+async def _txt2img(studio: Studio, request: Txt2ImgRequest, http: Request) -> dict:
+    """Run the request as a job and wait for it without holding a thread; if the client goes away first, the
+    job is interrupted (a queued one never starts). A request over the limits is refused before it queues."""
+    # The plan may read preset files and hash LoRA files (infotext): in a worker thread, as before.
+    plan = await run_in_threadpool(convert.txt2img_plan, request, studio.settings.get("vae"),
+                                   studio.settings.get("output_format"), loras=studio.loras, presets=studio.presets)
     if convert.wants_xyz(request):
-        return _xyz_plot(studio, request, plan)
+        return await run_in_threadpool(_xyz_plot, studio, request, plan)
     previous = studio.current_checkpoint()
     started = time.time()
+    job = studio.start(plan.params, API_OWNER, save=plan.save, output_format=plan.output_format)
     try:
-        result = studio.generate(plan.params, save=plan.save, output_format=plan.output_format)
+        await _until_done(job, http)
     finally:
-        if plan.restore_checkpoint and previous and studio.current_checkpoint() != previous:
-            studio.load_checkpoint(previous)
-    return _answer(request, result, convert.txt2img_info(request, result, started), plan.output_format)
+        if not job.done:
+            job.interrupt()  # this request was cancelled: its job must not run on for nobody
+    if plan.restore_checkpoint and previous and studio.current_checkpoint() != previous:
+        await run_in_threadpool(studio.load_checkpoint, previous)
+    if job.cause is not None:
+        raise job.cause  # the exception handlers answer with its status and message
+    result = job.result
+    info = convert.txt2img_info(request, result, started)
+    return await run_in_threadpool(_answer, request, result, info, plan.output_format)
 
 
 def _xyz_plot(studio: Studio, request: Txt2ImgRequest, plan: convert.Txt2ImgPlan) -> dict:
@@ -242,6 +258,26 @@ def _answer(request: Txt2ImgRequest, result, info: dict, fmt: str) -> dict:
     return {"images": images, "parameters": request.model_dump(), "info": json.dumps(info, ensure_ascii=False)}
 
 
+async def _until_done(job, http: Request) -> None:
+    """Wait for the job to end; interrupt it once the client has disconnected."""
+    loop = asyncio.get_running_loop()
+    ended = asyncio.Event()
+
+    def wake() -> None:
+        try:
+            loop.call_soon_threadsafe(ended.set)
+        except RuntimeError:  # the server's loop is gone (shutting down): nobody is waiting
+            pass
+
+    job.on_end(wake)
+    while not ended.is_set():
+        try:
+            await asyncio.wait_for(ended.wait(), CLIENT_POLL_SECONDS)
+        except TimeoutError:
+            if not job.interrupted and await http.is_disconnected():
+                job.interrupt()
+
+
 # ---- helpers ---------------------------------------------------------------------------------
 
 
@@ -252,7 +288,8 @@ def _auth_dependency(studio: Studio, throttle: SignInThrottle):
         return HTTPException(status_code=401, detail="Incorrect username or password",
                              headers={"WWW-Authenticate": "Basic"})
 
-    def check(request: Request, credentials: HTTPBasicCredentials | None = Depends(basic)):
+    # async: never waits for a worker thread (the throttle only reads and writes its table)
+    async def check(request: Request, credentials: HTTPBasicCredentials | None = Depends(basic)):
         if not studio.credentials.enabled:
             return
         if credentials is None:  # not an attempt: browsers and clients ask first without credentials

@@ -15,7 +15,7 @@ import gradio as gr
 from .. import infotext, samplers
 from ..errors import UserError
 from ..jobs import Job
-from ..params import LIMITS, SDXL_SIZES, GenerationParams
+from ..params import LIMITS, SDXL_SIZES, GenerationParams, Limits
 from ..prompts import token_chunks
 from ..studio import Studio
 from . import xyz_panel
@@ -65,8 +65,9 @@ class Results:
         return [getattr(self, name) for name in self.__dataclass_fields__]
 
 
-def values_to_params(values: list) -> GenerationParams:
-    """Form values -> the request; Gradio hands numbers as floats, so whole numbers are made ints here."""
+def values_to_params(values: list, limits: Limits | None = None) -> GenerationParams:
+    """Form values -> the request, checked against `limits` (Settings → Limits); Gradio hands numbers as
+    floats, so whole numbers are made ints here."""
     (checkpoint, prompt, negative, sampler, scheduler, steps, width, height, cfg, seed, n_iter, batch,
      refiner, switch) = values
 
@@ -81,7 +82,7 @@ def values_to_params(values: list) -> GenerationParams:
         sampler_name=sampler, scheduler=scheduler, seed=whole(seed, "seed"), batch_size=whole(batch, "batch_size"),
         n_iter=whole(n_iter, "n_iter"), checkpoint=checkpoint or None,
         refiner_checkpoint=None if refiner in (None, "", NO_REFINER) else refiner,
-        refiner_switch_at=float(switch)).check()
+        refiner_switch_at=float(switch)).check(limits)
 
 
 def params_to_updates(params: GenerationParams, form: Form) -> dict:
@@ -283,14 +284,19 @@ def session_owner(request: gr.Request | None) -> str:
 
 @shows_user_errors
 def run(studio: Studio, results: Results, request: gr.Request, *values):
-    """Generate: start this session's job and show its progress and preview until it ends, then its images."""
-    params = values_to_params(list(values))
+    """Generate: start this session's job and show its progress and preview until it ends, then its images.
+    If the page goes away first (the tab closed), Gradio closes this generator and the job is interrupted."""
+    params = values_to_params(list(values), studio.limits())
     job = studio.start(params, owner=session_owner(request))
-    while not job.done:
-        job.wait(POLL_SECONDS)
-        shown = job.preview
-        yield {results.progress: progress_html(job, queued=job.started is None),
-               results.preview: gr.update(value=shown, visible=shown is not None)}
+    try:
+        while not job.done:
+            job.wait(POLL_SECONDS)
+            shown = job.preview
+            yield {results.progress: progress_html(job, queued=job.started is None),
+                   results.preview: gr.update(value=shown, visible=shown is not None)}
+    finally:
+        if not job.done:
+            job.interrupt()  # closed (GeneratorExit) or failed: nobody will see the rest
     if job.error is not None:
         yield {results.progress: "", results.preview: gr.update(visible=False)}
         raise gr.Error(job.error)
@@ -347,7 +353,7 @@ def choose_preset(studio: Studio, form: Form, size: gr.Dropdown, name, *values):
     if not name:
         return {}
     chosen = studio.presets.get(name, loras=studio.loras)
-    params = chosen.apply(values_to_params(list(values)))
+    params = chosen.apply(values_to_params(list(values), studio.limits()))
     updates = params_to_updates(params, form)
     if params.refiner_checkpoint and params.refiner_checkpoint not in refiner_dropdown_names(studio):
         gr.Warning(f"preset refiner {params.refiner_checkpoint!r} is not in your checkpoint folder")
