@@ -69,7 +69,8 @@ def test_override_checkpoint_refiner_and_styles(client):
     r = client.post(f"{API}/txt2img", json=payload)
     assert r.status_code == 200, r.text
     info = json.loads(r.json()["info"])
-    assert info["prompt"].startswith("cinematic photo of x")
+    assert info["prompt"].startswith("cinematic photo of x") and info["styles"] == ["Photo"]
+    assert "Styles: Photo," in info["infotexts"][0]
     assert "Refiner: homegrown-demo-refiner [" in info["infotexts"][0]
 
 
@@ -86,7 +87,7 @@ def test_override_checkpoint_refiner_and_styles(client):
     ({"override_settings": {"unknown_option": 1}}, 422, "override_settings"),
     ({"prompt": "x <lora:no-such-lora:1>"}, 404, "prompt"),
     ({"prompt": "x <lora:../../etc/passwd:1>"}, 404, "prompt"),
-    ({"styles": ["No such style"]}, 404, "preset"),
+    ({"styles": ["No such style"]}, 404, "styles"),
     ({"refiner_checkpoint": "homegrown-demo-base"}, 422, "refiner_checkpoint"),
 ])
 def test_bad_requests_get_json_errors_and_the_server_lives(client, demo_server, change, status, field):
@@ -238,3 +239,13 @@ def test_infotext_field_fills_the_request_and_sent_fields_win(client):
     assert info["prompt"] == "a fox <lora:demo-style:0.5>" and info["negative_prompt"] == "ugly"
     assert (info["steps"], info["cfg_scale"], info["seed"], info["width"]) == (3, 5.0, 78, 64)
     assert "Sampler: Euler a," in info["infotexts"][0]
+
+
+
+def test_infotext_with_styles_applies_them_once(client):
+    payload = {"prompt": "a fox", "steps": 2, "width": 64, "height": 64, "seed": 5, "styles": ["Photo"]}
+    first = json.loads(client.post(f"{API}/txt2img", json=payload).json()["info"])
+    again = client.post(f"{API}/txt2img", json={"infotext": first["infotexts"][0]})
+    assert again.status_code == 200, again.text
+    redone = json.loads(again.json()["info"])
+    assert redone["styles"] == ["Photo"] and redone["infotexts"] == first["infotexts"]

@@ -136,9 +136,8 @@ def _other_routes(api: FastAPI, studio: Studio) -> None:
 
     @api.get("/prompt-styles")
     def styles():
-        presets, _ = studio.presets.load()
-        return [{"name": p.name, "prompt": p.style_prompt, "negative_prompt": p.style_negative}
-                for p in presets.values()]
+        styles, _ = studio.styles.load()
+        return [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt} for s in styles.values()]
 
     @api.get("/options")
     def get_options():
@@ -186,7 +185,7 @@ def _other_routes(api: FastAPI, studio: Studio) -> None:
 
 def _txt2img(studio: Studio, request: Txt2ImgRequest) -> dict:
     plan = convert.txt2img_plan(request, studio.settings.get("vae"), studio.settings.get("output_format"),
-                                loras=studio.loras, presets=studio.presets)
+                                loras=studio.loras, styles=studio.styles)
     previous = studio.current_checkpoint()
     started = time.time()
     try:
