@@ -32,7 +32,7 @@ FLAGS = {
     "lora-dir": (None, "LoRA folder (default: <models-dir>/Lora)"),
     "vae-dir": (None, "VAE folder (default: <models-dir>/VAE)"),
     "outputs-dir": (None, "where images are saved (default: outputs)"),
-    "data-dir": ("data", "settings, hash cache, demo models and user presets"),
+    "data-dir": ("data", "settings, hash cache, demo models, user presets and styles"),
     "ckpt": (None, "checkpoint to load at start"),
     "preset": (None, "preset to select at start"),
     "demo": (False, "use the tiny random-weight demo models (made on first use): no download needed"),
@@ -72,6 +72,7 @@ def build(args: argparse.Namespace):
     from sd_app.presets import PresetLibrary
     from sd_app.settings import SettingsStore
     from sd_app.studio import Studio
+    from sd_app.styles import StyleLibrary
 
     data = Path(args.data_dir)
     overrides = {key: value for key, value in (
@@ -88,8 +89,9 @@ def build(args: argparse.Namespace):
         print(f"settings: {problem}", file=sys.stderr)
     exposed = args.listen or args.share
     creds = credentials(args.auth, args.auth_file, exposed)
-    studio = Studio.create(settings, data, PresetLibrary(Path(__file__).parent / "presets", data / "presets"),
-                           creds, offline=args.offline, demo=args.demo)
+    shipped = Path(__file__).parent / "presets"
+    studio = Studio.create(settings, data, PresetLibrary(shipped, data / "presets"), creds, offline=args.offline,
+                           demo=args.demo, styles=StyleLibrary(shipped / "styles", data / "styles"))
     studio.start_preset = args.preset or ("Demo (tiny models)" if args.demo else None)
     if args.preset:
         studio.presets.get(args.preset)  # a typo fails now, with the list of presets

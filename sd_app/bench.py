@@ -194,10 +194,12 @@ def bench_studio(work: Path, ckpt_dir: Path, lora_dir: Path | None = None, **set
     from .presets import PresetLibrary
     from .settings import SettingsStore
     from .studio import Studio
+    from .styles import StyleLibrary
 
     overrides = {"ckpt_dir": str(ckpt_dir), "lora_dir": str(lora_dir or ckpt_dir.parent / "Lora"),
                  "vae_dir": str(ckpt_dir.parent / "VAE"), "outputs_dir": str(work / "outputs"), **settings}
-    return Studio.create(SettingsStore(None, overrides), work, PresetLibrary(ROOT / "presets"))
+    return Studio.create(SettingsStore(None, overrides), work, PresetLibrary(ROOT / "presets"),
+                         styles=StyleLibrary(ROOT / "presets" / "styles"))
 
 
 def _demo_studio(work: Path, **settings):

@@ -25,6 +25,7 @@ from .params import GenerationParams, Limits
 from .pipelines import LoadedModel, Pipelines, free_memory
 from .preview import latent_preview
 from .prompts import extract_lora_tags
+from .styles import StyleLibrary
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,10 @@ class Pass:
 
 class Engine:
     def __init__(self, pipelines: Pipelines, loras: LoraLibrary | None = None, preview_every: int = 3,
-                 limits: Limits | None = None):
+                 limits: Limits | None = None, styles: StyleLibrary | None = None):
         self.pipelines = pipelines
         self.loras = loras
+        self.styles = styles
         self.preview_every = preview_every  # steps between live previews; 0 turns them off
         self.limits = limits or Limits()  # what one request may ask for (Settings → Limits)
 
@@ -58,6 +60,11 @@ class Engine:
     def generate(self, params: GenerationParams, job: Job | None = None) -> GenerationResult:
         """Run one request and return its images with their infotexts (saving them is the caller's step)."""
         params.check(self.limits)
+        if params.styles:
+            # The prompts as encoded (and as the infotext shows them), the styles still listed for the infotext.
+            if self.styles is None:
+                raise UserError("this Homegrown has no styles", field="styles")
+            params = self.styles.apply(params).check(self.limits)
         prompt, tags = extract_lora_tags(params.prompt)
         if tags and self.loras is None:
             raise UserError("this Homegrown has no LoRA folder configured", field="prompt")
@@ -228,6 +235,7 @@ class Engine:
             "Refiner": refiner.title if refiner else None,
             "Refiner switch at": params.refiner_switch_at if refiner else None,
             "Lora hashes": lora_hashes,
+            "Styles": ", ".join(params.styles) or None,  # already in the prompts; a paste takes them out again
             "Version": f"Homegrown {__version__}",
         }
         return infotext.build(params.prompt, params.negative_prompt, fields)

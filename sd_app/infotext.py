@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from .errors import UserError
 from .params import GenerationParams
+from .prompts import extract_lora_tags
 
 # A1111's pattern, without its leading `\s*` and with keys of at most 64 characters: as it was, each position
 # of a long line without a colon scanned to the line's end (20 KB of text took 6-19 s).
@@ -75,42 +78,202 @@ def parse(text: str) -> tuple[str, str, dict[str, str]]:
     return "\n".join(prompt_lines), "\n".join(negative_lines), fields
 
 
-def to_params(text: str, base: GenerationParams | None = None, loras=None) -> GenerationParams:
-    """A request from pasted infotext: the fields Homegrown knows, on top of `base` (defaults).
+@dataclass
+class Pasted:
+    """A request read from an infotext, and what of the text it holds and what not (with why)."""
 
-    With a LoRA library, `<lora:...>` tags whose file is known here under another name (found by the
-    hash in "Lora hashes") are renamed to the local name, as A1111 does.
+    params: GenerationParams
+    applied: list[str] = field(default_factory=list)  # "Steps: 30", ...
+    not_applied: list[tuple[str, str]] = field(default_factory=list)  # ("Clip skip: 2", why)
+    is_infotext: bool = True  # False: no parameters line, so the text is only a prompt
+
+
+# Fields Homegrown reads but cannot use, and why (a paste says so instead of dropping them without a word).
+NOT_SUPPORTED = {
+    "Clip skip": "SDXL always uses the penultimate CLIP layer, here as in A1111 (where Clip skip does not change "
+                 "SDXL images)",
+    "VAE": "the VAE is a setting here (Settings → VAE)",
+    "Denoising strength": "img2img is not available yet",
+    "Variation seed": "variation seeds are not supported yet",
+    "Variation seed strength": "variation seeds are not supported yet",
+    "Seed resize from": "variation seeds are not supported yet",
+    "Face restoration": "face restoration is not supported",
+    "Tiling": "tiling is not supported",
+    "RNG": "the starting noise is always drawn on the CPU here",
+    "ENSD": "sampler noise options are not supported (samplers run with their defaults)",
+    "Eta": "sampler noise options are not supported (samplers run with their defaults)",
+    "TI hashes": "textual-inversion embeddings are not supported yet: their names stay plain words in the prompt",
+}
+HIRES = "Homegrown has no hires fix yet: the image is made in one pass at the pasted size"
+INFORMATIONAL = {"Version", "Model hash", "VAE hash", "Lora hashes", "Styles"}  # read with another field, or only notes
+
+
+def to_params(text: str, base: GenerationParams | None = None, loras=None, styles=None) -> GenerationParams:
+    """A request from pasted infotext (the API's `infotext`): `read_params` without its report."""
+    return read_params(text, base, loras=loras, styles=styles).params
+
+
+def read_params(text: str, base: GenerationParams | None = None, loras=None, styles=None, checkpoints=None,
+                refiners=None) -> Pasted:
+    """A request from pasted infotext, on top of `base`, and a report of what was applied and what not.
+
+    With a LoRA library, `<lora:...>` tags whose file is known here under another name (found by the hash in
+    "Lora hashes") are renamed to the local name, as A1111 does, and tags of LoRAs not here are reported.
+    With a style library, the styles named in `Styles` are taken back out of the prompts (`styles.take_out`).
+    `checkpoints` and `refiners` (records with `name`, `short_name`, `short_hash`, such as `studio.ModelInfo`)
+    are what `Model` and `Refiner` may name; without them the names are taken as they are.
+    A text without a parameters line is not an infotext: `base` with that text as the prompt, is_infotext False.
     """
     prompt, negative, fields = parse(text)
+    base = base or GenerationParams()
+    if not fields:
+        return Pasted(base.replace(prompt=prompt, negative_prompt=negative), is_infotext=False)
+    pasted = Pasted(base)
     if loras is not None and fields.get("Lora hashes"):
-        prompt = _rename_loras_by_hash(prompt, fields["Lora hashes"], loras)
-    changes: dict[str, Any] = {"prompt": prompt, "negative_prompt": negative}
+        prompt = _rename_loras_by_hash(prompt, fields["Lora hashes"], loras, pasted)
+    pasted.params = base.replace(prompt=prompt, negative_prompt=negative, styles=())
+    pasted.applied += ["Prompt"] + (["Negative prompt"] if negative else [])
+    _read_styles(pasted, fields, styles)
+    _read_numbers(pasted, fields)
+    _read_sampler(pasted, fields)
+    _read_models(pasted, fields, checkpoints, refiners)
+    if loras is not None:
+        _check_loras(pasted, loras)
+    _not_supported(pasted, fields)
+    return pasted
 
-    def number(key: str, kind):
-        try:
-            return kind(float(fields[key])) if kind is int else kind(fields[key])
-        except (KeyError, ValueError):
-            return None
 
+def _try(pasted: Pasted, label: str, **changes) -> bool:
+    """Apply the changes if the request stays valid; else report the field with the check's message."""
+    trial = pasted.params.replace(**changes)
+    try:
+        trial.check()
+    except UserError as err:
+        pasted.not_applied.append((label, err.message))
+        return False
+    pasted.params = trial
+    pasted.applied.append(label)
+    return True
+
+
+def _read_numbers(pasted: Pasted, fields: dict[str, str]) -> None:
     for key, attr, kind in (("Steps", "steps", int), ("CFG scale", "cfg_scale", float), ("Seed", "seed", int),
                             ("Refiner switch at", "refiner_switch_at", float)):
-        value = number(key, kind)
-        if value is not None:
-            changes[attr] = value
-    size = _SIZE.match(fields.get("Size", ""))
-    if size:
-        changes["width"], changes["height"] = int(size.group(1)), int(size.group(2))
-    if "Sampler" in fields:
-        changes["sampler_name"] = fields["Sampler"]
-        changes["scheduler"] = fields.get("Schedule type", "Automatic")
+        if key not in fields:
+            continue
+        try:
+            value = kind(float(fields[key])) if kind is int else kind(fields[key])
+        except ValueError:
+            pasted.not_applied.append((f"{key}: {fields[key]}", "not a number"))
+            continue
+        _try(pasted, f"{key}: {fields[key]}", **{attr: value})
+    if "Size" in fields:
+        size = _SIZE.match(fields["Size"])
+        if size is None:
+            pasted.not_applied.append((f"Size: {fields['Size']}", "not WIDTHxHEIGHT"))
+        else:
+            _try(pasted, f"Size: {fields['Size']}", width=int(size.group(1)), height=int(size.group(2)))
+
+
+def _read_sampler(pasted: Pasted, fields: dict[str, str]) -> None:
+    if "Sampler" not in fields:
+        return
+    sampler, schedule = fields["Sampler"], fields.get("Schedule type", "Automatic")
+    label = f"Sampler: {sampler}" + (f", Schedule type: {schedule}" if "Schedule type" in fields else "")
+    if _try(pasted, label, sampler_name=sampler, scheduler=schedule) or "Schedule type" not in fields:
+        return
+    pasted.not_applied.pop()  # the sampler alone may still be one Homegrown has
+    if _try(pasted, f"Sampler: {sampler}", sampler_name=sampler, scheduler="Automatic"):
+        pasted.not_applied.append((f"Schedule type: {schedule}", _check_message(pasted.params.replace(
+            scheduler=schedule))))
+    else:
+        pasted.not_applied[-1] = (label, pasted.not_applied[-1][1])
+
+
+def _check_message(params: GenerationParams) -> str:
+    try:
+        params.check()
+    except UserError as err:
+        return err.message
+    return ""
+
+
+def _read_models(pasted: Pasted, fields: dict[str, str], checkpoints, refiners) -> None:
     if "Model" in fields:
-        changes["checkpoint"] = fields["Model"]
+        local = _local_model(fields["Model"], fields.get("Model hash"), checkpoints)
+        if local is not None:
+            pasted.params = pasted.params.replace(checkpoint=local)
+            pasted.applied.append(f"Model: {fields['Model']}" + (f" (your {local})" if local != fields["Model"] else ""))
+        else:
+            now = pasted.params.checkpoint or "the loaded one"
+            pasted.not_applied.append((f"Model: {fields['Model']}", f"not in your checkpoint folder (by name or "
+                                       f"hash): the checkpoint stays {now}"))
+    refiner = None
     if "Refiner" in fields:
-        changes["refiner_checkpoint"] = re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", fields["Refiner"])
-    return (base or GenerationParams()).replace(**changes)
+        title = re.match(r"^(.*?)\s*(?:\[([0-9a-fA-F]+)\])?$", fields["Refiner"])
+        refiner = _local_model(title.group(1), title.group(2), refiners)
+        if refiner is not None:
+            pasted.applied.append(f"Refiner: {fields['Refiner']}")
+        else:
+            pasted.not_applied.append((f"Refiner: {fields['Refiner']}",
+                                       "not in your checkpoint folder (by name or hash): made without a refiner"))
+    pasted.params = pasted.params.replace(refiner_checkpoint=refiner)  # no Refiner field: made without one
 
 
-def _rename_loras_by_hash(prompt: str, hashes: str, loras) -> str:
+def _local_model(name: str, short_hash: str | None, models) -> str | None:
+    """The local checkpoint an infotext's name (and hash) means; without a list, the name as it is."""
+    if models is None:
+        return name or None
+    wanted = name.removesuffix(".safetensors")
+    for model in models:
+        if wanted in (model.name, model.short_name):
+            return model.name
+    for model in models:
+        if short_hash and model.short_hash and model.short_hash.lower() == short_hash.lower():
+            return model.name
+    return None
+
+
+def _read_styles(pasted: Pasted, fields: dict[str, str], styles) -> None:
+    if "Styles" not in fields:
+        return  # the prompts hold everything: no style is applied on top
+    names = [name.strip() for name in fields["Styles"].split(",") if name.strip()]
+    if styles is None:
+        pasted.not_applied.append((f"Styles: {fields['Styles']}", "their text stays in the prompt"))
+        return
+    taken = styles.take_out(pasted.params.prompt, pasted.params.negative_prompt, names)
+    pasted.params = pasted.params.replace(prompt=taken.prompt, negative_prompt=taken.negative_prompt,
+                                          styles=taken.styles)
+    if taken.styles:
+        pasted.applied.append(f"Styles: {', '.join(taken.styles)}")
+    pasted.not_applied += [(f"Style {name}", why) for name, why in taken.kept]
+
+
+def _check_loras(pasted: Pasted, loras) -> None:
+    from .lora_library import resolve_tags
+
+    for tag in extract_lora_tags(pasted.params.prompt)[1]:
+        try:
+            resolve_tags(loras, [tag])
+        except UserError as err:
+            pasted.not_applied.append((f"<lora:{tag.name}:{tag.weight:g}>", f"{err.message}. The tag stays in the "
+                                       "prompt: Generate refuses it until the LoRA is in your LoRA folder"))
+
+
+def _not_supported(pasted: Pasted, fields: dict[str, str]) -> None:
+    used = {"Steps", "CFG scale", "Seed", "Refiner switch at", "Size", "Sampler", "Schedule type", "Model",
+            "Refiner"} | INFORMATIONAL
+    hires = [key for key in fields if key.startswith("Hires ")]
+    if hires:
+        hires += [key for key in ("Denoising strength",) if key in fields]
+        pasted.not_applied.append((", ".join(f"{key}: {fields[key]}" for key in hires), HIRES))
+    for key, value in fields.items():
+        if key in used or key in hires:
+            continue
+        pasted.not_applied.append((f"{key}: {value}", NOT_SUPPORTED.get(key, "not a setting Homegrown has")))
+
+
+def _rename_loras_by_hash(prompt: str, hashes: str, loras, pasted: Pasted) -> str:
     for entry in hashes.split(","):
         name, _, short_hash = entry.partition(":")
         name, short_hash = name.strip(), short_hash.strip()
@@ -119,6 +282,7 @@ def _rename_loras_by_hash(prompt: str, hashes: str, loras) -> str:
         local = loras.find_by_hash(short_hash)
         if local is not None and local.stem != name:
             prompt = re.sub(rf"<lora:{re.escape(name)}(?=[:>])", lambda m: f"<lora:{local.name}", prompt)
+            pasted.applied.append(f"LoRA {name} as your {local.name} (same file hash)")
     return prompt
 
 

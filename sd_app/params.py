@@ -86,6 +86,7 @@ class GenerationParams:
     checkpoint: str | None = None  # None: the loaded one (A1111's override_settings.sd_model_checkpoint)
     refiner_checkpoint: str | None = None
     refiner_switch_at: float = 0.8
+    styles: tuple[str, ...] = ()  # applied to the prompts when the image is made (styles.py), in this order
 
     def replace(self, **changes) -> "GenerationParams":
         return dataclasses.replace(self, **changes)
@@ -126,6 +127,7 @@ class GenerationParams:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise UserError(f"must be a checkpoint name, got {type(value).__name__}", field=name)
+        _check_styles(self.styles)
         return self
 
     def _check_job_size(self, limits: Limits) -> None:
@@ -176,6 +178,13 @@ def text_problem(value) -> str | None:
         if (problem := text_problem(key) or text_problem(item)) is not None:
             return problem
     return None
+
+
+def _check_styles(value) -> None:
+    if not isinstance(value, (tuple, list)) or not all(isinstance(name, str) and name.strip() for name in value):
+        raise UserError(f"must be a list of style names, got {value!r}", field="styles")
+    if len(set(value)) != len(value):
+        raise UserError(f"lists a style twice: {', '.join(value)}", field="styles")
 
 
 def _check_int(name: str, value) -> None:

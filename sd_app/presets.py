@@ -1,6 +1,7 @@
-"""Presets: JSON files of good starting points (parameters, LoRAs, a style template, refiner settings).
+"""Presets: JSON files of good starting points (parameters, styles, LoRAs, refiner settings).
 
-One file is one preset. Files are checked when read: a bad one is reported by file and field and left
+A preset sets parameters on the form (the page can undo it); prompt templates are styles (`styles.py`),
+which a preset can choose in `parameters.styles` but never writes into the prompt. One file is one preset. Files are checked when read: a bad one is reported by file and field and left
 out, and the others still load. Users add their own by dropping a file into `presets/` or their user
 presets folder; a user preset with the same name replaces the shipped one.
 """
@@ -17,10 +18,9 @@ from .lora_library import MAX_WEIGHT
 from .params import GenerationParams
 from .prompts import insert_lora_tag
 
-TOP_KEYS = {"name", "description", "parameters", "loras", "style", "refiner"}
+TOP_KEYS = {"name", "description", "parameters", "loras", "refiner"}
 PARAMETER_KEYS = {"prompt", "negative_prompt", "steps", "cfg_scale", "width", "height", "sampler_name", "scheduler",
-                  "seed", "batch_size", "n_iter"}
-STYLE_KEYS = {"prompt", "negative_prompt"}
+                  "seed", "batch_size", "n_iter", "styles"}
 REFINER_KEYS = {"checkpoint", "switch_at"}
 
 
@@ -30,37 +30,22 @@ class Preset:
     description: str = ""
     parameters: dict[str, Any] = field(default_factory=dict)
     loras: tuple[tuple[str, float], ...] = ()
-    style_prompt: str = ""  # "{prompt}" marks where the user's prompt goes
-    style_negative: str = ""
     refiner: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
-    def apply(self, params: GenerationParams, prompts_only: bool = False) -> GenerationParams:
-        """The request with this preset on top. prompts_only: style and LoRAs only (A1111's `styles`)."""
-        changes: dict[str, Any] = {}
-        if not prompts_only:
-            changes.update(self.parameters)
-            if self.refiner:
-                changes["refiner_checkpoint"] = self.refiner.get("checkpoint") or None
-                if "switch_at" in self.refiner:
-                    changes["refiner_switch_at"] = self.refiner["switch_at"]
+    def apply(self, params: GenerationParams) -> GenerationParams:
+        """The request with this preset on top: its parameters (its styles replace the chosen ones, so presets
+        picked one after another never pile up), its LoRAs' tags in the prompt (once each), its refiner."""
+        changes: dict[str, Any] = dict(self.parameters)
+        if self.refiner:
+            changes["refiner_checkpoint"] = self.refiner.get("checkpoint") or None
+            if "switch_at" in self.refiner:
+                changes["refiner_switch_at"] = self.refiner["switch_at"]
         prompt = changes.get("prompt", params.prompt)
-        negative = changes.get("negative_prompt", params.negative_prompt)
-        if self.style_prompt:
-            prompt = _merge(self.style_prompt, prompt)
-        if self.style_negative:
-            negative = _merge(self.style_negative, negative)
         for name, weight in self.loras:
             prompt = insert_lora_tag(prompt, name, weight)
-        changes["prompt"], changes["negative_prompt"] = prompt, negative
+        changes["prompt"] = prompt
         return params.replace(**changes)
-
-
-def _merge(template: str, text: str) -> str:
-    """A1111's style rule: "{prompt}" is replaced by the text, else the style is appended."""
-    if "{prompt}" in template:
-        return template.replace("{prompt}", text)
-    return f"{text}, {template}" if text.strip() else template
 
 
 def parse(path: Path) -> Preset:
@@ -74,12 +59,18 @@ def parse(path: Path) -> Preset:
         raise UserError(f"{where}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
     if not isinstance(data, dict):
         raise UserError(f"{where}: must hold a JSON object")
+    if "style" in data:
+        raise UserError(f"{where}: 'style' is no longer part of a preset: put the prompt template in a style file "
+                        "(data/styles/NAME.json with name, prompt, negative_prompt) and choose it in the preset's "
+                        "parameters.styles")
     _known(where, "", data, TOP_KEYS)
     name = data.get("name")
     if not isinstance(name, str) or not name.strip():
         raise UserError(f"{where}: 'name' must be a non-empty text")
     parameters = data.get("parameters", {})
     _known(where, "parameters.", parameters, PARAMETER_KEYS)
+    if isinstance(parameters.get("styles"), list):
+        parameters = {**parameters, "styles": tuple(parameters["styles"])}
     try:
         GenerationParams(**parameters).check()
     except UserError as err:
@@ -95,11 +86,6 @@ def parse(path: Path) -> Preset:
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not abs(weight) <= MAX_WEIGHT:
             raise UserError(f"{where}: loras[{i}].weight must be a number between -{MAX_WEIGHT:g} and {MAX_WEIGHT:g}")
         loras.append((item["name"], float(weight)))
-    style = data.get("style", {})
-    _known(where, "style.", style, STYLE_KEYS)
-    for key, value in style.items():
-        if not isinstance(value, str):
-            raise UserError(f"{where}: style.{key} must be text")
     refiner = data.get("refiner", {})
     _known(where, "refiner.", refiner, REFINER_KEYS)
     if "switch_at" in refiner:
@@ -112,8 +98,21 @@ def parse(path: Path) -> Preset:
     description = data.get("description", "")
     if not isinstance(description, str):
         raise UserError(f"{where}: 'description' must be text")
-    return Preset(name.strip(), description, dict(parameters), tuple(loras), style.get("prompt", ""),
-                  style.get("negative_prompt", ""), dict(refiner), path)
+    return Preset(name.strip(), description, dict(parameters), tuple(loras), dict(refiner), path)
+
+
+def _check_names(path: Path, preset: Preset, loras, styles, known_styles) -> None:
+    """UserError naming the file and field when the preset names a LoRA or style that is not here."""
+    for i, (name, _) in enumerate(preset.loras if loras is not None else ()):
+        try:
+            loras.get(name)
+        except UserError as err:
+            raise UserError(f"{path.name}: loras[{i}].name: {err.message}") from None
+    for i, name in enumerate(preset.parameters.get("styles", ()) if styles is not None else ()):
+        try:
+            styles.get(name, known_styles)
+        except UserError as err:
+            raise UserError(f"{path.name}: parameters.styles[{i}]: {err.message}") from None
 
 
 def _known(where: str, prefix: str, data, allowed: set[str]) -> None:
@@ -130,8 +129,9 @@ class PresetLibrary:
     def __init__(self, *folders: str | Path):
         self.folders = [Path(f) for f in folders if f]
 
-    def load(self, loras=None) -> tuple[dict[str, Preset], list[str]]:
-        """(presets by name, problems). With a LoRA library, presets naming a missing LoRA are reported."""
+    def load(self, loras=None, styles=None) -> tuple[dict[str, Preset], list[str]]:
+        """(presets by name, problems). With a LoRA or style library, presets naming a missing one are reported."""
+        known_styles = styles.load()[0] if styles is not None else None
         presets: dict[str, Preset] = {}
         problems: list[str] = []
         for folder in self.folders:
@@ -140,20 +140,15 @@ class PresetLibrary:
             for path in sorted(folder.glob("*.json")):
                 try:
                     preset = parse(path)
-                    if loras is not None:
-                        for i, (name, _) in enumerate(preset.loras):
-                            try:
-                                loras.get(name)
-                            except UserError as err:
-                                raise UserError(f"{path.name}: loras[{i}].name: {err.message}") from None
+                    _check_names(path, preset, loras, styles, known_styles)
                 except UserError as err:
                     problems.append(str(err))
                     continue
                 presets[preset.name] = preset
         return presets, problems
 
-    def get(self, name: str, loras=None) -> Preset:
-        presets, problems = self.load(loras)
+    def get(self, name: str, loras=None, styles=None) -> Preset:
+        presets, problems = self.load(loras, styles)
         if name in presets:
             return presets[name]
         broken = [p for p in problems if p.startswith(tuple(f"{f.name}" for f in self._files(name)))]

@@ -218,14 +218,40 @@ def extract_lora_tags(prompt: str) -> tuple[str, list[LoraTag]]:
     return _LORA_TAG.sub(take, prompt), tags
 
 
-def insert_lora_tag(prompt: str, name: str, weight: float) -> str:
-    """Add `<lora:name:weight>` to a prompt; if the LoRA is already there, set its weight instead."""
+def insert_lora_tag(prompt: str, name: str, weight: float, trigger_words=()) -> str:
+    """Add `<lora:name:weight>` to a prompt, or set its weight if the LoRA is there already; then the trigger
+    words the prompt lacks, right after the tag (where A1111's cards put a LoRA's activation text).
+
+    A negative weight takes the LoRA's concept out of the image, so its trigger words (which would call the
+    concept up) are not added, and those right after the tag go."""
     text = f"<lora:{name}:{weight:g}>"
-    pattern = re.compile(rf"<lora:{re.escape(name)}(?::[^<>]*)?>", re.I)
-    if pattern.search(prompt):
-        return pattern.sub(lambda m: text, prompt, count=1)
-    prompt = prompt.rstrip()
-    return f"{prompt}, {text}" if prompt and not prompt.endswith(",") else f"{prompt} {text}".strip()
+    found = re.compile(rf"<lora:{re.escape(name)}(?::[^<>]*)?>", re.I).search(prompt)
+    if found:
+        before, after = prompt[:found.start()], prompt[found.end():]
+    else:
+        before, after = prompt.rstrip(), ""
+        before = f"{before}, " if before and not before.endswith(",") else f"{before} " if before else ""
+    if weight < 0:
+        after = _without_words(after, trigger_words)
+    elif weight > 0:
+        missing = [word for word in trigger_words if word.strip() and word.lower() not in prompt.lower()]
+        if missing:
+            glue = "," if after.strip() and not after.lstrip().startswith(",") else ""
+            after = f" {', '.join(missing)}{glue}{after}"
+    return before + text + after
+
+
+def _without_words(after: str, words) -> str:
+    """The text after a tag without the trigger words that follow it directly (comma-separated)."""
+    lowered = {word.strip().lower() for word in words}
+    parts = after.split(",")
+    count = 0
+    while count < len(parts) and parts[count].strip() and parts[count].strip().lower() in lowered:
+        count += 1
+    if not count:
+        return after
+    rest = ",".join(parts[count:])
+    return f",{rest}" if rest else ""
 
 
 def token_chunks(count: int) -> str:

@@ -28,6 +28,7 @@ from .params import GenerationParams, Limits
 from .pipelines import PipelineOptions, Pipelines
 from .presets import PresetLibrary
 from .settings import SettingsStore
+from .styles import StyleLibrary
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +51,16 @@ class ModelInfo:
 class Studio:
     def __init__(self, settings: SettingsStore, pipelines: Pipelines, engine: Engine, outputs: OutputWriter,
                  loras: LoraLibrary, presets: PresetLibrary, credentials: Credentials | None = None,
-                 offline: bool = False, demo: bool = False, start_preset: str | None = None):
+                 offline: bool = False, demo: bool = False, start_preset: str | None = None,
+                 styles: StyleLibrary | None = None):
         self.settings = settings
         self.pipelines = pipelines
         self.engine = engine
         self.outputs = outputs
         self.loras = loras
         self.presets = presets
+        self.styles = styles or engine.styles or StyleLibrary()
+        engine.styles = self.styles  # one library: the styles the page lists are the ones the engine applies
         self.credentials = credentials or Credentials()
         self.offline = offline
         self.demo = demo
@@ -67,14 +71,16 @@ class Studio:
 
     @classmethod
     def create(cls, settings: SettingsStore, data_dir: str | Path, presets: PresetLibrary,
-               credentials: Credentials | None = None, offline: bool = False, demo: bool = False) -> "Studio":
+               credentials: Credentials | None = None, offline: bool = False, demo: bool = False,
+               styles: StyleLibrary | None = None) -> "Studio":
         hashes = HashCache(Path(data_dir) / "hashes.json")
         loras = LoraLibrary(settings.folder("lora"), hashes)
         pipelines = Pipelines(CheckpointLibrary(settings.folder("ckpt"), hashes), pipeline_options(settings),
                               vaes=VaeLibrary(settings.folder("vae"), hashes))
-        engine = Engine(pipelines, loras, preview_every=settings.get("preview_every"), limits=limits(settings))
+        styles = styles or StyleLibrary()
+        engine = Engine(pipelines, loras, preview_every=settings.get("preview_every"), limits=limits(settings), styles=styles)
         return cls(settings, pipelines, engine, OutputWriter(output_options(settings)), loras, presets,
-                   credentials, offline, demo)
+                   credentials, offline, demo, styles=styles)
 
     # ---- jobs ---------------------------------------------------------------------------------
 

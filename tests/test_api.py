@@ -69,7 +69,8 @@ def test_override_checkpoint_refiner_and_styles(client):
     r = client.post(f"{API}/txt2img", json=payload)
     assert r.status_code == 200, r.text
     info = json.loads(r.json()["info"])
-    assert info["prompt"].startswith("cinematic photo of x")
+    assert info["prompt"].startswith("cinematic photo of x") and info["styles"] == ["Photo"]
+    assert "Styles: Photo," in info["infotexts"][0]
     assert "Refiner: homegrown-demo-refiner [" in info["infotexts"][0]
 
 
@@ -86,7 +87,7 @@ def test_override_checkpoint_refiner_and_styles(client):
     ({"override_settings": {"unknown_option": 1}}, 422, "override_settings"),
     ({"prompt": "x <lora:no-such-lora:1>"}, 404, "prompt"),
     ({"prompt": "x <lora:../../etc/passwd:1>"}, 404, "prompt"),
-    ({"styles": ["No such style"]}, 404, "preset"),
+    ({"styles": ["No such style"]}, 404, "styles"),
     ({"refiner_checkpoint": "homegrown-demo-base"}, 422, "refiner_checkpoint"),
     ({"script_name": "prompt matrix"}, 422, "script_name"),
     ({"script_name": "x/y/z plot", "script_args": [5, "1, 2"]}, 422, "x_type"),  # Hires steps: not in Homegrown
@@ -263,3 +264,11 @@ def test_xyz_plot_script_grid_first_then_the_single_images(client, demo_server):
     assert sorted(p.parent.parent.name for p in saved) == ["txt2img-grids"] + ["txt2img-images"] * 4
     only_grid = client.post(f"{API}/txt2img", json={**payload, "save_images": False, "script_args": [4, "2, 3"]})
     assert len(only_grid.json()["images"]) == 1  # A1111's default: the grid without the single images
+
+def test_infotext_with_styles_applies_them_once(client):
+    payload = {"prompt": "a fox", "steps": 2, "width": 64, "height": 64, "seed": 5, "styles": ["Photo"]}
+    first = json.loads(client.post(f"{API}/txt2img", json=payload).json()["info"])
+    again = client.post(f"{API}/txt2img", json={"infotext": first["infotexts"][0]})
+    assert again.status_code == 200, again.text
+    redone = json.loads(again.json()["info"])
+    assert redone["styles"] == ["Photo"] and redone["infotexts"] == first["infotexts"]

@@ -8,7 +8,7 @@ from sd_app.api.schemas import Txt2ImgRequest
 from sd_app.errors import UserError
 from sd_app.jobs import GenerationResult
 from sd_app.params import GenerationParams
-from sd_app.presets import PresetLibrary
+from sd_app.styles import StyleLibrary
 from sd_app.studio import ModelInfo
 
 from server import ROOT
@@ -19,7 +19,7 @@ INFOTEXT = ("a fox\nNegative prompt: blurry\nSteps: 30, Sampler: DPM++ 2M, Sched
 
 def plan(**fields):
     return txt2img_plan(Txt2ImgRequest(**fields), current_vae="Automatic", default_format="png",
-                        presets=PresetLibrary(ROOT / "presets"))
+                        styles=StyleLibrary(ROOT / "presets" / "styles"))
 
 
 def test_a1111_defaults_become_a1111_api_defaults():
@@ -55,12 +55,16 @@ def test_overrides_styles_format_and_saving():
                 override_settings={"samples_format": "jpg", "sd_vae": "Automatic",
                                    "sd_model_checkpoint": "homegrown-demo-base"})
     assert made.output_format == "jpeg" and made.save and made.params.checkpoint == "homegrown-demo-base"
-    assert "a fox" in made.params.prompt and made.params.prompt != "a fox"  # the Photo style's template
+    # Styles are named here and applied by the engine, so the infotext can name them.
+    assert made.params.prompt == "a fox" and made.params.styles == ("Photo",)
+    with pytest.raises(UserError) as err:
+        plan(prompt="a fox", styles=["Photo", "Nope"])
+    assert (err.value.field, err.value.status) == ("styles", 404) and "Cinematic" in err.value.message
     assert not plan(save_images=True, do_not_save_samples=True).save
 
 
 def test_info_is_a1111s_shape_from_the_result():
-    params = GenerationParams(prompt="p", seed=5, width=64, height=64, batch_size=2)
+    params = GenerationParams(prompt="p", seed=5, width=64, height=64, batch_size=2, styles=("s",))
     result = GenerationResult(images=[object(), object()], infotexts=["t1", "t2"], seeds=[5, 6], params=params,
                               sampler="Euler", schedule="Karras", model_name="m", model_hash="abc", vae_name="v",
                               vae_hash="def", warnings=["w"])

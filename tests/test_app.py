@@ -69,6 +69,9 @@ def test_paste_parameters_endpoint(demo_server):
     joined = json.dumps(values)
     for expected in ("a fox", "ugly", "17", "DPM++ 2M", "Karras", "5.5", "99", "832", "1216"):
         assert expected in joined
+    assert "**Applied:**" in joined and "Everything in the text was applied" in joined
+    plain = json.dumps(client.predict("just a prompt", api_name="/paste_parameters"))
+    assert "Not an A1111 infotext" in plain and "just a prompt" not in plain  # the form is left alone
 
 
 def test_ui_and_api_refuse_without_credentials(auth_server):

@@ -63,3 +63,70 @@ def test_unparseable_text_gives_defaults():
 @pytest.mark.parametrize("text", ["", "\n\n", "Steps: x, Seed: y, Size: big", "Negative prompt:"])
 def test_odd_infotext_never_fails(text):
     infotext.to_params(text)
+
+
+# A real A1111 infotext with what Homegrown cannot do (hires fix, Clip skip), a model and a LoRA not here.
+A1111_HIRES = """masterpiece, a red fox in the snow <lora:missing:0.5> <lora:demo-style:0.8>
+Negative prompt: lowres, blurry
+Steps: 28, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, Seed: 3890114117, Size: 832x1216, \
+Model hash: 31e35c80fc, Model: unknown_model, Denoising strength: 0.45, Clip skip: 2, Hires upscale: 2, \
+Hires steps: 10, Hires upscaler: Latent, ADetailer model: face_yolov8n.pt, \
+Lora hashes: "missing: 0123456789ab, demo-style: 1f2e3d4c5b6a", Version: v1.10.1"""
+
+
+def _model(name, short_hash=None):
+    from sd_app.studio import ModelInfo
+
+    return ModelInfo(name, f"{name}.safetensors", name.rsplit("/", 1)[-1], short_hash, None, f"/m/{name}")
+
+
+def test_paste_says_what_was_applied_and_what_not_and_why(demo_root):
+    from sd_app.lora_library import LoraLibrary
+    from sd_app.models import HashCache
+
+    loras = LoraLibrary(demo_root / "models" / "Lora", HashCache(None))
+    base = GenerationParams(checkpoint="homegrown-demo-base", n_iter=3, refiner_checkpoint="homegrown-demo-refiner")
+    pasted = infotext.read_params(A1111_HIRES, base, loras=loras, checkpoints=[_model("homegrown-demo-base")],
+                                  refiners=[_model("homegrown-demo-refiner")])
+    p = pasted.params
+    assert pasted.is_infotext and p.prompt.startswith("masterpiece, a red fox") and p.negative_prompt == "lowres, blurry"
+    assert (p.steps, p.cfg_scale, p.seed, p.width, p.height, p.sampler_name, p.scheduler) == \
+        (28, 6.5, 3890114117, 832, 1216, "DPM++ 2M", "Karras")
+    assert p.checkpoint == "homegrown-demo-base" and p.n_iter == 3  # kept: not in the text, or not here
+    assert p.refiner_checkpoint is None  # A1111 writes Refiner only when one was used
+    assert {"Prompt", "Negative prompt", "Steps: 28", "Seed: 3890114117", "Size: 832x1216",
+            "Sampler: DPM++ 2M, Schedule type: Karras", "CFG scale: 6.5"} <= set(pasted.applied)
+    why = dict(pasted.not_applied)
+    hires = "Hires upscale: 2, Hires steps: 10, Hires upscaler: Latent, Denoising strength: 0.45"
+    assert "no hires fix" in why[hires]
+    assert "penultimate" in why["Clip skip: 2"]
+    assert "not in your checkpoint folder" in why["Model: unknown_model"] and "homegrown-demo-base" in \
+        why["Model: unknown_model"]
+    assert "no LoRA named 'missing'" in why["<lora:missing:0.5>"] and "Generate refuses" in why["<lora:missing:0.5>"]
+    assert why["ADetailer model: face_yolov8n.pt"] == "not a setting Homegrown has"
+    assert "<lora:demo-style:0.8>" not in why and "Version: v1.10.1" not in why
+    assert len(pasted.not_applied) == 5
+
+
+def test_paste_finds_models_by_hash_and_refuses_bad_values():
+    text = ("a fox\nSteps: 500, Sampler: Restart, CFG scale: 7, Seed: 1, Size: 1000x1001, Model hash: abcdef0123, "
+            "Model: renamed_base, Refiner: my_refiner [7440042bbd], Refiner switch at: 0.7")
+    base = GenerationParams(steps=25, sampler_name="Euler a", checkpoint="b")
+    pasted = infotext.read_params(text, base, checkpoints=[_model("b"), _model("sub/base", "abcdef0123")],
+                                  refiners=[_model("sub/my_refiner")])
+    p = pasted.params
+    assert (p.checkpoint, p.refiner_checkpoint, p.refiner_switch_at) == ("sub/base", "sub/my_refiner", 0.7)
+    assert "Model: renamed_base (your sub/base)" in pasted.applied
+    why = dict(pasted.not_applied)
+    assert (p.steps, p.sampler_name, p.width, p.height) == (25, "Euler a", 1024, 1024)
+    assert why["Steps: 500"] == "must be between 1 and 150, got 500"
+    assert "unknown sampler 'Restart'" in why["Sampler: Restart"] and "multiple of 8" in why["Size: 1000x1001"]
+    schedule = infotext.read_params("x\nSteps: 20, Sampler: Euler, Schedule type: Bogus, Seed: 1, Size: 64x64")
+    assert schedule.params.sampler_name == "Euler" and "Sampler: Euler" in schedule.applied
+    assert "unknown schedule type 'Bogus'" in dict(schedule.not_applied)["Schedule type: Bogus"]
+
+
+def test_text_without_a_parameters_line_is_not_an_infotext():
+    base = GenerationParams(prompt="kept", steps=33)
+    pasted = infotext.read_params("just a prompt, with: colons\nNegative prompt: ugly", base)
+    assert not pasted.is_infotext and pasted.applied == [] and pasted.not_applied == []

@@ -9,6 +9,7 @@ from sd_app.lora_library import LoraLibrary
 from sd_app.models import HashCache
 from sd_app.params import GenerationParams
 from sd_app.presets import PresetLibrary, parse
+from sd_app.styles import StyleLibrary
 
 SHIPPED = Path(__file__).resolve().parent.parent / "presets"
 
@@ -25,15 +26,25 @@ def test_shipped_presets_all_load():
         preset.apply(GenerationParams(prompt="x")).check()
 
 
-def test_style_template_loras_and_prompts_only():
-    photo = parse(SHIPPED / "photo.json")
-    params = photo.apply(GenerationParams(prompt="a fox", negative_prompt="text"))
-    assert params.prompt.startswith("cinematic photo of a fox,") and params.negative_prompt.startswith("text, ")
-    assert params.width == 1216
-    only = photo.apply(GenerationParams(prompt="a fox"), prompts_only=True)
-    assert only.width == GenerationParams().width and only.prompt.startswith("cinematic photo of a fox")
-    demo = parse(SHIPPED / "demo.json").apply(GenerationParams(prompt="castle"))
-    assert demo.prompt == "castle, <lora:demo-style:0.8>"
+def test_presets_choose_styles_instead_of_writing_the_prompt():
+    photo, cinematic = parse(SHIPPED / "photo.json"), parse(SHIPPED / "cinematic.json")
+    params = photo.apply(GenerationParams(prompt="a red fox", negative_prompt="text"))
+    assert (params.prompt, params.negative_prompt, params.styles, params.width) == ("a red fox", "text", ("Photo",), 1216)
+    both = cinematic.apply(params)  # one after the other: the second preset's styles replace the first's
+    assert (both.prompt, both.styles, both.width) == ("a red fox", ("Cinematic",), 1344)
+    demo = parse(SHIPPED / "demo.json")
+    twice = demo.apply(demo.apply(GenerationParams(prompt="castle")))
+    assert twice.prompt == "castle, <lora:demo-style:0.8>" and twice.styles == ()
+
+
+def test_presets_name_styles_that_exist(tmp_path):
+    styles = StyleLibrary(SHIPPED / "styles")
+    presets, problems = PresetLibrary(SHIPPED).load(styles=styles)
+    assert problems == [] and presets["Anime"].parameters["styles"] == ("Anime",)
+    _write(tmp_path, "gone", {"name": "Gone", "parameters": {"styles": ["Photo", "Vaporwave"]}})
+    presets, problems = PresetLibrary(tmp_path).load(styles=styles)
+    assert presets == {} and problems[0].startswith("gone.json: parameters.styles[1]: no style 'Vaporwave'")
+    assert "Photo" in problems[0]  # the styles there are
 
 
 def _write(folder: Path, name: str, data) -> Path:
@@ -50,6 +61,8 @@ def _write(folder: Path, name: str, data) -> Path:
     ({"name": "x", "parameters": {"sampler": "Euler"}}, "unknown field 'parameters.sampler'"),
     ({"name": "x", "loras": [{"name": "a", "weight": "heavy"}]}, "loras[0].weight"),
     ({"name": "x", "refiner": {"switch_at": 3}}, "refiner.switch_at"),
+    ({"name": "x", "parameters": {"styles": "Photo"}}, "parameters.styles: must be a list of style names"),
+    ({"name": "x", "style": {"prompt": "photo of {prompt}"}}, "'style' is no longer part of a preset"),
     ({"name": ""}, "'name'"),
     ([1, 2], "JSON object"),
 ])

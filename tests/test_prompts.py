@@ -1,6 +1,6 @@
 import pytest
 
-from sd_app.prompts import extract_lora_tags, split_breaks
+from sd_app.prompts import extract_lora_tags, insert_lora_tag, split_breaks
 
 
 def parse_attention(prompt):
@@ -68,3 +68,30 @@ def test_lora_tags_are_extracted():
     text, tags = extract_lora_tags("a cat <lora:style:0.8>, <lora:sub/detail> <LORA:neg:-1>")
     assert "<" not in text
     assert [(t.name, t.weight) for t in tags] == [("style", 0.8), ("sub/detail", 1.0), ("neg", -1.0)]
+
+
+WORDS = ["demostyle", "painting"]
+
+
+@pytest.mark.parametrize("prompt, weight, expected", [
+    ("a castle", 0.8, "a castle, <lora:demo-style:0.8> demostyle, painting"),
+    ("", 1, "<lora:demo-style:1> demostyle, painting"),
+    ("a castle,", 0.5, "a castle, <lora:demo-style:0.5> demostyle, painting"),
+    ("a painting of a castle", 0.8, "a painting of a castle, <lora:demo-style:0.8> demostyle"),  # only the missing
+    ("a castle, <lora:demo-style:1> snow", 0.7, "a castle, <lora:demo-style:0.7> demostyle, painting, snow"),
+    ("a castle, <lora:demo-style:1>, snow", 0.7, "a castle, <lora:demo-style:0.7> demostyle, painting, snow"),
+    # A negative weight takes the concept out: no trigger words, and those right after the tag go.
+    ("a castle", -0.5, "a castle, <lora:demo-style:-0.5>"),
+    ("a castle, <lora:demo-style:0.8> demostyle, painting, snow", -1, "a castle, <lora:demo-style:-1>, snow"),
+    ("a castle, <lora:demo-style:0.8> demostyle, painting", -1, "a castle, <lora:demo-style:-1>"),
+    ("demostyle, a castle, <lora:demo-style:0.8>", -1, "demostyle, a castle, <lora:demo-style:-1>"),  # typed: kept
+])
+def test_lora_tag_then_its_trigger_words(prompt, weight, expected):
+    assert insert_lora_tag(prompt, "demo-style", weight, WORDS) == expected
+
+
+def test_lora_tag_is_set_once_and_words_are_not_repeated():
+    once = insert_lora_tag("a castle", "demo-style", 0.8, WORDS)
+    assert insert_lora_tag(once, "demo-style", 0.8, WORDS) == once
+    assert insert_lora_tag(once, "DEMO-STYLE", 0.6, WORDS) == "a castle, <lora:DEMO-STYLE:0.6> demostyle, painting"
+    assert insert_lora_tag("a castle", "demo-style", 0.8) == "a castle, <lora:demo-style:0.8>"

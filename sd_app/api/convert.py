@@ -29,14 +29,15 @@ class Txt2ImgPlan:
 
 
 def txt2img_plan(request: Txt2ImgRequest, current_vae: str, default_format: str, loras=None,
-                 presets=None) -> Txt2ImgPlan:
+                 styles=None) -> Txt2ImgPlan:
     """The request as Homegrown runs it; UserError naming the field for what Homegrown cannot do.
 
-    `loras` renames infotext LoRA tags by hash; `presets` applies `styles` (a PresetLibrary)."""
+    `loras` renames infotext LoRA tags by hash; `styles` (a StyleLibrary) checks the `styles` names (the engine
+    applies them) and takes the infotext's styles back out of its prompts."""
     check_supported(request)
     base = GenerationParams()
     if request.infotext:
-        base = infotext.to_params(request.infotext, loras=loras)
+        base = infotext.to_params(request.infotext, loras=loras, styles=styles)
     overrides = dict(request.override_settings or {})
     unknown = [k for k in overrides if k not in OPTION_KEYS]
     if unknown:
@@ -59,6 +60,7 @@ def txt2img_plan(request: Txt2ImgRequest, current_vae: str, default_format: str,
         "refiner_checkpoint": checkpoint_name(request.refiner_checkpoint)
         if request.refiner_checkpoint not in (None, "", "None") else None,
         "refiner_switch_at": request.refiner_switch_at if request.refiner_switch_at is not None else 0.8,
+        "styles": tuple(request.styles or ()),
     }
     aliases = {"sampler_name": ("sampler_name", "sampler_index")}
     changes = {name: value for name, value in fields.items()
@@ -66,8 +68,8 @@ def txt2img_plan(request: Txt2ImgRequest, current_vae: str, default_format: str,
     changes["checkpoint"] = checkpoint_name(overrides.get("sd_model_checkpoint")) or (
         base.checkpoint if request.infotext else None)
     params = base.replace(**changes)
-    for style in request.styles or []:
-        params = presets.get(style, loras=loras).apply(params, prompts_only=True)
+    for name in params.styles if styles is not None else ():
+        styles.get(name)  # an unknown style is a 404 naming the styles there are, before any work
     return Txt2ImgPlan(params, fmt, save=request.save_images and not request.do_not_save_samples,
                        restore_checkpoint=request.override_settings_restore_afterwards and bool(params.checkpoint))
 
@@ -96,7 +98,7 @@ def txt2img_info(request: Txt2ImgRequest, result: GenerationResult, started: flo
         "sd_vae_name": result.vae_name, "sd_vae_hash": result.vae_hash,
         "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": request.denoising_strength,
         "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": result.infotexts,
-        "styles": request.styles or [], "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(started)),
+        "styles": list(params.styles), "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(started)),
         "clip_skip": 1, "is_using_inpainting_conditioning": False, "version": f"Homegrown {__version__}",
         "interrupted": result.interrupted, "saved_files": [str(p) for p in result.paths],
         "warnings": result.warnings,

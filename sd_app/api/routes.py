@@ -168,9 +168,8 @@ def _other_routes(api: FastAPI, studio: Studio) -> None:
 
     @api.get("/prompt-styles")
     def styles():
-        presets, _ = studio.presets.load()
-        return [{"name": p.name, "prompt": p.style_prompt, "negative_prompt": p.style_negative}
-                for p in presets.values()]
+        styles, _ = studio.styles.load()
+        return [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt} for s in styles.values()]
 
     @api.get("/options")
     def get_options():
@@ -221,7 +220,7 @@ async def _txt2img(studio: Studio, request: Txt2ImgRequest, http: Request) -> di
     job is interrupted (a queued one never starts). A request over the limits is refused before it queues."""
     # The plan may read preset files and hash LoRA files (infotext): in a worker thread, as before.
     plan = await run_in_threadpool(convert.txt2img_plan, request, studio.settings.get("vae"),
-                                   studio.settings.get("output_format"), loras=studio.loras, presets=studio.presets)
+                                   studio.settings.get("output_format"), loras=studio.loras, styles=studio.styles)
     if convert.wants_xyz(request):
         return await run_in_threadpool(_xyz_plot, studio, request, plan)
     previous = studio.current_checkpoint()

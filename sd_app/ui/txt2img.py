@@ -20,11 +20,14 @@ from ..prompts import token_chunks
 from ..studio import Studio
 from . import xyz_panel
 from .handlers import bind, shows_user_errors
+from .lora_cards import card_grid, list_cards
+from .paste_report import report_markdown
 
 NO_REFINER = "None"
 POLL_SECONDS = 0.25
 SIZE_CHOICES = [f"{w}x{h}" for w, h in SDXL_SIZES]
 CUSTOM_SIZE = "custom"
+UNDO_DEPTH = 20  # presets the Undo button can take back, most recent first
 
 
 @dataclass
@@ -45,6 +48,7 @@ class Form:
     batch_size: gr.Slider
     refiner_checkpoint: gr.Dropdown
     refiner_switch_at: gr.Slider
+    styles: gr.Dropdown
 
     def inputs(self) -> list:
         return [getattr(self, name) for name in self.__dataclass_fields__]
@@ -65,11 +69,26 @@ class Results:
         return [getattr(self, name) for name in self.__dataclass_fields__]
 
 
+@dataclass
+class PresetControls:
+    """The preset picker, its Undo button, the chosen preset's description and the undo stack (a list of
+    {"values": the form's values before, "after": its values after, "chosen": the preset, "before": the preset
+    shown before})."""
+
+    preset: gr.Dropdown
+    undo: gr.Button
+    about: gr.Markdown
+    stack: gr.State
+
+    def outputs(self) -> list:
+        return [self.preset, self.undo, self.about, self.stack]
+
+
 def values_to_params(values: list, limits: Limits | None = None) -> GenerationParams:
     """Form values -> the request, checked against `limits` (Settings → Limits); Gradio hands numbers as
     floats, so whole numbers are made ints here."""
     (checkpoint, prompt, negative, sampler, scheduler, steps, width, height, cfg, seed, n_iter, batch,
-     refiner, switch) = values
+     refiner, switch, styles) = values
 
     def whole(value, name):
         if value is None or (isinstance(value, float) and not value.is_integer()):
@@ -82,7 +101,7 @@ def values_to_params(values: list, limits: Limits | None = None) -> GenerationPa
         sampler_name=sampler, scheduler=scheduler, seed=whole(seed, "seed"), batch_size=whole(batch, "batch_size"),
         n_iter=whole(n_iter, "n_iter"), checkpoint=checkpoint or None,
         refiner_checkpoint=None if refiner in (None, "", NO_REFINER) else refiner,
-        refiner_switch_at=float(switch)).check(limits)
+        refiner_switch_at=float(switch), styles=tuple(styles or ())).check(limits)
 
 
 def params_to_updates(params: GenerationParams, form: Form) -> dict:
@@ -94,7 +113,7 @@ def params_to_updates(params: GenerationParams, form: Form) -> dict:
         form.cfg_scale: params.cfg_scale, form.seed: params.seed, form.n_iter: params.n_iter,
         form.batch_size: params.batch_size,
         form.refiner_checkpoint: params.refiner_checkpoint or NO_REFINER,
-        form.refiner_switch_at: params.refiner_switch_at,
+        form.refiner_switch_at: params.refiner_switch_at, form.styles: list(params.styles),
     }
 
 
@@ -140,6 +159,9 @@ def build(studio: Studio) -> tuple[Form, dict]:
         refresh = gr.Button("↻ Refresh", scale=0, min_width=90)
         preset = gr.Dropdown([""] + list(presets), value=studio.start_preset or "", label="Preset", scale=2,
                              elem_id="preset")
+        undo = gr.Button("↶ Undo preset", scale=0, min_width=110, interactive=False, elem_id="undo-preset")
+    controls = PresetControls(preset, undo, gr.Markdown(preset_about(studio, studio.start_preset),
+                                                        elem_id="preset-about"), gr.State([]))
     with gr.Row():
         with gr.Column(scale=3):
             prompt = gr.Textbox(defaults.prompt, label="Prompt", lines=3, elem_id="prompt",
@@ -148,6 +170,8 @@ def build(studio: Studio) -> tuple[Form, dict]:
             negative_prompt = gr.Textbox(defaults.negative_prompt, label="Negative prompt", lines=2,
                                          elem_id="negative-prompt")
             negative_tokens = gr.Markdown(token_chunks(0))
+            styles = _styles_picker(studio, defaults)
+            _extra_networks(studio, prompt)
         with gr.Column(scale=1, min_width=200):
             generate = gr.Button("Generate", variant="primary", elem_id="generate", size="lg")
             with gr.Row():
@@ -158,10 +182,11 @@ def build(studio: Studio) -> tuple[Form, dict]:
             fields, size, swap, random_seed, reuse_seed = _options_column(studio, defaults)
             grid_controls = xyz_panel.layout(studio)
         with gr.Column(scale=1):
-            shown, to_form, pasted, apply_paste, dropped, dropped_info, dropped_to_form = _results_column()
+            (shown, to_form, pasted, apply_paste, dropped, dropped_info, dropped_to_form, report,
+             paste_box) = _results_column()
     # The states come after the row, as they always did: the page's blocks keep their order.
     results = Results(*shown, infotexts=gr.State([]), last_seed=gr.State(-1))
-    form = Form(checkpoint=checkpoint, prompt=prompt, negative_prompt=negative_prompt, **fields)
+    form = Form(checkpoint=checkpoint, prompt=prompt, negative_prompt=negative_prompt, **fields, styles=styles)
 
     generate.click(bind(run, studio, results), inputs=form.inputs(), outputs=results.outputs(),
                    concurrency_limit=1, concurrency_id="gpu", api_name="txt2img")
@@ -171,14 +196,19 @@ def build(studio: Studio) -> tuple[Form, dict]:
     results.gallery.select(select_infotext, results.infotexts, results.info, api_name=False)
 
     form_outputs = form.inputs() + [size]
-    fill = bind(fill_form, studio, form, size)
-    to_form.click(fill, results.info, form_outputs, api_name=False)
-    apply_paste.click(fill, pasted, form_outputs, api_name="paste_parameters")
+    fill = bind(fill_form, studio, form, size, report, paste_box)
+    filled = form_outputs + [report, paste_box]
+    to_form.click(fill, [results.info] + form.inputs(), filled, api_name=False)
+    apply_paste.click(fill, [pasted] + form.inputs(), filled, api_name="paste_parameters")
     dropped.change(read_png_info, dropped, dropped_info, api_name="png_info")
-    dropped_to_form.click(fill, dropped_info, form_outputs, api_name=False)
-    preset.change(bind(choose_preset, studio, form, size), [preset] + form.inputs(), form_outputs, api_name=False)
+    dropped_to_form.click(fill, [dropped_info] + form.inputs(), filled, api_name=False)
+    # `select` (a person's choice, once), not `change`: Undo shows the earlier preset without applying it again.
+    preset.select(bind(choose_preset, studio, form, size, controls), [preset, controls.stack] + form.inputs(),
+                  form_outputs + controls.outputs(), api_name=False)
+    undo.click(bind(undo_preset, studio, form, size, controls), [controls.stack] + form.inputs(),
+               form_outputs + controls.outputs(), api_name=False)
 
-    lists = [checkpoint, form.refiner_checkpoint, preset, no_model_box]
+    lists = [checkpoint, form.refiner_checkpoint, preset, no_model_box, styles]
     refresh.click(bind(refresh_lists, studio), checkpoint, lists, api_name=False)
     checkpoint.input(bind(change_checkpoint, studio), checkpoint, checkpoint, concurrency_limit=1,
                      concurrency_id="gpu", api_name=False)
@@ -203,6 +233,52 @@ def start_defaults(studio: Studio) -> GenerationParams:
     if studio.start_preset:
         defaults = studio.presets.get(studio.start_preset).apply(defaults)
     return defaults
+
+
+def _styles_picker(studio: Studio, defaults: GenerationParams) -> gr.Dropdown:
+    """Styles as chips: applied to the prompts when an image is made, never written into the prompt box."""
+    names = studio.styles.names()
+    return gr.Dropdown(names, value=[n for n in defaults.styles if n in names], multiselect=True, label="Styles",
+                       info="Prompt templates added when you press Generate; your prompt stays as you wrote it",
+                       elem_id="styles")
+
+
+def _extra_networks(studio: Studio, prompt: gr.Textbox) -> None:
+    """A1111's Extra Networks under the prompt: the LoRA cards, listed when the accordion opens."""
+    with gr.Accordion("Extra networks: LoRA", open=False, elem_id="extra-networks") as box:
+        grid = card_grid(studio, prompt, "txt2img-lora", columns=6, height=280)
+    box.expand(bind(list_cards, studio), grid.search, grid.outputs(), api_name=False)
+
+
+def preset_about(studio: Studio, name: str | None) -> str:
+    """The preset's description and what it sets; then the problems of preset and style files, if any."""
+    lines = []
+    if name:
+        try:
+            preset = studio.presets.get(name)
+            sets = _preset_summary(preset.parameters)
+            lines.append(f"**{html.escape(preset.name)}**: {html.escape(preset.description)}" + (
+                f" <small>(sets {html.escape(sets)})</small>" if sets else ""))
+        except UserError as err:
+            lines.append(f"⚠ {html.escape(str(err))}")
+    lines += [f"⚠ {html.escape(p)}" for p in studio.presets.load()[1] + studio.styles.load()[1]]
+    return "\n\n".join(lines)
+
+
+def _preset_summary(parameters: dict) -> str:
+    """What a preset sets, in the form's words: "256x256, Euler a, 12 steps, CFG 7, styles Photo"."""
+    parts = []
+    if "width" in parameters or "height" in parameters:
+        parts.append(f"{parameters.get('width', '…')}x{parameters.get('height', '…')}")
+    if "sampler_name" in parameters:
+        schedule = parameters.get("scheduler", "Automatic")
+        parts.append(parameters["sampler_name"] + (f" {schedule}" if schedule != "Automatic" else ""))
+    words = {"steps": "{} steps", "cfg_scale": "CFG {:g}", "seed": "seed {}", "n_iter": "batch count {}",
+             "batch_size": "batch size {}"}
+    parts += [words[key].format(parameters[key]) for key in words if key in parameters]
+    if parameters.get("styles"):
+        parts.append("styles " + ", ".join(parameters["styles"]))
+    return ", ".join(parts)
 
 
 def _no_model_box(studio: Studio, visible: bool):
@@ -262,16 +338,18 @@ def _results_column():
                          interactive=False)
     info = gr.Textbox(label="Generation parameters", lines=4, interactive=False, elem_id="infotext",
                       buttons=["copy"])
-    to_form = gr.Button("↙ Use these parameters")
-    with gr.Accordion("Paste parameters (A1111 infotext)", open=False):
+    to_form = gr.Button("↙ Use these parameters", elem_id="use-parameters")
+    with gr.Accordion("Paste parameters (A1111 infotext)", open=False, elem_id="paste") as paste_box:
         pasted = gr.Textbox(label="Infotext", lines=4, elem_id="paste-box")
-        apply_paste = gr.Button("Fill the form")
+        apply_paste = gr.Button("Fill the form", elem_id="paste-apply")
+        report = gr.Markdown(elem_id="paste-report")
     with gr.Accordion("PNG Info", open=False):
         dropped = gr.Image(type="pil", label="Drop an image", sources=["upload", "clipboard"],
                            format="png", elem_id="png-info")
         dropped_info = gr.Textbox(label="Parameters in the image", lines=4, interactive=False)
         dropped_to_form = gr.Button("Send to the form")
-    return (progress, preview, gallery, info), to_form, pasted, apply_paste, dropped, dropped_info, dropped_to_form
+    return ((progress, preview, gallery, info), to_form, pasted, apply_paste, dropped, dropped_info, dropped_to_form,
+            report, paste_box)
 
 
 # ---- handlers -----------------------------------------------------------------------------------------
@@ -329,17 +407,32 @@ def refiner_dropdown_names(studio: Studio) -> list[str]:
     return [NO_REFINER] + studio.checkpoint_names("sdxl-refiner")
 
 
-def fill_form(studio: Studio, form: Form, size: gr.Dropdown, text):
-    """Fill the form from an infotext (the result's, a pasted one, or a dropped image's)."""
+@shows_user_errors
+def fill_form(studio: Studio, form: Form, size: gr.Dropdown, report: gr.Markdown, paste_box: gr.Accordion, text,
+              *values):
+    """Fill the form from an infotext (the result's, a pasted one, or a dropped image's) over the form as it is,
+    and say what of it was applied and what not, and why. A text that is not an infotext leaves the form alone."""
     if not text or not text.strip():
         raise gr.Error("there are no parameters to use")
-    params = infotext.to_params(text, studio.settings.generation_defaults(), loras=studio.loras)
+    try:
+        base = values_to_params(list(values))
+    except UserError:
+        base = studio.settings.generation_defaults()
+    models = studio.checkpoints()
+    bases, refiners = studio.checkpoint_names("sdxl-base"), studio.checkpoint_names("sdxl-refiner")
+    pasted = infotext.read_params(text, base, loras=studio.loras, styles=studio.styles,
+                                  checkpoints=[m for m in models if m.name in bases],
+                                  refiners=[m for m in models if m.name in refiners])
+    if not pasted.is_infotext:
+        return {report: report_markdown(pasted), paste_box: gr.update(open=True)}
+    params = pasted.params
     updates = params_to_updates(params, form)
-    if params.checkpoint and params.checkpoint in studio.checkpoint_names("sdxl-base"):
+    if params.checkpoint in bases:
         updates[form.checkpoint] = params.checkpoint
-    if params.refiner_checkpoint not in refiner_dropdown_names(studio):
-        updates[form.refiner_checkpoint] = NO_REFINER
     updates[size] = _size_choice(params.width, params.height)
+    updates[report] = report_markdown(pasted)
+    if pasted.not_applied:
+        updates[paste_box] = gr.update(open=True)  # the report is in there
     return updates
 
 
@@ -348,28 +441,52 @@ def read_png_info(image):
 
 
 @shows_user_errors
-def choose_preset(studio: Studio, form: Form, size: gr.Dropdown, name, *values):
-    """Apply a preset over the form as it is now."""
+def choose_preset(studio: Studio, form: Form, size: gr.Dropdown, controls: PresetControls, name, stack, *values):
+    """Apply a preset over the form as it is now, keeping the form as it was for Undo."""
     if not name:
         return {}
-    chosen = studio.presets.get(name, loras=studio.loras)
+    chosen = studio.presets.get(name, loras=studio.loras, styles=studio.styles)
     params = chosen.apply(values_to_params(list(values), studio.limits()))
     updates = params_to_updates(params, form)
     if params.refiner_checkpoint and params.refiner_checkpoint not in refiner_dropdown_names(studio):
         gr.Warning(f"preset refiner {params.refiner_checkpoint!r} is not in your checkpoint folder")
         updates[form.refiner_checkpoint] = NO_REFINER
     updates[size] = _size_choice(params.width, params.height)
+    before = stack[-1]["chosen"] if stack else (studio.start_preset or "")
+    after = [updates.get(component, value) for component, value in zip(form.inputs(), values)]
+    entry = {"values": list(values), "after": after, "chosen": name, "before": before}
+    updates[controls.stack] = (list(stack) + [entry])[-UNDO_DEPTH:]
+    updates[controls.undo] = gr.update(interactive=True)
+    updates[controls.about] = preset_about(studio, name)
+    return updates
+
+
+def undo_preset(studio: Studio, form: Form, size: gr.Dropdown, controls: PresetControls, stack, *values):
+    """Take back what the last preset changed (a field changed by hand since keeps its new value), and show
+    the preset chosen before it."""
+    if not stack:
+        return {controls.undo: gr.update(interactive=False)}
+    entry = stack[-1]
+    restored = [before if before != after and now == after else now
+                for before, after, now in zip(entry["values"], entry["after"], values)]
+    updates = dict(zip(form.inputs(), restored))
+    named = dict(zip(form.__dataclass_fields__, restored))
+    updates[size] = _size_choice(int(named["width"]), int(named["height"]))
+    updates[controls.preset] = entry["before"]
+    updates[controls.stack] = stack[:-1]
+    updates[controls.undo] = gr.update(interactive=len(stack) > 1)
+    updates[controls.about] = preset_about(studio, entry["before"])
     return updates
 
 
 def refresh_lists(studio: Studio, current):
-    """Read the folders again: (checkpoint, refiner and preset dropdowns, the no-checkpoint note)."""
+    """Read the folders again: (checkpoint, refiner and preset dropdowns, the no-checkpoint note, the styles)."""
     bases = studio.checkpoint_names("sdxl-base")
     names, _ = studio.presets.load()
     return (gr.update(choices=bases, value=current if current in bases else studio.current_checkpoint(),
                       info=checkpoint_note(studio)),
             gr.update(choices=refiner_dropdown_names(studio)), gr.update(choices=[""] + list(names)),
-            gr.update(visible=not bases))
+            gr.update(visible=not bases), gr.update(choices=studio.styles.names()))
 
 
 def checkpoint_note(studio: Studio) -> str | None:
