@@ -256,7 +256,7 @@ def test_checkpoint_axis_loads_each_once_and_loads_the_first_back(ckpt_dir, tmp_
 def test_the_page_panel_builds_the_plan_and_fills_list_axes(studio):
     from sd_app.ui import xyz_panel
 
-    form = [BASE, "a cat", "", "Euler a", "Automatic", 4.0, 64.0, 64.0, 7.0, -1.0, 2.0, 1.0, "None", 0.8]
+    form = [BASE, "a cat", "", "Euler a", "Automatic", 4.0, 64.0, 64.0, 7.0, -1.0, 2.0, 1.0, "None", 0.8, []]
     plan = xyz_panel.plan_from_page(studio, form, ["Steps", "2, 3", "Nothing", "", "Nothing", "", False, False, 6.0])
     assert plan.shape == (2, 1, 1) and plan.base.seed != -1 and plan.margin == 6 and not plan.draw_legend
     assert plan.warnings  # batch count 2 became 1 per cell

@@ -91,7 +91,7 @@ def plan_from_page(studio: Studio, form_values: list, panel_values: list) -> xyz
     """The form's request and the panel's axes -> a checked plan."""
     x_type, x_values, y_type, y_values, z_type, z_values, draw_legend, no_fixed_seeds, margin = panel_values
     axes = [(x_type, x_values), (y_type, y_values), (z_type, z_values)]
-    return xyz.make_plan(txt2img.values_to_params(form_values), axes,
+    return xyz.make_plan(txt2img.values_to_params(form_values, studio.limits()), axes,
                          studio.checkpoint_names(), draw_legend=bool(draw_legend), no_fixed_seeds=bool(no_fixed_seeds),
                          margin=int(margin or 0))
 
