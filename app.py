@@ -94,6 +94,9 @@ def build(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from sd_app import logs
+
+    logs.setup()
     if args.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
     from sd_app.errors import UserError

@@ -11,6 +11,7 @@ import base64
 import binascii
 import io
 import json
+import logging
 import os
 import time
 from typing import Any
@@ -23,11 +24,13 @@ from PIL import Image
 
 from .. import __version__, infotext, samplers
 from ..errors import UserError
+from ..logs import user_error
 from ..studio import Studio
 from . import convert
 from .schemas import OptionsRequest, PngInfoRequest, Txt2ImgRequest
 
 PREFIX = "/sdapi/v1"
+log = logging.getLogger(__name__)
 
 
 def mount(app: FastAPI, studio: Studio) -> FastAPI:
@@ -44,13 +47,15 @@ def build_api(studio: Studio) -> FastAPI:
                   dependencies=[Depends(_auth_dependency(studio))])
 
     @api.exception_handler(UserError)
-    async def user_error(request: Request, err: UserError):
+    async def refused(request: Request, err: UserError):
+        user_error(log, f"{request.method} {request.url.path}", err)
         return JSONResponse({"error": "UserError", "detail": err.message, "field": err.field,
                              "errors": str(err)}, status_code=err.status)
 
     @api.exception_handler(RequestValidationError)
     async def invalid(request: Request, err: RequestValidationError):
         problems = [_describe(e) for e in err.errors()]
+        user_error(log, f"{request.method} {request.url.path}", "; ".join(problems))
         return JSONResponse({"error": "ValidationError", "detail": "; ".join(problems),
                              "field": _field(err.errors()[0]) if err.errors() else None,
                              "errors": problems}, status_code=422)

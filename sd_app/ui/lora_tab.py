@@ -7,6 +7,7 @@ import io
 import gradio as gr
 from PIL import Image, ImageDraw
 
+from ..errors import UserError
 from ..lora_library import LoraInfo
 from ..prompts import insert_lora_tag
 from ..studio import Studio
@@ -70,7 +71,7 @@ def build(studio: Studio, prompt: gr.Textbox):
             return gr.update(), ""
         info = studio.loras.get(names[evt.index])
         if info.base_model in ("sd1", "sd2"):
-            raise gr.Error(f"{info.name} was made for {info.base_label}; it cannot be used with SDXL")
+            raise UserError(f"{info.name} was made for {info.base_label}; it cannot be used with SDXL")
         new = insert_lora_tag(text or "", info.name, w)
         if words and info.trigger_words:
             missing = [t for t in info.trigger_words[:3] if t.lower() not in new.lower()]
