@@ -107,13 +107,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from sd_app import api
-    from sd_app.ui import CSS
+    from sd_app.ui import CSS, JS
 
     host = "0.0.0.0" if args.listen else "127.0.0.1"
     blocks.queue(default_concurrency_limit=None)
     app, local_url, share_url = blocks.launch(
         server_name=host, server_port=args.port, share=args.share, auth=studio.credentials.as_gradio(),
-        auth_message="Homegrown: sign in", prevent_thread_lock=True, show_error=True, quiet=True, css=CSS,
+        auth_message="Homegrown: sign in", prevent_thread_lock=True, show_error=True, quiet=True, css=CSS, js=JS,
         blocked_paths=[str(Path(args.data_dir).resolve()), str(studio.settings.folder("ckpt").resolve()),
                        str(studio.settings.folder("lora").resolve())])
     api.mount(app, studio)
