@@ -103,6 +103,9 @@ def build(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from sd_app import logs
+
+    logs.setup()
     if args.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
     from sd_app.auth import SignInThrottle
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from sd_app import api
-    from sd_app.ui import CSS
+    from sd_app.ui import CSS, JS
 
     host = "0.0.0.0" if args.listen else "127.0.0.1"
     throttle = SignInThrottle()  # one for the page's login and the API's Basic auth
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     blocks.queue(default_concurrency_limit=None)
     app, local_url, share_url = blocks.launch(
         server_name=host, server_port=args.port, share=args.share, auth=studio.credentials.as_gradio(),
-        auth_message="Homegrown: sign in", prevent_thread_lock=True, show_error=True, quiet=True, css=CSS,
+        auth_message="Homegrown: sign in", prevent_thread_lock=True, show_error=True, quiet=True, css=CSS, js=JS,
         blocked_paths=[str(Path(args.data_dir).resolve()), str(studio.settings.folder("ckpt").resolve()),
                        str(studio.settings.folder("lora").resolve())],
         # ssl_verify only concerns Gradio's start-up request to itself on localhost, which a self-signed

@@ -24,7 +24,7 @@ def page(demo_server):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         page.goto(demo_server.url)
-        page.wait_for_selector("#generate", timeout=60_000)
+        page.wait_for_selector("body[data-hg-loaded]", timeout=60_000)  # the page-load events filled the form
         yield page
         browser.close()
 

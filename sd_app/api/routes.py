@@ -12,6 +12,7 @@ import base64
 import binascii
 import io
 import json
+import logging
 import math
 import os
 import time
@@ -28,12 +29,14 @@ from PIL import Image
 from .. import __version__, infotext, samplers, xyz
 from ..auth import SignInThrottle
 from ..errors import UserError
+from ..logs import user_error
 from ..studio import API_OWNER, Studio
 from . import convert
 from .schemas import OptionsRequest, PngInfoRequest, Txt2ImgRequest
 
 PREFIX = "/sdapi/v1"
 CLIENT_POLL_SECONDS = 0.5  # how often a waiting txt2img looks whether its client is still there
+log = logging.getLogger(__name__)
 
 
 def mount(app: FastAPI, studio: Studio, throttle: SignInThrottle | None = None) -> FastAPI:
@@ -52,13 +55,15 @@ def build_api(studio: Studio, throttle: SignInThrottle | None = None) -> FastAPI
                   docs_url=None, redoc_url=None, openapi_url=None)
 
     @api.exception_handler(UserError)
-    async def user_error(request: Request, err: UserError):
+    async def refused(request: Request, err: UserError):
+        user_error(log, f"{request.method} {request.url.path}", err)
         return JSONResponse({"error": "UserError", "detail": err.message, "field": err.field,
                              "errors": str(err)}, status_code=err.status)
 
     @api.exception_handler(RequestValidationError)
     async def invalid(request: Request, err: RequestValidationError):
         problems = [_describe(e) for e in err.errors()]
+        user_error(log, f"{request.method} {request.url.path}", "; ".join(problems))
         return JSONResponse({"error": "ValidationError", "detail": "; ".join(problems),
                              "field": _field(err.errors()[0]) if err.errors() else None,
                              "errors": problems}, status_code=422)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
 
 from ..studio import Studio
@@ -13,7 +15,13 @@ CSS = """
 .hg-progress .hg-bar {position: absolute; inset: 0 auto 0 0; background: var(--color-accent-soft);}
 .hg-progress span {position: relative; padding-left: .6em; line-height: 1.8em;}
 #no-checkpoint {border-left: 4px solid var(--color-accent); padding-left: 1em;}
+.hg-error {color: var(--error-text-color); border-left: 4px solid var(--error-border-color, currentColor);
+           padding: .3em .6em; overflow-wrap: anywhere;}
+/* The message beside the form says what went wrong: Gradio's "Error" badge would only cover it. */
+#error [data-testid="status-tracker"]:has(.error) {display: none;}
 """
+JS = (Path(__file__).parent / "page.js").read_text(encoding="utf-8")  # launch(js=JS) runs it on page load
+LOADED_JS = "() => { document.body.dataset.hgLoaded = 'true'; }"
 
 
 def build(studio: Studio) -> gr.Blocks:
@@ -28,7 +36,11 @@ def build(studio: Studio) -> gr.Blocks:
             with gr.Tab("LoRA", id="lora") as lora_tab_item:
                 listing, search, lora_outputs = lora_tab.build(studio, parts["prompt"])
             with gr.Tab("Settings", id="settings"):
-                settings_tab.build(studio)
+                settings_loader, settings_outputs = settings_tab.build(studio)
         lora_tab_item.select(listing, search, lora_outputs, api_name=False)
         blocks.load(listing, search, lora_outputs, api_name=False)
+        # A built component keeps the value it was built with: each page load shows the values of now. Then the
+        # page is marked loaded (<body data-hg-loaded>), for scripts and tests that must not type before that.
+        blocks.load(settings_loader, None, settings_outputs, api_name=False).then(
+            *parts["load"], api_name=False).then(None, js=LOADED_JS, api_name=False)
     return blocks

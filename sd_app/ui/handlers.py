@@ -9,30 +9,43 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from typing import Callable
 
 import gradio as gr
 
 from ..errors import UserError
+from ..logs import user_error
+
+log = logging.getLogger(__name__)
 
 
 def shows_user_errors(handler: Callable) -> Callable:
-    """The handler, with a `UserError` shown on the page as `gr.Error` (its message, not Gradio's bare "Error")."""
+    """The handler, with a `UserError` shown on the page as `gr.Error` (its message, not Gradio's bare "Error")
+    and logged as one line (not Gradio's traceback: a user's mistake is not a crash)."""
     if inspect.isgeneratorfunction(handler):
         @functools.wraps(handler)
         def showing(*args, **kwargs):
             try:
                 return (yield from handler(*args, **kwargs))
             except UserError as err:
-                raise gr.Error(str(err)) from None
+                raise refused(handler.__name__, err) from None
     else:
         @functools.wraps(handler)
         def showing(*args, **kwargs):
             try:
                 return handler(*args, **kwargs)
             except UserError as err:
-                raise gr.Error(str(err)) from None
+                raise refused(handler.__name__, err) from None
     return showing
+
+
+def refused(where: str, err: UserError | str, toast: bool = True) -> gr.Error:
+    """The `gr.Error` to raise for a user's mistake, logged as one line. Gradio prints no traceback for it; with
+    `toast=False` the page shows no pop-up either (the page shows the message itself), while API clients
+    still get it as their error."""
+    user_error(log, where, err)
+    return gr.Error(str(err), visible=toast, print_exception=False)
 
 
 def bind(handler: Callable, *first) -> Callable:

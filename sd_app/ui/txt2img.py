@@ -19,7 +19,8 @@ from ..params import LIMITS, SDXL_SIZES, GenerationParams, Limits
 from ..prompts import token_chunks
 from ..studio import Studio
 from . import xyz_panel
-from .handlers import bind, shows_user_errors
+from .components import form_slider
+from .handlers import bind, refused, shows_user_errors
 from .lora_cards import card_grid, list_cards
 from .paste_report import report_markdown
 
@@ -64,6 +65,7 @@ class Results:
     info: gr.Textbox
     infotexts: gr.State
     last_seed: gr.State
+    error: gr.HTML  # beside the form: why the request was refused; the results above stay as they were
 
     def outputs(self) -> list:
         return [getattr(self, name) for name in self.__dataclass_fields__]
@@ -85,23 +87,25 @@ class PresetControls:
 
 
 def values_to_params(values: list, limits: Limits | None = None) -> GenerationParams:
-    """Form values -> the request, checked against `limits` (Settings → Limits); Gradio hands numbers as
-    floats, so whole numbers are made ints here."""
+    """Form values -> the request, checked against `limits` (Settings → Limits). Gradio may hand whole numbers as
+    floats (30.0): those become ints; any other value goes to the check as it came, which refuses it with the
+    message that names the field."""
     (checkpoint, prompt, negative, sampler, scheduler, steps, width, height, cfg, seed, n_iter, batch,
      refiner, switch, styles) = values
 
-    def whole(value, name):
-        if value is None or (isinstance(value, float) and not value.is_integer()):
-            raise UserError(f"must be a whole number, got {value!r}", field=name)
-        return int(value)
+    def whole(value):
+        return int(value) if isinstance(value, float) and value.is_integer() else value
+
+    def number(value):
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     return GenerationParams(
-        prompt=prompt or "", negative_prompt=negative or "", steps=whole(steps, "steps"),
-        cfg_scale=float(cfg), width=whole(width, "width"), height=whole(height, "height"),
-        sampler_name=sampler, scheduler=scheduler, seed=whole(seed, "seed"), batch_size=whole(batch, "batch_size"),
-        n_iter=whole(n_iter, "n_iter"), checkpoint=checkpoint or None,
+        prompt=prompt or "", negative_prompt=negative or "", steps=whole(steps),
+        cfg_scale=number(cfg), width=whole(width), height=whole(height),
+        sampler_name=sampler, scheduler=scheduler, seed=whole(seed), batch_size=whole(batch),
+        n_iter=whole(n_iter), checkpoint=checkpoint or None,
         refiner_checkpoint=None if refiner in (None, "", NO_REFINER) else refiner,
-        refiner_switch_at=float(switch), styles=tuple(styles or ())).check(limits)
+        refiner_switch_at=number(switch), styles=tuple(styles or ())).check(limits)
 
 
 def params_to_updates(params: GenerationParams, form: Form) -> dict:
@@ -175,8 +179,9 @@ def build(studio: Studio) -> tuple[Form, dict]:
         with gr.Column(scale=1, min_width=200):
             generate = gr.Button("Generate", variant="primary", elem_id="generate", size="lg")
             with gr.Row():
-                interrupt = gr.Button("Interrupt", elem_id="interrupt", size="sm")
-                skip = gr.Button("Skip", elem_id="skip", size="sm")
+                interrupt = gr.Button("Interrupt", elem_id="interrupt", size="lg", variant="stop")
+                skip = gr.Button("Skip", elem_id="skip", size="lg")
+            error = gr.HTML("", elem_id="error")
     with gr.Row():
         with gr.Column(scale=1):
             fields, size, swap, random_seed, reuse_seed = _options_column(studio, defaults)
@@ -185,11 +190,12 @@ def build(studio: Studio) -> tuple[Form, dict]:
             (shown, to_form, pasted, apply_paste, dropped, dropped_info, dropped_to_form, report,
              paste_box) = _results_column()
     # The states come after the row, as they always did: the page's blocks keep their order.
-    results = Results(*shown, infotexts=gr.State([]), last_seed=gr.State(-1))
+    results = Results(*shown, infotexts=gr.State([]), last_seed=gr.State(-1), error=error)
     form = Form(checkpoint=checkpoint, prompt=prompt, negative_prompt=negative_prompt, **fields, styles=styles)
 
+    # Gradio's own status (queue place, "Error") goes beside the form, not over the last results.
     generate.click(bind(run, studio, results), inputs=form.inputs(), outputs=results.outputs(),
-                   concurrency_limit=1, concurrency_id="gpu", api_name="txt2img")
+                   concurrency_limit=1, concurrency_id="gpu", api_name="txt2img", show_progress_on=[results.error])
     xyz_panel.wire(grid_controls, studio, form, results)  # "Generate grid": the same form, the same results
     interrupt.click(bind(interrupt_job, studio), None, None, queue=False, api_name="interrupt")
     skip.click(bind(skip_job, studio), None, None, queue=False, api_name="skip")
@@ -223,8 +229,9 @@ def build(studio: Studio) -> tuple[Form, dict]:
     if not studio.offline:
         get_base.click(bind(fetch_sdxl, studio), get_refiner, [download_status] + lists, api_name=False)
 
+    on_load = (bind(current_form, studio, form, size, no_model_box), None, form.inputs() + [size, no_model_box])
     return form, {"prompt": prompt, "gallery": results.gallery, "info": results.info, "checkpoint": checkpoint,
-                  "preset": preset}
+                  "preset": preset, "load": on_load}
 
 
 def start_defaults(studio: Studio) -> GenerationParams:
@@ -281,6 +288,20 @@ def _preset_summary(parameters: dict) -> str:
     return ", ".join(parts)
 
 
+def current_form(studio: Studio, form: Form, size: gr.Dropdown, no_model_box: gr.Column) -> dict:
+    """The form as a page load shows it: the defaults saved in Settings now and the models found now (the page
+    as built holds those of the app's start)."""
+    defaults = start_defaults(studio)
+    updates = params_to_updates(defaults, form)
+    bases, refiners = studio.checkpoint_names("sdxl-base"), refiner_dropdown_names(studio)
+    updates[form.checkpoint] = gr.update(choices=bases, value=studio.current_checkpoint())
+    refiner = defaults.refiner_checkpoint if defaults.refiner_checkpoint in refiners else NO_REFINER
+    updates[form.refiner_checkpoint] = gr.update(choices=refiners, value=refiner)
+    updates[size] = _size_choice(defaults.width, defaults.height)
+    updates[no_model_box] = gr.update(visible=not bases)
+    return updates
+
+
 def _no_model_box(studio: Studio, visible: bool):
     """How to get a checkpoint, shown while there is none; its download controls are None when offline."""
     get_base = get_refiner = download_status = None
@@ -301,29 +322,31 @@ def _options_column(studio: Studio, defaults: GenerationParams):
                                    label="Sampler", elem_id="sampler")
         scheduler = gr.Dropdown([s.name for s in samplers.SCHEDULES], value=defaults.scheduler,
                                 label="Schedule type")
-    steps = gr.Slider(*LIMITS["steps"], value=defaults.steps, step=1, label="Steps", elem_id="steps")
+    # Sliders from form_slider: a typed value the engine cannot use is refused with its message, not changed to fit.
+    steps = form_slider(*LIMITS["steps"], value=defaults.steps, step=1, label="Steps", elem_id="steps")
     with gr.Row():
         size = gr.Dropdown(SIZE_CHOICES + [CUSTOM_SIZE], label="SDXL size",
                            value=_size_choice(defaults.width, defaults.height), scale=2)
         swap = gr.Button("⇅ swap", scale=0, min_width=70)
     with gr.Row():
-        width = gr.Slider(64, 2048, value=defaults.width, step=8, label="Width", elem_id="width")
-        height = gr.Slider(64, 2048, value=defaults.height, step=8, label="Height", elem_id="height")
-    cfg_scale = gr.Slider(*LIMITS["cfg_scale"], value=defaults.cfg_scale, step=0.5, label="CFG scale")
+        width = form_slider(*LIMITS["width"], value=defaults.width, step=8, label="Width", elem_id="width")
+        height = form_slider(*LIMITS["height"], value=defaults.height, step=8, label="Height", elem_id="height")
+    cfg_scale = form_slider(*LIMITS["cfg_scale"], value=defaults.cfg_scale, step=0.5, label="CFG scale",
+                            elem_id="cfg-scale")
     with gr.Row():
-        seed = gr.Number(defaults.seed, label="Seed (-1: random)", precision=0, elem_id="seed", scale=3)
+        seed = gr.Number(defaults.seed, label="Seed (-1: random)", elem_id="seed", scale=3)  # no rounding of 1.5
         random_seed = gr.Button("Random", scale=0, min_width=70)
         reuse_seed = gr.Button("Reuse last", scale=0, min_width=90)
     with gr.Row():
-        n_iter = gr.Slider(1, LIMITS["n_iter"][1], value=defaults.n_iter, step=1, label="Batch count")
-        batch_size = gr.Slider(1, LIMITS["batch_size"][1], value=defaults.batch_size, step=1, label="Batch size")
+        n_iter = form_slider(*LIMITS["n_iter"], value=defaults.n_iter, step=1, label="Batch count")
+        batch_size = form_slider(*LIMITS["batch_size"], value=defaults.batch_size, step=1, label="Batch size")
     refiner_names = studio.checkpoint_names("sdxl-refiner")
     start_refiner = defaults.refiner_checkpoint if defaults.refiner_checkpoint in refiner_names else NO_REFINER
     with gr.Accordion("Refiner", open=start_refiner != NO_REFINER):
         refiner_checkpoint = gr.Dropdown([NO_REFINER] + refiner_names, value=start_refiner, label="Refiner",
                                          elem_id="refiner")
-        refiner_switch_at = gr.Slider(0.01, 1.0, value=defaults.refiner_switch_at, step=0.01,
-                                      label="Switch at (fraction of steps on the base)")
+        refiner_switch_at = form_slider(*LIMITS["refiner_switch_at"], value=defaults.refiner_switch_at, step=0.01,
+                                        label="Switch at (fraction of steps on the base)")
     fields = dict(sampler_name=sampler_name, scheduler=scheduler, steps=steps, width=width, height=height,
                   cfg_scale=cfg_scale, seed=seed, n_iter=n_iter, batch_size=batch_size,
                   refiner_checkpoint=refiner_checkpoint, refiner_switch_at=refiner_switch_at)
@@ -363,9 +386,16 @@ def session_owner(request: gr.Request | None) -> str:
 @shows_user_errors
 def run(studio: Studio, results: Results, request: gr.Request, *values):
     """Generate: start this session's job and show its progress and preview until it ends, then its images.
-    If the page goes away first (the tab closed), Gradio closes this generator and the job is interrupted."""
-    params = values_to_params(list(values), studio.limits())
+    If the page goes away first (the tab closed), Gradio closes this generator and the job is interrupted.
+    A refused request shows why beside the form and leaves the last images, parameters and progress line as they
+    were; API clients (gradio_client) still get the message as an error."""
+    try:
+        params = values_to_params(list(values), studio.limits())
+    except UserError as err:
+        yield {results.error: error_html(str(err))}
+        raise refused("txt2img", err, toast=False) from None
     job = studio.start(params, owner=session_owner(request))
+    yield {results.error: ""}
     try:
         while not job.done:
             job.wait(POLL_SECONDS)
@@ -376,8 +406,8 @@ def run(studio: Studio, results: Results, request: gr.Request, *values):
         if not job.done:
             job.interrupt()  # closed (GeneratorExit) or failed: nobody will see the rest
     if job.error is not None:
-        yield {results.progress: "", results.preview: gr.update(visible=False)}
-        raise gr.Error(job.error)
+        yield {results.progress: "", results.preview: gr.update(visible=False), results.error: error_html(job.error)}
+        raise refused("txt2img", job.error, toast=False)
     result = job.result
     note = " (interrupted)" if result.interrupted else ""
     for warning in result.warnings:
@@ -388,6 +418,10 @@ def run(studio: Studio, results: Results, request: gr.Request, *values):
            results.gallery: [(img, f"seed {s}") for img, s in zip(result.images, result.seeds)],
            results.info: result.infotexts[0] if result.infotexts else "", results.infotexts: result.infotexts,
            results.last_seed: result.seeds[0] if result.seeds else -1}
+
+
+def error_html(message: str) -> str:
+    return f"<div class='hg-error'>⚠ {html.escape(message)}</div>"
 
 
 def interrupt_job(studio: Studio, request: gr.Request):
@@ -413,7 +447,7 @@ def fill_form(studio: Studio, form: Form, size: gr.Dropdown, report: gr.Markdown
     """Fill the form from an infotext (the result's, a pasted one, or a dropped image's) over the form as it is,
     and say what of it was applied and what not, and why. A text that is not an infotext leaves the form alone."""
     if not text or not text.strip():
-        raise gr.Error("there are no parameters to use")
+        raise UserError("there are no parameters to use")
     try:
         base = values_to_params(list(values))
     except UserError:
