@@ -131,6 +131,10 @@ class Studio:
             job.skip()
         return job is not None
 
+    def queue_position(self, job: Job) -> int:
+        """How many jobs will hold the GPU before this queued one can (0 once it runs)."""
+        return self.jobs.ahead_of(job)
+
     # ---- checkpoints ------------------------------------------------------------------------
 
     def checkpoint_names(self, kind: str | None = None) -> list[str]:

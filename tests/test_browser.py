@@ -57,3 +57,34 @@ def test_lora_card_inserts_its_tag_once(page):
     assert prompt.count("<lora:demo-detail") == 1 and "a castle" in prompt
     page.screenshot(path=str(OUTPUT / "lora-tab.png"), full_page=True)
     page.get_by_role("tab", name="txt2img").click()
+
+
+def test_a_queued_user_sees_their_place_and_the_preview_is_shown_at_the_image_size(page):
+    def set_number(target, elem_id, value):
+        box = target.locator(f"#{elem_id} input[type=number]")
+        box.fill(str(value))
+        box.press("Enter")
+
+    other = page.context.browser.new_page(viewport={"width": 1400, "height": 1100})
+    try:
+        other.goto(page.url)
+        other.wait_for_selector("#generate", timeout=60_000)
+        for elem_id, value in (("steps", 150), ("width", 256), ("height", 256)):  # long enough to queue behind
+            set_number(page, elem_id, value)
+        page.click("#generate")
+        page.wait_for_function("document.querySelector('#progress').innerText.includes('Step')", timeout=120_000)
+        other.click("#generate")
+        other.wait_for_function("document.querySelector('#progress').innerText.includes('Waiting for the GPU: 1 job"
+                                " ahead')", timeout=30_000)
+        bar, text = (other.locator(f"#progress .hg-progress{inner}").bounding_box() for inner in ("", " span"))
+        assert bar["y"] <= text["y"] and text["y"] + text["height"] <= bar["y"] + bar["height"] + 0.5  # not clipped
+        page.wait_for_function("document.querySelector('#preview img')?.naturalWidth === 256", timeout=60_000)
+        other.screenshot(path=str(OUTPUT / "queued.png"))
+        page.screenshot(path=str(OUTPUT / "preview.png"))
+        page.click("#interrupt")  # no need to wait for the rest of its steps
+        page.wait_for_function("document.querySelector('#progress').innerText.includes('Done')", timeout=120_000)
+        other.wait_for_function("document.querySelector('#progress').innerText.includes('Done')", timeout=120_000)
+    finally:
+        other.close()
+        page.reload()  # the form's defaults again for whatever runs next
+        page.wait_for_selector("#generate", timeout=60_000)

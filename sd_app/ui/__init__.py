@@ -8,10 +8,10 @@ from ..studio import Studio
 from . import lora_tab, settings_tab, txt2img
 
 CSS = """
-.hg-progress {position: relative; height: 1.8em; border-radius: 6px; background: var(--block-background-fill);
+.hg-progress {position: relative; min-height: 1.8em; border-radius: 6px; background: var(--block-background-fill);
               border: 1px solid var(--border-color-primary); overflow: hidden;}
 .hg-progress .hg-bar {position: absolute; inset: 0 auto 0 0; background: var(--color-accent-soft);}
-.hg-progress span {position: relative; padding-left: .6em; line-height: 1.8em;}
+.hg-progress span {position: relative; display: block; padding: .3em .6em; line-height: 1.2em;}
 #no-checkpoint {border-left: 4px solid var(--color-accent); padding-left: 1em;}
 """
 

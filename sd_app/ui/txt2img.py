@@ -16,6 +16,7 @@ from .. import infotext, samplers
 from ..errors import UserError
 from ..jobs import Job
 from ..params import LIMITS, SDXL_SIZES, GenerationParams
+from ..preview import enlarged
 from ..prompts import token_chunks
 from ..studio import Studio
 from .handlers import bind, shows_user_errors
@@ -111,14 +112,22 @@ def _schedule_choice(params: GenerationParams) -> str:
     return schedule.name if params.scheduler != "Automatic" or sampler.name != params.sampler_name else "Automatic"
 
 
-def progress_html(job: Job, queued: bool = False) -> str:
+def progress_html(job: Job, queued: bool = False, ahead: int = 0) -> str:
+    """The progress bar: the place in the queue, what the job does before its first step (loading, encoding,
+    compiling), then the steps with the ETA."""
     if queued:
-        return "<div class='hg-progress'>Waiting for the GPU…</div>"
+        place = f": {ahead} job{'s' if ahead != 1 else ''} ahead" if ahead else "…"
+        return f"<div class='hg-progress'><span>Waiting for the GPU{place}</span></div>"
     percent = round(job.progress * 100)
     eta = job.eta()
     batch = f" · batch {job.job_no + 1}/{job.job_count}" if job.job_count > 1 else ""
     eta_text = f" · ETA {eta:.0f}s" if eta is not None and job.progress > 0 else ""
-    text = job.note or f"Step {job.sampling_step}/{job.sampling_steps or '?'}{batch}{eta_text}"
+    if job.note:
+        text = html.escape(job.note)  # notes name checkpoints: file names are not markup
+    elif not job.sampling_steps:
+        text = "Starting…"
+    else:
+        text = f"Step {job.sampling_step}/{job.sampling_steps}{batch}{eta_text}"
     return f"<div class='hg-progress'><div class='hg-bar' style='width:{percent}%'></div><span>{text}</span></div>"
 
 
@@ -159,8 +168,10 @@ def build(studio: Studio) -> tuple[Form, dict]:
     results = Results(*shown, infotexts=gr.State([]), last_seed=gr.State(-1))
     form = Form(checkpoint=checkpoint, prompt=prompt, negative_prompt=negative_prompt, **fields)
 
+    # No Gradio concurrency limit: jobs wait on the studio's board, whose progress bar tells each user their
+    # place ("2 jobs ahead"), for page and API jobs alike; Gradio's queue would only show a clipped "queue: 1/1".
     generate.click(bind(run, studio, results), inputs=form.inputs(), outputs=results.outputs(),
-                   concurrency_limit=1, concurrency_id="gpu", api_name="txt2img")
+                   concurrency_limit=None, api_name="txt2img")
     interrupt.click(bind(interrupt_job, studio), None, None, queue=False, api_name="interrupt")
     skip.click(bind(skip_job, studio), None, None, queue=False, api_name="skip")
     results.gallery.select(select_infotext, results.infotexts, results.info, api_name=False)
@@ -252,7 +263,8 @@ def _options_column(studio: Studio, defaults: GenerationParams):
 def _results_column():
     """Progress, preview, gallery and infotext (the shown Results), then parameter paste and PNG Info."""
     progress = gr.HTML("", elem_id="progress")
-    preview = gr.Image(label="Preview", visible=False, format="png", interactive=False, height=160)
+    preview = gr.Image(label="Preview", visible=False, format="png", interactive=False, height=320,
+                       elem_id="preview")
     gallery = gr.Gallery(label="Results", format="png", columns=2, height=420, elem_id="gallery",
                          interactive=False)
     info = gr.Textbox(label="Generation parameters", lines=4, interactive=False, elem_id="infotext",
@@ -282,11 +294,15 @@ def run(studio: Studio, results: Results, request: gr.Request, *values):
     """Generate: start this session's job and show its progress and preview until it ends, then its images."""
     params = values_to_params(list(values))
     job = studio.start(params, owner=session_owner(request))
+    shown = None
     while not job.done:
         job.wait(POLL_SECONDS)
-        shown = job.preview
-        yield {results.progress: progress_html(job, queued=job.started is None),
-               results.preview: gr.update(value=shown, visible=shown is not None)}
+        queued = job.started is None
+        update = {results.progress: progress_html(job, queued, studio.queue_position(job) if queued else 0)}
+        if job.preview is not None and job.preview is not shown:  # a new preview only: each one is sent as PNG
+            shown = job.preview
+            update[results.preview] = gr.update(value=enlarged(shown, params.width, params.height), visible=True)
+        yield update
     if job.error is not None:
         yield {results.progress: "", results.preview: gr.update(visible=False)}
         raise gr.Error(job.error)
@@ -294,8 +310,8 @@ def run(studio: Studio, results: Results, request: gr.Request, *values):
     note = " (interrupted)" if result.interrupted else ""
     for warning in result.warnings:
         gr.Warning(warning)
-    done = (f"<div class='hg-progress'>Done{note}: {len(result.images)} image(s) in "
-            f"{time.time() - job.started:.1f}s</div>")
+    done = (f"<div class='hg-progress'><span>Done{note}: {len(result.images)} image(s) in "
+            f"{time.time() - job.started:.1f}s</span></div>")
     yield {results.progress: done, results.preview: gr.update(visible=False),
            results.gallery: [(img, f"seed {s}") for img, s in zip(result.images, result.seeds)],
            results.info: result.infotexts[0] if result.infotexts else "", results.infotexts: result.infotexts,
