@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ..studio import Studio
-from . import lora_tab, settings_tab, txt2img
+from . import history_tab, lora_tab, settings_tab, txt2img
 
 CSS = """
 .hg-progress {position: relative; min-height: 1.8em; border-radius: 6px; background: var(--block-background-fill);
@@ -22,13 +22,16 @@ def build(studio: Studio) -> gr.Blocks:
         if studio.demo:
             banner += " · **demo models: random weights, the images are noise**"
         gr.Markdown(banner)
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("txt2img", id="txt2img"):
                 form, parts = txt2img.build(studio)
             with gr.Tab("LoRA", id="lora") as lora_tab_item:
                 listing, search, lora_outputs = lora_tab.build(studio, parts["prompt"])
+            with gr.Tab("History", id="history") as history_tab_item:
+                saved, saved_search, saved_outputs = history_tab.build(studio, form, parts["size"], tabs)
             with gr.Tab("Settings", id="settings"):
                 settings_tab.build(studio)
         lora_tab_item.select(listing, search, lora_outputs, api_name=False)
+        history_tab_item.select(saved, saved_search, saved_outputs, api_name=False)  # new images since
         blocks.load(listing, search, lora_outputs, api_name=False)
     return blocks

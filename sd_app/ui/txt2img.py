@@ -200,7 +200,7 @@ def build(studio: Studio) -> tuple[Form, dict]:
         get_base.click(bind(fetch_sdxl, studio), get_refiner, [download_status] + lists, api_name=False)
 
     return form, {"prompt": prompt, "gallery": results.gallery, "info": results.info, "checkpoint": checkpoint,
-                  "preset": preset}
+                  "preset": preset, "size": size}
 
 
 def start_defaults(studio: Studio) -> GenerationParams:
