@@ -98,20 +98,26 @@ class Engine:
         pipes = self.pipelines
         timings = {"load": 0.0, "lora": 0.0, "encode": 0.0, "denoise": 0.0, "decode": 0.0}
         mark = time.perf_counter()
+        self._note_loading(job, params.checkpoint, pipes.base, "checkpoint")
         base = pipes.ensure_base(params.checkpoint)
         refiner = None
         if params.refiner_checkpoint and params.refiner_switch_at < 1.0:
+            self._note_loading(job, params.refiner_checkpoint, pipes.refiner, "refiner")
             refiner = pipes.ensure_refiner(params.refiner_checkpoint)
         timings["load"] = time.perf_counter() - mark
 
         mark = time.perf_counter()
+        if active:
+            job.note = f"Applying LoRA{'s' if len(active) > 1 else ''}…"
         base.loras.apply(active)  # exactly this job's LoRAs, before the text encoders run
         lora_hashes = ", ".join(f"{a.info.stem}: {self.loras.short_hash(a.info)}" for a in active) or None
         timings["lora"] = time.perf_counter() - mark
 
         mark = time.perf_counter()
+        job.note = "Encoding the prompt…"
         passes = self._plan(params, prompt, base, refiner)
         timings["encode"] = time.perf_counter() - mark
+        job.note, job.sampling_steps = None, params.steps  # "Step 0/N" from here: the first step is running
 
         vae_name, vae_hash = pipes.vae_file or (None, None)
         result = GenerationResult([], [], [], params, sampler=sampler.name, schedule=schedule.name,
@@ -130,6 +136,7 @@ class Engine:
                 lambda: self._denoise(params, passes, sampler, schedule, seeds, job), result.warnings)
             timings["denoise"] += time.perf_counter() - mark
             mark = time.perf_counter()
+            job.note = "Decoding the image…" if params.batch_size == 1 else "Decoding the images…"
             self._note_compiling(job)
             images = pipes.eager_if_compile_fails(lambda: decode_latents(base.pipe.vae, latents), result.warnings)
             job.note = None
@@ -193,6 +200,16 @@ class Engine:
             return pipe(**common, width=params.width, height=params.height, latents=latents,
                         denoising_end=step.end if step.end < 1.0 else None).images
         return pipe(**common, image=latents, denoising_start=step.start).images
+
+    def _note_loading(self, job: Job, name: str | None, loaded: LoadedModel | None, what: str) -> None:
+        """Loading a checkpoint takes seconds to minutes before any step: say so, unless it is loaded already."""
+        try:
+            needed = loaded is None or (name is not None and self.pipelines.checkpoints.get(name).path
+                                        != loaded.checkpoint.path)
+        except UserError:
+            return  # loading it fails at once, with this message
+        if needed and name:
+            job.note = f"Loading the {what} {name}…"
 
     def _note_compiling(self, job: Job) -> None:
         """Compiling shows no steps: say why the bar waits (the next step callback clears it)."""

@@ -152,6 +152,16 @@ class JobBoard:
             mine = [job for job in self._jobs if job.owner == owner]
         return mine[-1] if mine else None
 
+    def ahead_of(self, job: Job) -> int:
+        """Jobs before this one for the GPU: the running one and those queued before it (0 once it runs)."""
+        with self._lock:
+            if job.running or job not in self._jobs:
+                return 0
+            earlier = self._jobs[:self._jobs.index(job)]
+            later = self._jobs[self._jobs.index(job) + 1:]
+        # A later job that got the GPU first (the lock is not first-come, first-served) is ahead too.
+        return sum(1 for other in earlier if other.finished is None) + sum(1 for other in later if other.running)
+
     def running(self) -> Job | None:
         """The job that holds the GPU now, if any."""
         with self._lock:

@@ -22,3 +22,14 @@ def latent_preview(latent: torch.Tensor) -> Image.Image:
     rgb = latent.detach().float().cpu().permute(1, 2, 0) @ factors + bias
     rgb = ((rgb + 1) / 2).clamp(0, 1).nan_to_num(0.0)
     return Image.fromarray((rgb.numpy() * 255).round().astype("uint8"))
+
+
+PREVIEW_MAX_SIDE = 512  # px: big enough to judge a composition, small enough to send four times a second
+
+
+def enlarged(preview: Image.Image, width: int, height: int, max_side: int = PREVIEW_MAX_SIDE) -> Image.Image:
+    """A latent-sized preview at the image's size, capped at `max_side`, for display: shown as it is, a
+    256 px image's preview is a 32 px thumbnail. Bilinear, as the latent map is smooth: about a millisecond."""
+    scale = min(1.0, max_side / max(width, height))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return preview if preview.size == size else preview.resize(size, Image.Resampling.BILINEAR)

@@ -19,6 +19,7 @@ from .auth import Credentials
 from .encoding import count_tokens
 from .engine import Engine
 from .errors import UserError
+from .history import History
 from .jobs import GenerationResult, Job, JobBoard
 from .loading import load_tokenizers
 from .lora_library import LoraLibrary
@@ -67,6 +68,7 @@ class Studio:
         self.start_preset = start_preset
         self.jobs = JobBoard()  # every job in flight, from the page and the API alike
         self._tokenizer = None
+        self._history: History | None = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -194,6 +196,10 @@ class Studio:
             job.skip()
         return job is not None
 
+    def queue_position(self, job: Job) -> int:
+        """How many jobs will hold the GPU before this queued one can (0 once it runs)."""
+        return self.jobs.ahead_of(job)
+
     # ---- checkpoints ------------------------------------------------------------------------
 
     def checkpoint_names(self, kind: str | None = None) -> list[str]:
@@ -288,6 +294,17 @@ class Studio:
             if self._tokenizer is None:
                 self._tokenizer = load_tokenizers()[0]
         return count_tokens(self._tokenizer, text or "", self.settings.get("prompt_syntax"))
+
+    # ---- saved images ---------------------------------------------------------------------------
+
+    def history(self) -> History:
+        """The images in the outputs folder in use now (a new browser when Settings move the folder): listing,
+        search, thumbnails, and delete into the trash folder with undo."""
+        folder = Path(self.outputs.options.outputs_dir)
+        with self._lock:
+            if self._history is None or self._history.folder != folder:
+                self._history = History(folder)
+            return self._history
 
     # ---- downloads ----------------------------------------------------------------------------
 

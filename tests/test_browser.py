@@ -77,3 +77,87 @@ def test_xyz_plot_from_the_browser(page):
     assert info.startswith("a lighthouse") and "X Type: Seed" in info and 'Y Values: "2, 3"' in info
     page.wait_for_function("document.querySelectorAll('#gallery img').length >= 5", timeout=30_000)
     page.screenshot(path=str(OUTPUT / "xyz-plot.png"), full_page=True)
+
+
+def test_history_finds_a_saved_image_after_a_reload_sends_it_and_deletes_it_to_the_trash(page, demo_server):
+    page.get_by_role("tab", name="txt2img").click()
+    page.fill("#prompt textarea", "a grey heron by the history pond")
+    page.fill("#seed input", "4321")
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#infotext textarea').value.includes('Seed: 4321,')",
+                           timeout=120_000)
+    page.reload()
+    page.wait_for_selector("#generate", timeout=60_000)
+    page.get_by_role("tab", name="History").click()
+    page.wait_for_selector("#history-gallery img", timeout=30_000)
+    assert "Page 1 of" in page.inner_text("#history-page")
+    page.fill("#history-search textarea", "HERON pond")
+    page.press("#history-search textarea", "Enter")
+    wait_for_label(page, "· 1 image")
+    assert page.locator("#history-gallery button.thumbnail-item").count() == 1
+    page.locator("#history-gallery button.thumbnail-item").first.click()
+    page.wait_for_function("document.querySelector('#history-infotext textarea').value.includes('Seed: 4321,')",
+                           timeout=30_000)
+    assert page.input_value("#history-infotext textarea").startswith("a grey heron by the history pond\n")
+    relative = page.inner_text("#history-file").split(" · ")[0].strip()
+    saved = demo_server.outputs / relative
+    assert saved.is_file() and relative.startswith("txt2img-images/")
+    assert page.locator("#history-to-img2img").is_disabled() and page.locator("#history-to-extras").is_disabled()
+    page.screenshot(path=str(OUTPUT / "history-tab.png"), full_page=True)
+
+    page.click("#history-to-txt2img")
+    page.wait_for_function("document.querySelector('#prompt textarea').value.startsWith('a grey heron')",
+                           timeout=30_000)
+    page.locator("#prompt textarea").wait_for(state="visible", timeout=30_000)  # the txt2img tab is shown
+    assert page.input_value("#seed input") == "4321"
+
+    page.get_by_role("tab", name="History").click()
+    wait_for_label(page, "· 1 image")
+    page.click("#history-delete")
+    page.wait_for_function("document.querySelector('#history-status').innerText.includes('Moved')", timeout=30_000)
+    page.wait_for_function("document.querySelector('#history-page').innerText.includes('No saved image matches')",
+                           timeout=30_000)
+    assert not saved.exists() and (demo_server.outputs / ".trash" / relative).is_file()
+    page.click("#history-undo")
+    page.wait_for_function("document.querySelector('#history-status').innerText.includes('Restored')",
+                           timeout=30_000)
+    wait_for_label(page, "· 1 image")
+    assert saved.is_file() and not (demo_server.outputs / ".trash" / relative).exists()
+    page.get_by_role("tab", name="txt2img").click()
+
+
+def wait_for_label(page, text):
+    """Until the History page label ends with `text` ("· 1 image" is not "· 12 images")."""
+    page.wait_for_function(f"document.querySelector('#history-page').innerText.trim().endsWith({text!r})",
+                           timeout=30_000)
+
+
+def test_a_queued_user_sees_their_place_and_the_preview_is_shown_at_the_image_size(page):
+    def set_number(target, elem_id, value):
+        box = target.locator(f"#{elem_id} input[type=number]")
+        box.fill(str(value))
+        box.press("Enter")
+
+    other = page.context.browser.new_page(viewport={"width": 1400, "height": 1100})
+    try:
+        other.goto(page.url)
+        other.wait_for_selector("#generate", timeout=60_000)
+        for elem_id, value in (("steps", 150), ("width", 256), ("height", 256)):  # long enough to queue behind
+            set_number(page, elem_id, value)
+        page.click("#generate")
+        page.wait_for_function("document.querySelector('#progress').innerText.includes('Step')", timeout=120_000)
+        other.click("#generate")
+        other.wait_for_function("document.querySelector('#progress').innerText.includes('Waiting for the GPU: 1 job"
+                                " ahead')", timeout=30_000)
+        bar, text = (other.locator(f"#progress .hg-progress{inner}").bounding_box() for inner in ("", " span"))
+        assert bar["y"] <= text["y"] and text["y"] + text["height"] <= bar["y"] + bar["height"] + 0.5  # not clipped
+        page.wait_for_function("document.querySelector('#preview img')?.naturalWidth === 256", timeout=60_000)
+        other.screenshot(path=str(OUTPUT / "queued.png"))
+        page.screenshot(path=str(OUTPUT / "preview.png"))
+        page.click("#interrupt")  # no need to wait for the rest of its steps
+        page.wait_for_function("document.querySelector('#progress').innerText.includes('Done')", timeout=120_000)
+        other.wait_for_function("document.querySelector('#progress').innerText.includes('Done')", timeout=120_000)
+    finally:
+        other.close()
+        page.reload()  # the form's defaults again for whatever runs next
+        page.wait_for_selector("#generate", timeout=60_000)

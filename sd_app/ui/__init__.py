@@ -7,13 +7,13 @@ from pathlib import Path
 import gradio as gr
 
 from ..studio import Studio
-from . import lora_tab, settings_tab, txt2img
+from . import history_tab, lora_tab, settings_tab, txt2img
 
 CSS = """
-.hg-progress {position: relative; height: 1.8em; border-radius: 6px; background: var(--block-background-fill);
+.hg-progress {position: relative; min-height: 1.8em; border-radius: 6px; background: var(--block-background-fill);
               border: 1px solid var(--border-color-primary); overflow: hidden;}
 .hg-progress .hg-bar {position: absolute; inset: 0 auto 0 0; background: var(--color-accent-soft);}
-.hg-progress span {position: relative; padding-left: .6em; line-height: 1.8em;}
+.hg-progress span {position: relative; display: block; padding: .3em .6em; line-height: 1.2em;}
 #no-checkpoint {border-left: 4px solid var(--color-accent); padding-left: 1em;}
 .hg-error {color: var(--error-text-color); border-left: 4px solid var(--error-border-color, currentColor);
            padding: .3em .6em; overflow-wrap: anywhere;}
@@ -30,14 +30,17 @@ def build(studio: Studio) -> gr.Blocks:
         if studio.demo:
             banner += " · **demo models: random weights, the images are noise**"
         gr.Markdown(banner)
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("txt2img", id="txt2img"):
                 form, parts = txt2img.build(studio)
             with gr.Tab("LoRA", id="lora") as lora_tab_item:
                 listing, search, lora_outputs = lora_tab.build(studio, parts["prompt"])
+            with gr.Tab("History", id="history") as history_tab_item:
+                saved, saved_search, saved_outputs = history_tab.build(studio, form, parts["size"], tabs)
             with gr.Tab("Settings", id="settings"):
                 settings_loader, settings_outputs = settings_tab.build(studio)
         lora_tab_item.select(listing, search, lora_outputs, api_name=False)
+        history_tab_item.select(saved, saved_search, saved_outputs, api_name=False)  # new images since
         blocks.load(listing, search, lora_outputs, api_name=False)
         # A built component keeps the value it was built with: each page load shows the values of now. Then the
         # page is marked loaded (<body data-hg-loaded>), for scripts and tests that must not type before that.

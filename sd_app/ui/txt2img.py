@@ -16,6 +16,7 @@ from .. import infotext, samplers
 from ..errors import UserError
 from ..jobs import Job
 from ..params import LIMITS, SDXL_SIZES, GenerationParams, Limits
+from ..preview import enlarged
 from ..prompts import token_chunks
 from ..studio import Studio
 from . import xyz_panel
@@ -136,15 +137,23 @@ def _schedule_choice(params: GenerationParams) -> str:
     return schedule.name if params.scheduler != "Automatic" or sampler.name != params.sampler_name else "Automatic"
 
 
-def progress_html(job: Job, queued: bool = False) -> str:
+def progress_html(job: Job, queued: bool = False, ahead: int = 0) -> str:
+    """The progress bar: the place in the queue, what the job does before its first step (loading, encoding,
+    compiling), then the steps with the ETA."""
     if queued:
-        return "<div class='hg-progress'>Waiting for the GPU…</div>"
+        place = f": {ahead} job{'s' if ahead != 1 else ''} ahead" if ahead else "…"
+        return f"<div class='hg-progress'><span>Waiting for the GPU{place}</span></div>"
     percent = round(job.progress * 100)
     eta = job.eta()
     batch = f" · batch {job.job_no + 1}/{job.job_count}" if job.job_count > 1 else ""
     batch += f" · cell {job.part_no + 1}/{job.part_count}" if job.part_count > 1 else ""
     eta_text = f" · ETA {eta:.0f}s" if eta is not None and job.progress > 0 else ""
-    text = job.note or f"Step {job.sampling_step}/{job.sampling_steps or '?'}{batch}{eta_text}"
+    if job.note:
+        text = html.escape(job.note)  # notes name checkpoints: file names are not markup
+    elif not job.sampling_steps:
+        text = "Starting…"
+    else:
+        text = f"Step {job.sampling_step}/{job.sampling_steps}{batch}{eta_text}"
     return f"<div class='hg-progress'><div class='hg-bar' style='width:{percent}%'></div><span>{text}</span></div>"
 
 
@@ -193,9 +202,11 @@ def build(studio: Studio) -> tuple[Form, dict]:
     results = Results(*shown, infotexts=gr.State([]), last_seed=gr.State(-1), error=error)
     form = Form(checkpoint=checkpoint, prompt=prompt, negative_prompt=negative_prompt, **fields, styles=styles)
 
-    # Gradio's own status (queue place, "Error") goes beside the form, not over the last results.
+    # No Gradio concurrency limit: jobs wait on the studio's board, whose progress bar tells each user their
+    # place ("2 jobs ahead"), for page and API jobs alike; Gradio's queue would only show a clipped "queue: 1/1".
+    # Gradio's own status ("Error") goes beside the form, not over the last results.
     generate.click(bind(run, studio, results), inputs=form.inputs(), outputs=results.outputs(),
-                   concurrency_limit=1, concurrency_id="gpu", api_name="txt2img", show_progress_on=[results.error])
+                   concurrency_limit=None, api_name="txt2img", show_progress_on=[results.error])
     xyz_panel.wire(grid_controls, studio, form, results)  # "Generate grid": the same form, the same results
     interrupt.click(bind(interrupt_job, studio), None, None, queue=False, api_name="interrupt")
     skip.click(bind(skip_job, studio), None, None, queue=False, api_name="skip")
@@ -231,7 +242,7 @@ def build(studio: Studio) -> tuple[Form, dict]:
 
     on_load = (bind(current_form, studio, form, size, no_model_box), None, form.inputs() + [size, no_model_box])
     return form, {"prompt": prompt, "gallery": results.gallery, "info": results.info, "checkpoint": checkpoint,
-                  "preset": preset, "load": on_load}
+                  "preset": preset, "load": on_load, "size": size}
 
 
 def start_defaults(studio: Studio) -> GenerationParams:
@@ -356,7 +367,8 @@ def _options_column(studio: Studio, defaults: GenerationParams):
 def _results_column():
     """Progress, preview, gallery and infotext (the shown Results), then parameter paste and PNG Info."""
     progress = gr.HTML("", elem_id="progress")
-    preview = gr.Image(label="Preview", visible=False, format="png", interactive=False, height=160)
+    preview = gr.Image(label="Preview", visible=False, format="png", interactive=False, height=320,
+                       elem_id="preview")
     gallery = gr.Gallery(label="Results", format="png", columns=2, height=420, elem_id="gallery",
                          interactive=False)
     info = gr.Textbox(label="Generation parameters", lines=4, interactive=False, elem_id="infotext",
@@ -396,12 +408,16 @@ def run(studio: Studio, results: Results, request: gr.Request, *values):
         raise refused("txt2img", err, toast=False) from None
     job = studio.start(params, owner=session_owner(request))
     yield {results.error: ""}
+    shown = None
     try:
         while not job.done:
             job.wait(POLL_SECONDS)
-            shown = job.preview
-            yield {results.progress: progress_html(job, queued=job.started is None),
-                   results.preview: gr.update(value=shown, visible=shown is not None)}
+            queued = job.started is None
+            update = {results.progress: progress_html(job, queued, studio.queue_position(job) if queued else 0)}
+            if job.preview is not None and job.preview is not shown:  # a new preview only: each one is sent as PNG
+                shown = job.preview
+                update[results.preview] = gr.update(value=enlarged(shown, params.width, params.height), visible=True)
+            yield update
     finally:
         if not job.done:
             job.interrupt()  # closed (GeneratorExit) or failed: nobody will see the rest
@@ -412,8 +428,8 @@ def run(studio: Studio, results: Results, request: gr.Request, *values):
     note = " (interrupted)" if result.interrupted else ""
     for warning in result.warnings:
         gr.Warning(warning)
-    done = (f"<div class='hg-progress'>Done{note}: {len(result.images)} image(s) in "
-            f"{time.time() - job.started:.1f}s</div>")
+    done = (f"<div class='hg-progress'><span>Done{note}: {len(result.images)} image(s) in "
+            f"{time.time() - job.started:.1f}s</span></div>")
     yield {results.progress: done, results.preview: gr.update(visible=False),
            results.gallery: [(img, f"seed {s}") for img, s in zip(result.images, result.seeds)],
            results.info: result.infotexts[0] if result.infotexts else "", results.infotexts: result.infotexts,
