@@ -155,10 +155,13 @@ class SettingsStore:
             if setting is None:
                 raise UserError(f"unknown setting; known: {', '.join(BY_NAME)}", field=name)
             checked[name] = check_value(setting, value)
-        changed = [n for n, v in checked.items() if self.values[n] != v]
+        # A start-up flag's value sent back unchanged (the Settings page sends every field) is not the user's
+        # choice: it stays a flag, unsaved. Another value wins over the flag and is saved.
+        checked = {n: v for n, v in checked.items() if n not in self.overrides or self.overrides[n] != v}
+        changed = [n for n, v in checked.items() if self.get(n) != v]
         self.values.update(checked)
         for name in checked:
-            self.overrides.pop(name, None)  # what the user sets now wins over the start-up flag
+            self.overrides.pop(name, None)
         self.save()
         return changed
 
