@@ -14,8 +14,7 @@ from compel import Compel, ReturnedEmbeddingsType
 from compel.prompt_parser import Conjunction, FlattenedPrompt
 
 from . import prompts
-
-SYNTAXES = ("a1111", "compel")
+from .prompts import SYNTAXES
 
 
 @dataclass

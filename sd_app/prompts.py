@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+# The prompt syntaxes a user can pick: this module reads A1111's; `encoding` hands compel's to compel's parser.
+SYNTAXES = ("a1111", "compel")
 ROUND_MULTIPLIER = 1.1
 SQUARE_MULTIPLIER = 1 / 1.1
 

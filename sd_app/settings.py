@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from . import samplers
-from .encoding import SYNTAXES
 from .errors import UserError
 from .fastpath import COMPILE_MODES
 from .outputs import OUTPUT_FORMATS
 from .params import LIMITS, GenerationParams
-from .pipelines import DEVICES, DTYPES, MEMORY_MODES, RELOAD_OPTIONS
+from .pipeline_choices import DEVICES, DTYPE_NAMES, MEMORY_MODES, RELOAD_OPTIONS
+from .prompts import SYNTAXES
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("prompt_syntax", "a1111", "Prompt syntax", "Prompts", choices=SYNTAXES,
             help="a1111: (word:1.2), [word]. compel: word++, (word)1.2, .blend()"),
     Setting("device", "auto", "Device", "Device and memory", choices=DEVICES),
-    Setting("dtype", "auto", "Precision", "Device and memory", choices=("auto", *DTYPES),
+    Setting("dtype", "auto", "Precision", "Device and memory", choices=("auto", *DTYPE_NAMES),
             help="auto: float16 on a GPU, float32 on the CPU"),
     Setting("memory_mode", "auto", "Memory mode", "Device and memory",
             choices=MEMORY_MODES,

@@ -23,6 +23,7 @@ from PIL import Image
 
 from .. import __version__, infotext, samplers
 from ..errors import UserError
+from ..startup import RETRY_AFTER_SECONDS, Startup
 from ..studio import Studio
 from . import convert
 from .schemas import OptionsRequest, PngInfoRequest, Txt2ImgRequest
@@ -30,18 +31,19 @@ from .schemas import OptionsRequest, PngInfoRequest, Txt2ImgRequest
 PREFIX = "/sdapi/v1"
 
 
-def mount(app: FastAPI, studio: Studio) -> FastAPI:
+def mount(app: FastAPI, studio: Studio, startup: Startup | None = None) -> FastAPI:
     """Serve the API on the Gradio app's server: `/sdapi/v1/...`, docs at `/docs`."""
-    api = build_api(studio)
+    api = build_api(studio, startup)
     app.mount(PREFIX, api)
     app.add_api_route("/docs", lambda: RedirectResponse(f"{PREFIX}/docs"), include_in_schema=False)
     return api
 
 
-def build_api(studio: Studio) -> FastAPI:
+def build_api(studio: Studio, startup: Startup | None = None) -> FastAPI:
+    """The API; with `startup`, every route answers 503 with Retry-After until start-up loading ends."""
     api = FastAPI(title="Homegrown API (AUTOMATIC1111-compatible)", version=__version__,
                   description="A1111's /sdapi/v1 on Homegrown's SDXL engine. Differences: see README.",
-                  dependencies=[Depends(_auth_dependency(studio))])
+                  dependencies=[Depends(_auth_dependency(studio)), Depends(_startup_dependency(startup))])
 
     @api.exception_handler(UserError)
     async def user_error(request: Request, err: UserError):
@@ -212,6 +214,15 @@ def _auth_dependency(studio: Studio):
         if credentials is None or not studio.credentials.check(credentials.username, credentials.password):
             raise HTTPException(status_code=401, detail="Incorrect username or password",
                                 headers={"WWW-Authenticate": "Basic"})
+
+    return check
+
+
+def _startup_dependency(startup: Startup | None):
+    def check():
+        if startup is not None and not startup.done:
+            raise HTTPException(status_code=503, detail="Homegrown is starting: the model is still loading",
+                                headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
     return check
 
