@@ -19,6 +19,10 @@ from urllib.parse import urlsplit  # noqa: E402
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# A clean start: transformers' and diffusers' loading warnings (torchvision missing, "modules that should be
+# kept in float32: []") say nothing a user can act on. Set these to "warning" to see them again.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 FLAGS = {
     # flag: (default, help)
@@ -66,11 +70,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build(args: argparse.Namespace):
-    """Make the objects the app runs on; returns (studio, blocks)."""
+    """Make the objects the page runs on, without the model stack (it loads behind the page: `main`);
+    returns (studio, blocks, startup)."""
     from sd_app import ui
     from sd_app.auth import credentials
     from sd_app.presets import PresetLibrary
     from sd_app.settings import SettingsStore
+    from sd_app.startup import Startup
     from sd_app.studio import Studio
     from sd_app.styles import StyleLibrary
 
@@ -78,27 +84,38 @@ def build(args: argparse.Namespace):
     overrides = {key: value for key, value in (
         ("models_dir", args.models_dir), ("ckpt_dir", args.ckpt_dir), ("lora_dir", args.lora_dir),
         ("vae_dir", args.vae_dir), ("outputs_dir", args.outputs_dir)) if value}
+    settings_file = data / "settings.json"
     if args.demo:
-        from sd_app.demo import write_demo
-
         demo_root = data / "demo"
-        write_demo(demo_root)
         overrides.update(models_dir=str(demo_root / "models"), ckpt_dir="", lora_dir="")
-    settings = SettingsStore(data / "settings.json", overrides)
+        settings_file = demo_root / "settings.json"  # what the demo saves never reaches a normal start
+    settings = SettingsStore(settings_file, overrides)
     for problem in settings.problems:
         print(f"settings: {problem}", file=sys.stderr)
     exposed = args.listen or args.share
     creds = credentials(args.auth, args.auth_file, exposed)
     shipped = Path(__file__).parent / "presets"
     studio = Studio.create(settings, data, PresetLibrary(shipped, data / "presets"), creds, offline=args.offline,
-                           demo=args.demo, styles=StyleLibrary(shipped / "styles", data / "styles"))
+                           demo=args.demo, styles=StyleLibrary(shipped / "styles", data / "styles"), stack=False)
     studio.start_preset = args.preset or ("Demo (tiny models)" if args.demo else None)
     if args.preset:
         studio.presets.get(args.preset)  # a typo fails now, with the list of presets
-    loaded = studio.load_startup_checkpoint(args.ckpt)
-    print(f"Checkpoint: {loaded}" if loaded else f"No SDXL checkpoint in {settings.folder('ckpt')}: the page says "
-                                                 "how to get one.")
-    return studio, ui.build(studio)
+    startup = Startup()
+    return studio, ui.build(studio, startup), startup
+
+
+def load_models(studio, startup, args: argparse.Namespace) -> None:
+    """Behind the page: write the demo models on the first --demo start, import the model stack, load the
+    checkpoint; then print which model is loaded, or why none is."""
+    from sd_app.startup import load_in_background
+
+    def prepare():
+        if args.demo:
+            from sd_app.demo import write_demo
+
+            write_demo(Path(args.data_dir) / "demo")
+
+    load_in_background(studio, startup, args.ckpt, prepare, on_done=lambda done: print(done.summary(), flush=True))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                                       colab="COLAB_RELEASE_TAG" in os.environ)
         tls = server_tls(args.tls_certfile, args.tls_keyfile, args.tls_self_signed, Path(args.data_dir) / "tls",
                          certificate_names(args.listen, sorted(policy.hosts)), share=args.share)
-        studio, blocks = build(args)
+        studio, blocks, startup = build(args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -142,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: the web guard could not be installed; stopping", file=sys.stderr)
         blocks.close()
         return 1
-    api.mount(app, studio, throttle)
+    api.mount(app, studio, throttle, startup)
     if share_url:
         policy.allow_host(urlsplit(share_url).hostname or "")
     print(f"Homegrown is running at {local_url}" + (" (and on your LAN)" if args.listen else ""))
@@ -155,7 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     if studio.credentials.generated:
         user, password = next(iter(studio.credentials.users.items()))
         print(f"Sign in with user '{user}' and password '{password}' (made for this run; set --auth to choose).")
-    print(f"Ready in {time.perf_counter() - STARTED:.1f}s", flush=True)
+    saving = studio.outputs.options
+    print(f"Images are saved to {saving.outputs_dir.expanduser().resolve()}" if saving.save_images else
+          "Images are not saved (Settings, Saving).")
+    print(f"Ready in {time.perf_counter() - STARTED:.1f}s: the page is up, the model is loading.", flush=True)
+    load_models(studio, startup, args)  # after the page is up: its imports would slow the page's own
     try:
         blocks.block_thread()
     except KeyboardInterrupt:

@@ -15,8 +15,7 @@ from compel import Compel, ReturnedEmbeddingsType
 from compel.prompt_parser import Blend, Conjunction, FlattenedPrompt, Fragment
 
 from . import prompts
-
-SYNTAXES = ("a1111", "compel")
+from .prompts import SYNTAXES
 
 
 @dataclass

@@ -15,9 +15,12 @@ encoders are left eager: they run once per prompt.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import UserError
+
+if TYPE_CHECKING:  # torch imports when a pipeline is compiled: the settings table (and the page) need only the names
+    import torch
 
 # name -> torch.compile arguments; None runs eagerly. A table, so the Settings choice and the API share it.
 # CUDA graphs are left out ("max-autotune-no-cudagraphs"): each captured shape keeps a private memory
@@ -44,6 +47,8 @@ def compiled_modules(pipe) -> list[torch.nn.Module]:
 
 def set_compiled(pipe, mode: str, device: torch.device) -> None:
     """Compile the pipeline's per-step modules with `mode` (a COMPILE_MODES key), or make them eager again."""
+    import torch
+
     arguments = COMPILE_MODES[mode]
     if arguments is not None:
         # Compiled graphs are cached per forward() code, shared by every module of a class: base and refiner

@@ -20,11 +20,9 @@ from .errors import UserError
 from .loading import CheckpointWeights, check_kind, load_base, load_refiner, load_vae
 from .lora_patch import LoraSet, WeightCache
 from .models import AUTOMATIC_VAE, Checkpoint, CheckpointLibrary, VaeLibrary, model_title
+from .pipeline_choices import DTYPE_NAMES, MEMORY_MODES, RELOAD_OPTIONS
 
-# The choices, defined here where they act; the Settings table reads them.
-DEVICES = ("auto", "cuda", "cpu", "mps")
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-MEMORY_MODES = ("auto", "none", "model-offload", "sequential-offload")
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 GIB = 1024**3
 
 
@@ -37,10 +35,6 @@ class PipelineOptions:
     vae: str = "Automatic"  # Automatic: the checkpoint's own VAE; else a file in the VAE folder
     compile: str = "off"  # fastpath.COMPILE_MODES: torch.compile the UNet and VAE decoder (no reload needed)
     prompt_syntax: str = "a1111"  # encoding.SYNTAXES
-
-
-# Changing these means loading the checkpoint again (the Settings page marks them ⟳).
-RELOAD_OPTIONS = ("device", "dtype", "memory_mode", "vae_tiling", "vae")
 
 
 @dataclass

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
 from PIL import Image
+
+if TYPE_CHECKING:  # the page imports this module for `enlarged` before torch is loaded (app.py: page first)
+    import torch
 
 # Least-squares fit of SDXL latent channels to RGB, as used by ComfyUI's "latent2rgb" previewer.
 SDXL_LATENT_RGB = (
@@ -17,6 +21,7 @@ SDXL_LATENT_RGB_BIAS = (0.1084, -0.0175, -0.0011)
 
 def latent_preview(latent: torch.Tensor) -> Image.Image:
     """One (4, h, w) latent -> a small RGB image at latent resolution (1/8 of the final size)."""
+    import torch  # here, not at the top: see the import above
     factors = torch.tensor(SDXL_LATENT_RGB, dtype=torch.float32)
     bias = torch.tensor(SDXL_LATENT_RGB_BIAS, dtype=torch.float32)
     rgb = latent.detach().float().cpu().permute(1, 2, 0) @ factors + bias

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+# The prompt syntaxes a user can pick: this module reads A1111's; `encoding` hands compel's to compel's parser.
+SYNTAXES = ("a1111", "compel")
 ROUND_MULTIPLIER = 1.1
 # Prompt weights are used within this range; one outside it is clamped, with a warning. A1111 sets no
 # bound (weights past ~2 already wreck an image), but a weight such as `(cat:1e30)` written out in digits,

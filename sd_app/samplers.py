@@ -11,8 +11,6 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
-import diffusers
-
 from .errors import UserError
 
 
@@ -24,6 +22,10 @@ class Sampler:
     options: dict[str, Any] = field(default_factory=dict)  # extra scheduler config
     default_schedule: str = "Uniform"  # what "Automatic" means for this sampler
     note: str = ""
+    # Schedule options the diffusers class does not take: the schedule types that need them do not work with it.
+    # Written here so names can be checked without importing diffusers (the page is up before it loads);
+    # tests/test_samplers.py reads them from diffusers' signatures to keep this true.
+    lacks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class Schedule:
 
 # k-diffusion samplers space their steps evenly from the last training timestep to the first.
 _KDIFF = {"timestep_spacing": "linspace"}
+_SIGMA_SCHEDULE_KEYS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
 
 SAMPLERS: tuple[Sampler, ...] = (
     Sampler("DPM++ 2M", ("k_dpmpp_2m",), "DPMSolverMultistepScheduler",
@@ -44,17 +47,20 @@ SAMPLERS: tuple[Sampler, ...] = (
             {**_KDIFF, "algorithm_type": "sde-dpmsolver++", "solver_order": 2, "final_sigmas_type": "zero"}, "Karras"),
     Sampler("DPM++ 2S a", ("k_dpmpp_2s_a",), "DPMSolverSinglestepScheduler",
             {"algorithm_type": "dpmsolver++", "solver_order": 2, "final_sigmas_type": "zero"}, "Karras",
-            note="diffusers has no ancestral single-step solver: this one adds no noise per step"),
-    Sampler("Euler a", ("k_euler_a", "k_euler_ancestral"), "EulerAncestralDiscreteScheduler", dict(_KDIFF)),
+            note="diffusers has no ancestral single-step solver: this one adds no noise per step",
+            lacks=("timestep_spacing",)),
+    Sampler("Euler a", ("k_euler_a", "k_euler_ancestral"), "EulerAncestralDiscreteScheduler", dict(_KDIFF),
+            lacks=_SIGMA_SCHEDULE_KEYS),
     Sampler("Euler", ("k_euler",), "EulerDiscreteScheduler", dict(_KDIFF)),
     Sampler("LMS", ("k_lms",), "LMSDiscreteScheduler", dict(_KDIFF)),
     Sampler("Heun", ("k_heun",), "HeunDiscreteScheduler", dict(_KDIFF)),
     Sampler("DPM2", ("k_dpm_2",), "KDPM2DiscreteScheduler", dict(_KDIFF), "Karras"),
     Sampler("DPM2 a", ("k_dpm_2_a",), "KDPM2AncestralDiscreteScheduler", dict(_KDIFF), "Karras"),
-    Sampler("DDIM", ("ddim",), "DDIMScheduler", {"timestep_spacing": "leading"}, "Uniform"),
+    Sampler("DDIM", ("ddim",), "DDIMScheduler", {"timestep_spacing": "leading"}, "Uniform",
+            lacks=_SIGMA_SCHEDULE_KEYS),
     Sampler("UniPC", ("unipc",), "UniPCMultistepScheduler", dict(_KDIFF)),
     Sampler("LCM", ("k_lcm", "lcm"), "LCMScheduler", {"timestep_spacing": "leading"}, "Uniform",
-            note="for LCM models and LoRAs: use 4-8 steps and CFG 1-2"),
+            note="for LCM models and LoRAs: use 4-8 steps and CFG 1-2", lacks=_SIGMA_SCHEDULE_KEYS),
 )
 
 SCHEDULES: tuple[Schedule, ...] = (
@@ -117,13 +123,13 @@ def resolve(sampler_name: str, schedule_name: str | None = "Automatic") -> tuple
 
 
 def _supports(sampler: Sampler, schedule: Schedule) -> bool:
-    params = inspect.signature(getattr(diffusers, sampler.scheduler_class).__init__).parameters
-    return all(key in params for key in schedule.options if key != "timestep_spacing") and (
-        "timestep_spacing" not in schedule.options or "timestep_spacing" in params)
+    return not any(key in sampler.lacks for key in schedule.options)
 
 
 def make_scheduler(base_config: dict, sampler: Sampler, schedule: Schedule, seed: int | None = None):
     """A fresh diffusers scheduler for one job, built on the checkpoint's own scheduler config."""
+    import diffusers  # here, not at the top: names are checked before the model stack imports
+
     cls = getattr(diffusers, sampler.scheduler_class)
     config = {k: v for k, v in dict(base_config).items() if not k.startswith("_")}
     for flag in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"):

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from . import samplers
-from .encoding import SYNTAXES
 from .errors import UserError
 from .fastpath import COMPILE_MODES
 from .outputs import OUTPUT_FORMATS
 from .params import LIMITS, GenerationParams, Limits
-from .pipelines import DEVICES, DTYPES, MEMORY_MODES, RELOAD_OPTIONS
+from .pipeline_choices import DEVICES, DTYPE_NAMES, MEMORY_MODES, RELOAD_OPTIONS
+from .prompts import SYNTAXES
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("prompt_syntax", "a1111", "Prompt syntax", "Prompts", choices=SYNTAXES,
             help="a1111: (word:1.2), [word]. compel: word++, (word)1.2, .blend()"),
     Setting("device", "auto", "Device", "Device and memory", choices=DEVICES),
-    Setting("dtype", "auto", "Precision", "Device and memory", choices=("auto", *DTYPES),
+    Setting("dtype", "auto", "Precision", "Device and memory", choices=("auto", *DTYPE_NAMES),
             help="auto: float16 on a GPU, float32 on the CPU"),
     Setting("memory_mode", "auto", "Memory mode", "Device and memory",
             choices=MEMORY_MODES,
@@ -167,10 +167,13 @@ class SettingsStore:
             if setting is None:
                 raise UserError(f"unknown setting; known: {', '.join(BY_NAME)}", field=name)
             checked[name] = check_value(setting, value)
-        changed = [n for n, v in checked.items() if self.values[n] != v]
+        # A start-up flag's value sent back unchanged (the Settings page sends every field) is not the user's
+        # choice: it stays a flag, unsaved. Another value wins over the flag and is saved.
+        checked = {n: v for n, v in checked.items() if n not in self.overrides or self.overrides[n] != v}
+        changed = [n for n, v in checked.items() if self.get(n) != v]
         self.values.update(checked)
         for name in checked:
-            self.overrides.pop(name, None)  # what the user sets now wins over the start-up flag
+            self.overrides.pop(name, None)
         self.save()
         return changed
 

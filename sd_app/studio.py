@@ -3,6 +3,10 @@
 `app.py` builds one `Studio` and hands it to the page and the API. They submit jobs, find and stop them,
 read progress, list and load models and apply settings here, with plain dataclasses; neither reads the
 engine's or the pipelines' insides. Nothing here knows Gradio or HTTP.
+
+The model stack (torch, diffusers: seconds to import) is attached by `attach_stack`, which `create` calls
+unless told not to: app.py serves the page first and attaches it in the background. Until then the studio
+lists folders and presets, and says the model is loading when asked to generate.
 """
 
 from __future__ import annotations
@@ -13,23 +17,24 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import downloads, xyz
 from .auth import Credentials
-from .encoding import count_tokens
-from .engine import Engine
 from .errors import UserError
 from .history import History
 from .jobs import GenerationResult, Job, JobBoard
-from .loading import load_tokenizers
 from .lora_library import LoraLibrary
 from .models import AUTOMATIC_VAE, CheckpointLibrary, HashCache, VaeLibrary
 from .outputs import OutputOptions, OutputWriter
 from .params import GenerationParams, Limits
-from .pipelines import PipelineOptions, Pipelines
 from .presets import PresetLibrary
 from .settings import SettingsStore
 from .styles import StyleLibrary
+
+if TYPE_CHECKING:  # these import torch and diffusers: `attach_stack` imports them
+    from .engine import Engine
+    from .pipelines import PipelineOptions, Pipelines
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +55,23 @@ class ModelInfo:
 
 
 class Studio:
-    def __init__(self, settings: SettingsStore, pipelines: Pipelines, engine: Engine, outputs: OutputWriter,
-                 loras: LoraLibrary, presets: PresetLibrary, credentials: Credentials | None = None,
-                 offline: bool = False, demo: bool = False, start_preset: str | None = None,
-                 styles: StyleLibrary | None = None):
+    def __init__(self, settings: SettingsStore, pipelines: Pipelines | None, engine: Engine | None,
+                 outputs: OutputWriter, loras: LoraLibrary, presets: PresetLibrary,
+                 credentials: Credentials | None = None, offline: bool = False, demo: bool = False,
+                 start_preset: str | None = None, styles: StyleLibrary | None = None,
+                 checkpoint_library: CheckpointLibrary | None = None, vae_library: VaeLibrary | None = None):
         self.settings = settings
-        self.pipelines = pipelines
+        self.pipelines = pipelines  # None until `attach_stack`
         self.engine = engine
+        # The folders' libraries, there before the stack is: the page lists checkpoints while it imports.
+        self.checkpoint_library = pipelines.checkpoints if checkpoint_library is None else checkpoint_library
+        self.vae_library = pipelines.vaes if vae_library is None else vae_library
         self.outputs = outputs
         self.loras = loras
         self.presets = presets
-        self.styles = styles or engine.styles or StyleLibrary()
-        engine.styles = self.styles  # one library: the styles the page lists are the ones the engine applies
+        self.styles = styles or (engine.styles if engine is not None else None) or StyleLibrary()
+        if engine is not None:
+            engine.styles = self.styles  # one library: the styles the page lists are the ones the engine applies
         self.credentials = credentials or Credentials()
         self.offline = offline
         self.demo = demo
@@ -74,15 +84,33 @@ class Studio:
     @classmethod
     def create(cls, settings: SettingsStore, data_dir: str | Path, presets: PresetLibrary,
                credentials: Credentials | None = None, offline: bool = False, demo: bool = False,
-               styles: StyleLibrary | None = None) -> "Studio":
+               styles: StyleLibrary | None = None, stack: bool = True) -> "Studio":
+        """The studio on the settings' folders; with stack=False the model stack is left for `attach_stack`."""
         hashes = HashCache(Path(data_dir) / "hashes.json")
-        loras = LoraLibrary(settings.folder("lora"), hashes)
-        pipelines = Pipelines(CheckpointLibrary(settings.folder("ckpt"), hashes), pipeline_options(settings),
-                              vaes=VaeLibrary(settings.folder("vae"), hashes))
-        styles = styles or StyleLibrary()
-        engine = Engine(pipelines, loras, preview_every=settings.get("preview_every"), limits=limits(settings), styles=styles)
-        return cls(settings, pipelines, engine, OutputWriter(output_options(settings)), loras, presets,
-                   credentials, offline, demo, styles=styles)
+        studio = cls(settings, None, None, OutputWriter(output_options(settings)),
+                     LoraLibrary(settings.folder("lora"), hashes), presets, credentials, offline, demo,
+                     styles=styles or StyleLibrary(),
+                     checkpoint_library=CheckpointLibrary(settings.folder("ckpt"), hashes),
+                     vae_library=VaeLibrary(settings.folder("vae"), hashes))
+        if stack:
+            studio.attach_stack()
+        return studio
+
+    def attach_stack(self) -> None:
+        """Import the model stack and make the pipelines and the engine (no checkpoint is loaded yet)."""
+        from .engine import Engine
+        from .pipelines import Pipelines
+
+        pipelines = Pipelines(self.checkpoint_library, pipeline_options(self.settings), vaes=self.vae_library)
+        self.engine = Engine(pipelines, self.loras, preview_every=self.settings.get("preview_every"),
+                             limits=self.limits(), styles=self.styles)
+        self.pipelines = pipelines
+
+    def _stack(self) -> Pipelines:
+        """The pipelines, or a 503 while the model stack is still importing at start."""
+        if self.pipelines is None or self.engine is None:
+            raise UserError("Homegrown is still loading the model; try again in a few seconds", status=503)
+        return self.pipelines
 
     # ---- jobs ---------------------------------------------------------------------------------
 
@@ -90,6 +118,7 @@ class Studio:
                  save: bool | None = None, output_format: str | None = None) -> GenerationResult:
         """Run a request as `owner`'s job and save its images (unless `save` says not to). The job is on the
         board while it waits and runs, and off it when it ends, whatever way it ends."""
+        self._stack()
         job = job or Job(params, owner)
         job.owner = owner
         self.jobs.add(job)
@@ -204,14 +233,14 @@ class Studio:
 
     def checkpoint_names(self, kind: str | None = None) -> list[str]:
         """Names of the checkpoints found; with kind ("sdxl-base"/"sdxl-refiner") only those."""
-        library = self.pipelines.checkpoints
+        library = self.checkpoint_library
         # A damaged file is none of the kinds (its kind is None); checkpoint_problems says why.
         return [c.name for c in library.list() if kind is None or library.kind(c) == kind]
 
     def checkpoints(self) -> list[ModelInfo]:
         """Every checkpoint found, with the hashes already known (listing never hashes a 7 GB file) and what
         is wrong with the damaged ones."""
-        library = self.pipelines.checkpoints
+        library = self.checkpoint_library
         found = []
         for checkpoint in library.list():
             try:
@@ -225,12 +254,12 @@ class Studio:
 
     def checkpoint_problems(self) -> list[str]:
         """What is wrong with each damaged checkpoint file, for the page to show beside the list."""
-        library = self.pipelines.checkpoints
+        library = self.checkpoint_library
         return [problem for checkpoint in library.list() if (problem := library.problem(checkpoint)) is not None]
 
     def loaded_model(self) -> ModelInfo | None:
         """The base checkpoint loaded now, if any."""
-        loaded = self.pipelines.base
+        loaded = self.pipelines.base if self.pipelines is not None else None
         if loaded is None:
             return None
         checkpoint = loaded.checkpoint
@@ -243,7 +272,7 @@ class Studio:
 
     def load_checkpoint(self, name: str) -> str:
         """Load `name` as the base checkpoint (the previous one stays if it fails); returns its name."""
-        return self.pipelines.load_checkpoint(name).checkpoint.name
+        return self._stack().load_checkpoint(name).checkpoint.name
 
     def load_startup_checkpoint(self, wanted: str | None = None) -> str | None:
         """Load the checkpoint asked for (flag or setting), else the first SDXL base found; None if there is none."""
@@ -258,28 +287,30 @@ class Studio:
     # ---- settings ---------------------------------------------------------------------------
 
     def vae_names(self) -> list[str]:
-        return ["Automatic", *self.pipelines.vaes.list()]
+        return ["Automatic", *self.vae_library.list()]
 
     def vae_problems(self) -> dict[str, str]:
         """VAE name -> why its file cannot be used, for the damaged ones."""
-        return self.pipelines.vaes.problems()
+        return self.vae_library.problems()
 
     def apply_settings(self, changes: dict) -> str:
+        pipelines = self._stack()  # options apply to the pipelines: none are saved before they exist
         vae = changes.get("vae")
         if vae not in AUTOMATIC_VAE:
-            self.pipelines.vaes.get(vae)  # an unknown VAE is refused before anything is saved
+            self.vae_library.get(vae)  # an unknown VAE is refused before anything is saved
         before = self.settings.all()
         changed = self.settings.update(changes)
         if not changed:
             return "Nothing changed."
         if any(name.endswith("_dir") for name in changed):
-            hashes = self.pipelines.checkpoints.hashes
+            hashes = self.checkpoint_library.hashes
             self.loras = LoraLibrary(self.settings.folder("lora"), hashes)
-            self.pipelines.use_libraries(CheckpointLibrary(self.settings.folder("ckpt"), hashes),
-                                         VaeLibrary(self.settings.folder("vae"), hashes))
+            self.checkpoint_library = CheckpointLibrary(self.settings.folder("ckpt"), hashes)
+            self.vae_library = VaeLibrary(self.settings.folder("vae"), hashes)
+            pipelines.use_libraries(self.checkpoint_library, self.vae_library)
             self.engine.use_libraries(self.loras)
         try:
-            message = self.pipelines.configure(pipeline_options(self.settings))
+            message = pipelines.configure(pipeline_options(self.settings))
         except UserError:
             self.settings.update({name: before[name] for name in changed})  # keep the file matching what runs
             raise
@@ -290,6 +321,9 @@ class Studio:
     # ---- prompts ------------------------------------------------------------------------------
 
     def count_tokens(self, text: str) -> int:
+        from .encoding import count_tokens
+        from .loading import load_tokenizers
+
         with self._lock:
             if self._tokenizer is None:
                 self._tokenizer = load_tokenizers()[0]
@@ -331,6 +365,8 @@ def _from_settings(options_class, settings: SettingsStore, **converters):
 
 
 def pipeline_options(settings: SettingsStore) -> PipelineOptions:
+    from .pipelines import PipelineOptions
+
     return _from_settings(PipelineOptions, settings)
 
 

@@ -29,21 +29,34 @@ class Server:
                      "--outputs-dir", str(self.outputs), *flags]
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.process: subprocess.Popen | None = None
-        self.ready_seconds: float | None = None
+        self.page_seconds: float | None = None  # launch to "Ready in": the page is served
+        self.ready_seconds: float | None = None  # launch to "Model:": start-up loading has ended
 
-    def start(self, timeout: float = 120) -> "Server":
-        started = time.perf_counter()
+    def start(self, timeout: float = 120, wait_for_model: bool = True) -> "Server":
+        """Start and wait until the page is up and, unless told not to, until the model has loaded (or failed to)."""
+        self.began = time.perf_counter()
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(self.args, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
-        while time.perf_counter() - started < timeout:
+        self.page_seconds = self.wait_for("Ready in", timeout)
+        if wait_for_model:
+            self.wait_for_model(timeout)
+        return self
+
+    def wait_for_model(self, timeout: float = 120) -> "Server":
+        """Wait for start-up loading to end: the "Model: ..." line."""
+        self.ready_seconds = self.wait_for("\nModel: ", timeout)
+        return self
+
+    def wait_for(self, text: str, timeout: float) -> float:
+        """Seconds from launch until `text` is in the log; stops the server if it never comes."""
+        while time.perf_counter() - self.began < timeout:
+            if text in self.log():
+                return time.perf_counter() - self.began
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
-            if "Ready in" in self.log():
-                self.ready_seconds = time.perf_counter() - started
-                return self
-            time.sleep(0.2)
+            time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"server not ready after {timeout}s:\n{self.log()}")
+        raise RuntimeError(f"server: no {text.strip()!r} after {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -83,7 +83,7 @@ def test_ui_and_api_refuse_without_credentials(auth_server):
 
 
 def test_only_outputs_can_be_served(demo_server):
-    secrets = [demo_server.outputs.parent / "settings.json", demo_server.outputs.parent / "hashes.json",
+    secrets = [demo_server.outputs.parent / "demo" / "settings.json", demo_server.outputs.parent / "hashes.json",
                demo_server.outputs.parent / "demo" / "models" / "Stable-diffusion" / "homegrown-demo-base.safetensors",
                ROOT / "app.py"]
     with httpx.Client(base_url=demo_server.url, timeout=30) as c:
@@ -101,8 +101,8 @@ def test_settings_saved_through_the_ui(demo_server):
     values[names.index("Steps")] = 21
     message = client.predict(*values, api_name="/save_settings")
     assert "applied" in message.lower()
-    saved = json.loads((demo_server.outputs.parent / "settings.json").read_text())
-    assert saved["steps"] == 21
+    saved = json.loads((demo_server.outputs.parent / "demo" / "settings.json").read_text())  # the demo's own file
+    assert saved["steps"] == 21 and not (demo_server.outputs.parent / "settings.json").exists()
     values[names.index("Steps")] = 0
     with pytest.raises(Exception) as err:
         client.predict(*values, api_name="/save_settings")

@@ -26,6 +26,18 @@ def test_resolve_names(name, sampler, schedule):
     assert (got_sampler.name, got_schedule.name) == (sampler, schedule)
 
 
+def test_what_each_sampler_lacks_is_what_its_diffusers_class_lacks():
+    """The table names the schedule options a scheduler does not take, so names resolve without diffusers."""
+    import inspect
+
+    import diffusers
+
+    keys = {key for schedule in samplers.SCHEDULES for key in schedule.options}
+    for sampler in samplers.SAMPLERS:
+        params = inspect.signature(getattr(diffusers, sampler.scheduler_class).__init__).parameters
+        assert set(sampler.lacks) == {key for key in keys if key not in params}, sampler.name
+
+
 def test_explicit_schedule_wins_over_combined_name():
     assert samplers.resolve("DPM++ 2M Karras", "SGM Uniform")[1].name == "SGM Uniform"
 

@@ -97,3 +97,14 @@ def test_a_file_that_is_not_a_json_object_of_text_falls_back_to_defaults(tmp_pat
     store = SettingsStore(path)
     assert store.get("steps") == 30 and "could not be read" in store.problems[0]
     assert path.read_bytes() == content
+
+
+def test_a_flag_value_sent_back_by_the_page_stays_unsaved(tmp_path):
+    """The Settings page sends every field, the flags' values too: those are not the user's choices."""
+    path = tmp_path / "s.json"
+    store = SettingsStore(path, overrides={"models_dir": "/demo/models", "outputs_dir": "/tmp/o"})
+    assert store.update({"models_dir": "/demo/models", "outputs_dir": "/elsewhere", "steps": 9}) == ["outputs_dir",
+                                                                                                 "steps"]
+    saved = json.loads(path.read_text())
+    assert saved["models_dir"] == "models" and saved["outputs_dir"] == "/elsewhere" and saved["steps"] == 9
+    assert store.get("models_dir") == "/demo/models" and store.get("outputs_dir") == "/elsewhere"

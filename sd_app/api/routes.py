@@ -30,6 +30,7 @@ from .. import __version__, infotext, samplers, xyz
 from ..auth import SignInThrottle
 from ..errors import UserError
 from ..logs import user_error
+from ..startup import RETRY_AFTER_SECONDS, Startup
 from ..studio import API_OWNER, Studio
 from . import convert
 from .schemas import OptionsRequest, PngInfoRequest, Txt2ImgRequest
@@ -39,19 +40,22 @@ CLIENT_POLL_SECONDS = 0.5  # how often a waiting txt2img looks whether its clien
 log = logging.getLogger(__name__)
 
 
-def mount(app: FastAPI, studio: Studio, throttle: SignInThrottle | None = None) -> FastAPI:
+def mount(app: FastAPI, studio: Studio, throttle: SignInThrottle | None = None,
+          startup: Startup | None = None) -> FastAPI:
     """Serve the API on the Gradio app's server: `/sdapi/v1/...`, docs at `/docs`."""
-    api = build_api(studio, throttle)
+    api = build_api(studio, throttle, startup)
     app.mount(PREFIX, api)
     app.add_api_route("/docs", lambda: RedirectResponse(f"{PREFIX}/docs"), include_in_schema=False)
     return api
 
 
-def build_api(studio: Studio, throttle: SignInThrottle | None = None) -> FastAPI:
+def build_api(studio: Studio, throttle: SignInThrottle | None = None, startup: Startup | None = None) -> FastAPI:
+    """The API; with `startup`, every route answers 503 with Retry-After until start-up loading ends."""
     # FastAPI's own docs routes skip the app's dependencies: they are served by _docs_routes, behind the password.
     api = FastAPI(title="Homegrown API (AUTOMATIC1111-compatible)", version=__version__,
                   description="A1111's /sdapi/v1 on Homegrown's SDXL engine. Differences: see README.",
-                  dependencies=[Depends(_auth_dependency(studio, throttle or SignInThrottle()))],
+                  dependencies=[Depends(_auth_dependency(studio, throttle or SignInThrottle())),
+                                Depends(_startup_dependency(startup))],
                   docs_url=None, redoc_url=None, openapi_url=None)
 
     @api.exception_handler(UserError)
@@ -308,6 +312,15 @@ def _auth_dependency(studio: Studio, throttle: SignInThrottle):
             throttle.failed(client)
             raise refused()
         throttle.succeeded(client)
+
+    return check
+
+
+def _startup_dependency(startup: Startup | None):
+    async def check():  # async: never waits for a worker thread
+        if startup is not None and not startup.done:
+            raise HTTPException(status_code=503, detail="Homegrown is starting: the model is still loading",
+                                headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
     return check
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import gradio as gr
 
+from ..startup import Startup
 from ..studio import Studio
-from . import history_tab, lora_tab, settings_tab, txt2img
+from . import history_tab, lora_tab, settings_tab, startup_status, txt2img
 
 CSS = """
 .hg-progress {position: relative; min-height: 1.8em; border-radius: 6px; background: var(--block-background-fill);
@@ -19,20 +20,24 @@ CSS = """
            padding: .3em .6em; overflow-wrap: anywhere;}
 /* The message beside the form says what went wrong: Gradio's "Error" badge would only cover it. */
 #error [data-testid="status-tracker"]:has(.error) {display: none;}
+#startup-status {border-left: 4px solid var(--color-accent); padding-left: 1em;}
 """
 JS = (Path(__file__).parent / "page.js").read_text(encoding="utf-8")  # launch(js=JS) runs it on page load
 LOADED_JS = "() => { document.body.dataset.hgLoaded = 'true'; }"
 
 
-def build(studio: Studio) -> gr.Blocks:
+def build(studio: Studio, startup: Startup | None = None) -> gr.Blocks:
+    """The page; with `startup` (loading behind the page) it says so and turns Generate on when it ends."""
+    loading = startup is not None and not startup.done
     with gr.Blocks(title="Homegrown", analytics_enabled=False) as blocks:
         banner = "Homegrown · SDXL studio"
         if studio.demo:
             banner += " · **demo models: random weights, the images are noise**"
         gr.Markdown(banner)
+        status = gr.Markdown(startup_status.note(startup) if startup else "", visible=loading, elem_id="startup-status")
         with gr.Tabs() as tabs:
             with gr.Tab("txt2img", id="txt2img"):
-                form, parts = txt2img.build(studio)
+                form, parts = txt2img.build(studio, loading)
             with gr.Tab("LoRA", id="lora") as lora_tab_item:
                 listing, search, lora_outputs = lora_tab.build(studio, parts["prompt"])
             with gr.Tab("History", id="history") as history_tab_item:
@@ -46,4 +51,6 @@ def build(studio: Studio) -> gr.Blocks:
         # page is marked loaded (<body data-hg-loaded>), for scripts and tests that must not type before that.
         blocks.load(settings_loader, None, settings_outputs, api_name=False).then(
             *parts["load"], api_name=False).then(None, js=LOADED_JS, api_name=False)
+        if startup is not None:
+            startup_status.build(studio, startup, blocks, status, parts)
     return blocks

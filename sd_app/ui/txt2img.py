@@ -160,15 +160,19 @@ def progress_html(job: Job, queued: bool = False, ahead: int = 0) -> str:
 # ---- layout -------------------------------------------------------------------------------------------
 
 
-def build(studio: Studio) -> tuple[Form, dict]:
+def build(studio: Studio, loading: bool = False) -> tuple[Form, dict]:
+    """The tab. While `loading` (the model stack importing at start) the checkpoint lists start empty and
+    Generate is off; `ui.startup_status` fills and enables them when loading ends."""
     defaults = start_defaults(studio)
-    base_names = studio.checkpoint_names("sdxl-base")
+    base_names = [] if loading else studio.checkpoint_names("sdxl-base")
     presets, _ = studio.presets.load()
 
-    no_model_box, get_base, get_refiner, download_status = _no_model_box(studio, visible=not base_names)
+    no_model_box, get_base, get_refiner, download_status = _no_model_box(studio, visible=not (loading or base_names))
     with gr.Row():
+        # Custom values: the lists change after the page is built (start-up loading, downloads, new files), and
+        # Gradio would check API clients' names against the lists of that moment; the studio checks names.
         checkpoint = gr.Dropdown(base_names, value=studio.current_checkpoint(), label="Checkpoint", scale=4,
-                                 elem_id="checkpoint", info=checkpoint_note(studio))
+                                 elem_id="checkpoint", info=checkpoint_note(studio), allow_custom_value=True)
         refresh = gr.Button("↻ Refresh", scale=0, min_width=90)
         preset = gr.Dropdown([""] + list(presets), value=studio.start_preset or "", label="Preset", scale=2,
                              elem_id="preset")
@@ -186,14 +190,14 @@ def build(studio: Studio) -> tuple[Form, dict]:
             styles = _styles_picker(studio, defaults)
             _extra_networks(studio, prompt)
         with gr.Column(scale=1, min_width=200):
-            generate = gr.Button("Generate", variant="primary", elem_id="generate", size="lg")
+            generate = gr.Button("Generate", variant="primary", elem_id="generate", size="lg", interactive=not loading)
             with gr.Row():
                 interrupt = gr.Button("Interrupt", elem_id="interrupt", size="lg", variant="stop")
                 skip = gr.Button("Skip", elem_id="skip", size="lg")
             error = gr.HTML("", elem_id="error")
     with gr.Row():
         with gr.Column(scale=1):
-            fields, size, swap, random_seed, reuse_seed = _options_column(studio, defaults)
+            fields, size, swap, random_seed, reuse_seed = _options_column(studio, defaults, loading)
             grid_controls = xyz_panel.layout(studio)
         with gr.Column(scale=1):
             (shown, to_form, pasted, apply_paste, dropped, dropped_info, dropped_to_form, report,
@@ -242,7 +246,7 @@ def build(studio: Studio) -> tuple[Form, dict]:
 
     on_load = (bind(current_form, studio, form, size, no_model_box), None, form.inputs() + [size, no_model_box])
     return form, {"prompt": prompt, "gallery": results.gallery, "info": results.info, "checkpoint": checkpoint,
-                  "preset": preset, "load": on_load, "size": size}
+                  "preset": preset, "load": on_load, "size": size, "generate": generate, "lists": lists}
 
 
 def start_defaults(studio: Studio) -> GenerationParams:
@@ -326,7 +330,7 @@ def _no_model_box(studio: Studio, visible: bool):
     return box, get_base, get_refiner, download_status
 
 
-def _options_column(studio: Studio, defaults: GenerationParams):
+def _options_column(studio: Studio, defaults: GenerationParams, loading: bool = False):
     """The sampling options: (the Form's fields from sampler_name on, by name), size, swap and the seed buttons."""
     with gr.Row():
         sampler_name = gr.Dropdown([s.name for s in samplers.SAMPLERS], value=_sampler_choice(defaults.sampler_name),
@@ -351,11 +355,11 @@ def _options_column(studio: Studio, defaults: GenerationParams):
     with gr.Row():
         n_iter = form_slider(*LIMITS["n_iter"], value=defaults.n_iter, step=1, label="Batch count")
         batch_size = form_slider(*LIMITS["batch_size"], value=defaults.batch_size, step=1, label="Batch size")
-    refiner_names = studio.checkpoint_names("sdxl-refiner")
+    refiner_names = [] if loading else studio.checkpoint_names("sdxl-refiner")
     start_refiner = defaults.refiner_checkpoint if defaults.refiner_checkpoint in refiner_names else NO_REFINER
     with gr.Accordion("Refiner", open=start_refiner != NO_REFINER):
         refiner_checkpoint = gr.Dropdown([NO_REFINER] + refiner_names, value=start_refiner, label="Refiner",
-                                         elem_id="refiner")
+                                         elem_id="refiner", allow_custom_value=True)
         refiner_switch_at = form_slider(*LIMITS["refiner_switch_at"], value=defaults.refiner_switch_at, step=0.01,
                                         label="Switch at (fraction of steps on the base)")
     fields = dict(sampler_name=sampler_name, scheduler=scheduler, steps=steps, width=width, height=height,
