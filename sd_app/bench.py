@@ -11,6 +11,9 @@ Cases (each figure: the median of --runs after a warm-up, with min-max, on the m
   lora-demo   LoRA switching and per-step cost on the demo model
   lora        the same on the full-size SDXL UNet with a rank-32 LoRA (~200 MB)
   coldstart   `python app.py --demo` to the first image returned by the API
+  limits      against `python app.py --demo`: the time to refuse each oversized request (a 422), and
+              /progress, /interrupt with 80 txt2img requests queued, then how fast the queue drains once
+              their clients have gone
   gpu         SDXL 1024x1024, 30 steps, bf16, base and base+refiner: plain diffusers, Homegrown, fast path
               (only with a CUDA GPU; full-size random weights)
 """
@@ -37,7 +40,7 @@ from . import ldm_format
 from .loading import CONFIGS_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
-ALL_CASES = ("overhead", "fastpath", "load", "lora-demo", "lora", "coldstart", "gpu")
+ALL_CASES = ("overhead", "fastpath", "load", "lora-demo", "lora", "coldstart", "limits", "gpu")
 
 
 # ---- measuring ---------------------------------------------------------------------------------
@@ -580,6 +583,109 @@ def case_coldstart(report: Report, work: Path, runs: int) -> None:
         report.add("coldstart", f"{label}: launch to first API image", f"{first:.1f} s", first)
 
 
+OVERSIZED = (  # the requests of issue 13 that held the engine for seconds to minutes
+    ("prompt of 3300 BREAKs (20 KB)", {"prompt": "BREAK " * 3300}),
+    ("prompt a( x 6667", {"prompt": "a(" * 6667}),
+    ("prompt of 1000 nested ( )", {"prompt": "(" * 1000 + "cat" + ")" * 1000}),
+    ("prompt of 25,000 characters", {"prompt": "x" * 25_000}),
+    ("4096x4096", {"width": 4096, "height": 4096}),
+    ("150 steps", {"steps": 150}),
+    ("n_iter 100", {"n_iter": 100}),
+)
+
+
+def case_limits(report: Report, work: Path, runs: int) -> None:
+    import httpx
+
+    from .errors import UserError
+    from .params import GenerationParams
+
+    data = Path(tempfile.mkdtemp(dir=work, prefix="limits-"))
+    with _demo_app(data) as (url, port), httpx.Client(base_url=url, timeout=120) as client:
+        stat = measure(lambda: client.get("/sdapi/v1/samplers"), runs * 5)
+        report.add("limits", "HTTP round trip of GET /sdapi/v1/samplers, for scale", fmt(stat, "ms"), stat)
+        for what, payload in OVERSIZED:
+            def refused(payload=payload):
+                answer = client.post("/sdapi/v1/txt2img", json=payload)
+                assert answer.status_code == 422, answer.text
+
+            def checked(payload=payload):
+                try:
+                    GenerationParams(**payload).check()
+                except UserError:
+                    return
+                raise AssertionError(f"{payload} passed the check")
+
+            stat = measure(refused, runs * 5)
+            report.add("limits", f"{what}: refused (HTTP 422)", fmt(stat, "ms"), stat)
+            stat = measure(checked, runs * 5)
+            report.add("limits", f"{what}: the check alone, in process", fmt(stat, "ms"), stat)
+
+        queued = [post_without_reading(port, "/sdapi/v1/txt2img", {"prompt": "queued", "steps": 30, "width": 64,
+                                                                    "height": 64, "n_iter": 10}) for _ in range(80)]
+        try:
+            while client.get("/sdapi/v1/progress").json()["state"]["sampling_step"] == 0:
+                time.sleep(0.05)
+            stat = measure(lambda: client.get("/sdapi/v1/progress"), runs * 10)
+            report.add("limits", "/progress with 80 txt2img requests queued", fmt(stat, "ms"), stat)
+            stat = measure(lambda: client.post("/sdapi/v1/interrupt"), runs * 3)
+            report.add("limits", "/interrupt with the queue (each stops the running job)", fmt(stat, "ms"), stat)
+        finally:
+            gone = time.perf_counter()
+            for sock in queued:
+                sock.close()
+        idle_since = None
+        while idle_since is None or time.perf_counter() - idle_since < 1:
+            running = client.get("/sdapi/v1/progress").json()["state"]["job_count"]
+            idle_since = None if running else idle_since or time.perf_counter()
+            time.sleep(0.05)
+        drained = idle_since - gone
+        report.add("limits", "80 queued jobs ended after their clients left", f"{drained:.2f} s", drained)
+
+
+def post_without_reading(port: int, path: str, payload: dict):
+    """A POST to the local app whose answer is never read; closing the socket is a client that went away."""
+    import socket
+
+    body = json.dumps(payload).encode()
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    return sock
+
+
+class _demo_app:
+    """`python app.py --demo` on a free port for a case, stopped (and its folder removed) afterwards."""
+
+    def __init__(self, data: Path):
+        self.data = data
+        self.port = _free_port()
+        self.server = None
+
+    def __enter__(self) -> tuple[str, int]:
+        import httpx
+
+        url = f"http://127.0.0.1:{self.port}"
+        self.server = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--demo", "--port", str(self.port),
+                                        "--data-dir", str(self.data), "--outputs-dir", str(self.data / "outputs")],
+                                       cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        start = time.perf_counter()
+        while True:
+            try:
+                if httpx.get(url + "/sdapi/v1/samplers", timeout=1).status_code == 200:
+                    return url, self.port
+            except httpx.HTTPError:
+                time.sleep(0.05)
+            if self.server.poll() is not None or time.perf_counter() - start > 180:
+                self.__exit__()
+                raise RuntimeError("the app did not start")
+
+    def __exit__(self, *exc) -> None:
+        self.server.terminate()
+        self.server.wait(30)
+        shutil.rmtree(self.data, ignore_errors=True)
+
+
 def case_gpu(report: Report, work: Path, runs: int) -> None:
     if not torch.cuda.is_available():
         report.add("gpu", "skipped", "no CUDA GPU on this machine")
@@ -612,7 +718,7 @@ def _free_port() -> int:
 
 
 CASES = {"overhead": case_overhead, "fastpath": case_fastpath, "load": case_load, "lora-demo": case_lora_demo,
-         "lora": case_lora, "coldstart": case_coldstart, "gpu": case_gpu}
+         "lora": case_lora, "coldstart": case_coldstart, "limits": case_limits, "gpu": case_gpu}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,11 +2,12 @@
 goes away (API or page) stops its job, and progress / interrupt answer at once behind a long queue."""
 
 import json
-import socket
 import time
 
 import httpx
 import pytest
+
+from sd_app.bench import post_without_reading
 
 API = "/sdapi/v1"
 PAGE_FORM = ["homegrown-demo-base", "a cat", "", "Euler a", "Automatic", 50, 64, 64, 7, 11, 30, 1, "None", 0.8]
@@ -16,15 +17,6 @@ PAGE_FORM = ["homegrown-demo-base", "a cat", "", "Euler a", "Automatic", 50, 64,
 def client(demo_server):
     with httpx.Client(base_url=demo_server.url, timeout=120) as c:
         yield c
-
-
-def send_without_reading(server, path: str, payload: dict) -> socket.socket:
-    """A POST whose client never reads the answer; closing the socket is a client that went away."""
-    body = json.dumps(payload).encode()
-    sock = socket.create_connection(("127.0.0.1", server.port))
-    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-    return sock
 
 
 def saved_images(server) -> int:
@@ -80,7 +72,7 @@ def test_a_clamped_weight_is_a_warning_in_info(client):
 
 def test_progress_and_interrupt_answer_at_once_behind_80_queued_requests(demo_server, client):
     payload = {"prompt": "queued", "steps": 30, "width": 64, "height": 64, "n_iter": 10}
-    queued = [send_without_reading(demo_server, f"{API}/txt2img", payload) for _ in range(80)]
+    queued = [post_without_reading(demo_server.port, f"{API}/txt2img", payload) for _ in range(80)]
     try:
         wait_until_running(client)
         for _ in range(3):  # as sync routes they waited for one of 40 worker threads: 21-31 s
@@ -106,7 +98,7 @@ def test_progress_and_interrupt_answer_at_once_behind_80_queued_requests(demo_se
 
 def test_an_api_client_that_goes_away_stops_its_job(demo_server, client):
     before = saved_images(demo_server)
-    sock = send_without_reading(demo_server, f"{API}/txt2img", {"prompt": "gone", "steps": 50, "width": 64,
+    sock = post_without_reading(demo_server.port, f"{API}/txt2img", {"prompt": "gone", "steps": 50, "width": 64,
                                                                  "height": 64, "n_iter": 30, "save_images": True})
     try:
         at_close = wait_until_running(client)
