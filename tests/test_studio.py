@@ -8,7 +8,7 @@ from sd_app import engine as engine_module, jobs, studio as studio_module
 from sd_app.errors import UserError
 from sd_app.jobs import Job
 from sd_app.outputs import OUTPUT_FORMATS
-from sd_app.pipelines import DEVICES, MEMORY_MODES, RELOAD_OPTIONS
+from sd_app.pipeline_choices import DEVICES, MEMORY_MODES, RELOAD_OPTIONS
 from sd_app.settings import BY_NAME
 
 from conftest import BASE, make_studio
