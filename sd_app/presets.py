@@ -8,11 +8,11 @@ presets folder; a user preset with the same name replaces the shipped one.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .datafiles import read_json_object
 from .errors import UserError
 from .lora_library import MAX_WEIGHT
 from .params import GenerationParams
@@ -51,14 +51,7 @@ class Preset:
 def parse(path: Path) -> Preset:
     """Read and check one preset file; UserError names the file and the field."""
     where = path.name
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{where}: cannot be read ({exc})") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{where}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{where}: must hold a JSON object")
+    data = read_json_object(path)
     if "style" in data:
         raise UserError(f"{where}: 'style' is no longer part of a preset: put the prompt template in a style file "
                         "(data/styles/NAME.json with name, prompt, negative_prompt) and choose it in the preset's "

@@ -17,10 +17,10 @@ names the styles in `Styles: a, b`; pasting it back takes each style's text out 
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .datafiles import read_json_object
 from .errors import UserError
 from .params import GenerationParams
 
@@ -93,14 +93,7 @@ def check_name(name, where: str) -> str:
 
 def parse_json(path: Path) -> Style:
     where = path.name
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{where}: cannot be read ({exc})") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{where}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{where}: must hold a JSON object")
+    data = read_json_object(path)
     for key in data:
         if key not in STYLE_KEYS:
             raise UserError(f"{where}: unknown field '{key}'; allowed: {', '.join(sorted(STYLE_KEYS))}")
