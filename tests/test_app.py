@@ -65,12 +65,13 @@ def test_bad_form_values_are_clear_errors(demo_server):
 def test_paste_parameters_endpoint(demo_server):
     client = Client(demo_server.url, verbose=False)
     text = "a fox\nNegative prompt: ugly\nSteps: 17, Sampler: DPM++ 2M Karras, CFG scale: 5.5, Seed: 99, Size: 832x1216"
-    values = client.predict(text, api_name="/paste_parameters")
+    form = [*FORM.values(), []]  # the form as it is (the paste fills over it) and its styles
+    values = client.predict(text, *form, api_name="/paste_parameters")
     joined = json.dumps(values)
     for expected in ("a fox", "ugly", "17", "DPM++ 2M", "Karras", "5.5", "99", "832", "1216"):
         assert expected in joined
     assert "**Applied:**" in joined and "Everything in the text was applied" in joined
-    plain = json.dumps(client.predict("just a prompt", api_name="/paste_parameters"))
+    plain = json.dumps(client.predict("just a prompt", *form, api_name="/paste_parameters"))
     assert "Not an A1111 infotext" in plain and "just a prompt" not in plain  # the form is left alone
 
 

@@ -25,7 +25,7 @@ def faults_server(tmp_path_factory, demo_root):
     metadata_as_list(models / "Stable-diffusion" / demo.BASE_FILE, models / "Stable-diffusion" / "a-damaged.safetensors")
     short_data_offsets(models / "Lora" / "demo-style.safetensors", models / "Lora" / "bad-offsets.safetensors")
     metadata_as_list(models / "VAE" / demo.VAE_FILE, models / "VAE" / "bad-vae.safetensors")
-    (data / "settings.json").write_text('{"steps": NaN, "width": 1e999, "sampler_name": "Euler a"}')
+    (data / "demo" / "settings.json").write_text('{"steps": NaN, "width": 1e999, "sampler_name": "Euler a"}')
     (data / "outputs").write_text("a file where the outputs folder should be")
     server = Server(data, "--demo", "--ckpt", BASE).start()
     yield server

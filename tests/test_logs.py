@@ -65,7 +65,7 @@ def test_user_mistakes_are_one_line_in_the_servers_terminal(demo_server):
          "txt2img refused: steps: must be between 1 and 150, got 0"),
         (lambda: client.predict(*{**FORM, "prompt": "x <lora:nope:1>"}.values(), api_name="/txt2img"),
          "txt2img refused: prompt: no LoRA named 'nope'"),
-        (lambda: client.predict("", api_name="/paste_parameters"), "fill_form refused: there are no parameters"),
+        (lambda: client.predict("", *FORM.values(), [], api_name="/paste_parameters"), "fill_form refused: there are no parameters"),
     ]
     for request, line in cases:
         before = len(demo_server.log())

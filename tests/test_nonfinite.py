@@ -120,6 +120,6 @@ def test_an_overflow_without_damaged_weights_names_the_suspects(damaged, small, 
 
     monkeypatch.setattr(engine_module.Engine, "_run_pass", overflowing)
     with pytest.raises(UserError) as err:
-        damaged.generate(small.replace(prompt="a (cat:8)", cfg_scale=25))
+        damaged.generate(small.replace(prompt="a (cat:8)", cfg_scale=25, checkpoint=BASE))
     message = err.value.message
     assert "no weights are damaged" in message and "a prompt weight of 8" in message and "CFG scale 25" in message

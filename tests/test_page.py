@@ -55,7 +55,7 @@ def test_settings_come_back_after_reload_and_restart(tmp_path, demo_root):
     format, Save: the file holds all four. Then a new server on the same data folder shows them too."""
     shutil.copytree(demo_root, tmp_path / "data" / "demo")
     server = Server(tmp_path / "data", "--demo").start()
-    settings_file = tmp_path / "data" / "settings.json"
+    settings_file = tmp_path / "data" / "demo" / "settings.json"
     try:
         with browser_page(server.url) as page:
             settings_tab(page)
@@ -112,7 +112,7 @@ def test_a_page_open_before_another_save_does_not_write_old_values_back(tmp_path
             settings_tab(old)  # still shows the steps of before
             field(old, "setting-cfg_scale").fill("5.5")
             save_settings(old)
-        saved = json.loads((tmp_path / "data" / "settings.json").read_text())
+        saved = json.loads((tmp_path / "data" / "demo" / "settings.json").read_text())
         assert (saved["steps"], saved["cfg_scale"]) == (44, 5.5)
     finally:
         server.stop()

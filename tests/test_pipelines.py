@@ -34,7 +34,7 @@ def test_failed_load_keeps_the_previous_checkpoint(ckpt_dir, tmp_path, small):
     engine.pipelines.load_checkpoint(BASE)
     before = engine.generate(small)
     for name, words in (("truncated", "incomplete"), ("garbage", "not a valid"), ("missing", "no checkpoint"),
-                        ("lying", "could not load")):
+                        ("lying", "not a valid")):  # its shapes disagree with its data: the header check says so
         with pytest.raises(UserError) as err:
             engine.pipelines.load_checkpoint(name)
         assert words in err.value.message

@@ -28,7 +28,7 @@ from sd_app.web_guard import WebGuard, WebPolicy, split_host
 API = "/sdapi/v1"
 PAGE_JOB = dict(checkpoint="homegrown-demo-base", prompt="a cat", negative_prompt="", sampler="Euler a",
                 scheduler="Automatic", steps=40, width=128, height=128, cfg=7, seed=11, n_iter=1, batch=1,
-                refiner="None", switch=0.8)
+                refiner="None", switch=0.8, styles=[])
 STATE_CHANGING = [("interrupt", None), ("skip", None), ("refresh-checkpoints", None), ("refresh-loras", None),
                   ("options", {"samples_format": "webp"})]
 

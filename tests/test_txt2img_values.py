@@ -7,9 +7,9 @@ from sd_app.params import GenerationParams
 from sd_app.ui.components import UNCLAMPED, form_slider
 from sd_app.ui.txt2img import values_to_params
 
-GOOD = ["base", "a cat", "", "Euler a", "Automatic", 20, 1024, 1024, 7, -1, 1, 1, "None", 0.8]
+GOOD = ["base", "a cat", "", "Euler a", "Automatic", 20, 1024, 1024, 7, -1, 1, 1, "None", 0.8, []]
 NAMES = ["checkpoint", "prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "width", "height",
-         "cfg_scale", "seed", "n_iter", "batch_size", "refiner_checkpoint", "refiner_switch_at"]
+         "cfg_scale", "seed", "n_iter", "batch_size", "refiner_checkpoint", "refiner_switch_at", "styles"]
 
 
 def with_value(name, value):
@@ -26,7 +26,7 @@ def test_a_value_the_engine_cannot_use_gets_the_engines_message(name, value):
         values_to_params(with_value(name, value))
     with pytest.raises(UserError) as engine:
         GenerationParams(**{**dict(zip(NAMES, GOOD)), "checkpoint": None, "refiner_checkpoint": None,
-                            name: value}).check()
+                            "styles": (), name: value}).check()
     assert str(page.value) == str(engine.value) and str(page.value).startswith(f"{name}: ")
 
 

@@ -142,7 +142,7 @@ def send_to_txt2img(studio: Studio, form, size, selected):
     text = history.infotext(history.find(selected))
     if not text:
         raise gr.Error("this image holds no generation parameters")
-    return fill_form(studio, form, size, text)
+    return fill_form(studio, form, size, None, None, text)
 
 
 @shows_user_errors

@@ -469,7 +469,7 @@ def fill_form(studio: Studio, form: Form, size: gr.Dropdown, report: gr.Markdown
     if not text or not text.strip():
         raise UserError("there are no parameters to use")
     try:
-        base = values_to_params(list(values))
+        base = values_to_params(list(values)) if values else studio.settings.generation_defaults()
     except UserError:
         base = studio.settings.generation_defaults()
     models = studio.checkpoints()
@@ -478,15 +478,16 @@ def fill_form(studio: Studio, form: Form, size: gr.Dropdown, report: gr.Markdown
                                   checkpoints=[m for m in models if m.name in bases],
                                   refiners=[m for m in models if m.name in refiners])
     if not pasted.is_infotext:
-        return {report: report_markdown(pasted), paste_box: gr.update(open=True)}
+        return {report: report_markdown(pasted), paste_box: gr.update(open=True)} if report is not None else {}
     params = pasted.params
     updates = params_to_updates(params, form)
     if params.checkpoint in bases:
         updates[form.checkpoint] = params.checkpoint
     updates[size] = _size_choice(params.width, params.height)
-    updates[report] = report_markdown(pasted)
-    if pasted.not_applied:
-        updates[paste_box] = gr.update(open=True)  # the report is in there
+    if report is not None:  # None: a caller with no paste box (the History tab)
+        updates[report] = report_markdown(pasted)
+        if pasted.not_applied:
+            updates[paste_box] = gr.update(open=True)  # the report is in there
     return updates
 
 
