@@ -142,7 +142,7 @@ def test_a_queued_user_sees_their_place_and_the_preview_is_shown_at_the_image_si
     try:
         other.goto(page.url)
         other.wait_for_selector("#generate", timeout=60_000)
-        for elem_id, value in (("steps", 150), ("width", 256), ("height", 256)):  # long enough to queue behind
+        for elem_id, value in (("steps", 100), ("width", 256), ("height", 256)):  # long enough to queue behind (100: the Steps limit)
             set_number(page, elem_id, value)
         page.click("#generate")
         page.wait_for_function("document.querySelector('#progress').innerText.includes('Step')", timeout=120_000)
