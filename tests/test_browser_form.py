@@ -20,6 +20,7 @@ def page(demo_server):
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         page.goto(demo_server.url)
         page.wait_for_selector("#generate", timeout=60_000)
+        page.wait_for_selector("body[data-hg-loaded]", timeout=60_000)  # the page-load events filled the form
         OUTPUT.mkdir(parents=True, exist_ok=True)
         yield page
         browser.close()
