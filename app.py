@@ -105,9 +105,9 @@ def build(args: argparse.Namespace):
 
 
 def load_models(studio, startup, args: argparse.Namespace) -> None:
-    """Behind the page: write the demo models on the first --demo start, import the model stack, load the
-    checkpoint; then print which model is loaded, or why none is."""
-    from sd_app.startup import load_in_background
+    """Behind the page (served by its own thread): write the demo models on the first --demo start, import the
+    model stack, load the checkpoint; then print which model is loaded, or why none is."""
+    from sd_app.startup import load_at_start
 
     def prepare():
         if args.demo:
@@ -115,7 +115,7 @@ def load_models(studio, startup, args: argparse.Namespace) -> None:
 
             write_demo(Path(args.data_dir) / "demo")
 
-    load_in_background(studio, startup, args.ckpt, prepare, on_done=lambda done: print(done.summary(), flush=True))
+    print(load_at_start(studio, startup, args.ckpt, prepare).summary(), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Images are saved to {saving.outputs_dir.expanduser().resolve()}" if saving.save_images else
           "Images are not saved (Settings, Saving).")
     print(f"Ready in {time.perf_counter() - STARTED:.1f}s: the page is up, the model is loading.", flush=True)
-    load_models(studio, startup, args)  # after the page is up: its imports would slow the page's own
     try:
+        load_models(studio, startup, args)  # after the page is up: its imports would slow the page's own
         blocks.block_thread()
     except KeyboardInterrupt:
         pass

@@ -1,7 +1,8 @@
-"""Start-up behind the page: the model stack imports and the start-up checkpoint loads in a thread.
+"""Start-up behind the page: the model stack imports and the start-up checkpoint loads once the page is served.
 
-Importing torch and diffusers takes longer than importing Gradio, so app.py serves the page first and
-calls `load_in_background`. `Startup` says where that stands; the page shows it (and enables Generate
+Importing torch and diffusers takes longer than importing Gradio, so app.py serves the page first (the
+server runs in a thread of its own) and then calls `load_at_start` in the main thread. `Startup` says where
+that stands; the page shows it (and enables Generate
 when it ends) and the API answers 503 with Retry-After until it ends. However loading ends, the app
 stays up: a checkpoint that cannot load leaves it with no model and the reason, shown on the page and
 printed.
@@ -26,7 +27,7 @@ class Startup:
     """Loading, then done: with the name of the model loaded, or none and the reason."""
 
     def __init__(self):
-        self.began = time.perf_counter()  # reset when loading begins: `load_in_background`
+        self.began = time.perf_counter()  # reset when loading begins: `load_at_start`
         self.model: str | None = None
         self.problem: str | None = None  # why no model was loaded, for the page and the console
         self.seconds: float | None = None  # how long loading took, once done
@@ -53,22 +54,18 @@ class Startup:
         return f"Model: none. {self.problem}"
 
 
-def load_in_background(studio: Studio, startup: Startup, wanted: str | None = None,
-                       prepare: Callable[[], None] | None = None,
-                       on_done: Callable[[Startup], None] | None = None) -> threading.Thread:
+def load_at_start(studio: Studio, startup: Startup, wanted: str | None = None,
+                  prepare: Callable[[], None] | None = None) -> Startup:
     """Attach the model stack to the studio and load the start-up checkpoint (`wanted`, else the settings',
-    else the first SDXL base found) in a thread; `prepare` runs first in it (writing the demo models)."""
+    else the first SDXL base found) in the calling thread, `prepare` first (writing the demo models); then
+    mark `startup` done.
+
+    app.py calls it from the main thread, never from a thread of its own: on the CPU, with the models loaded
+    in a thread that then ended, every later image took about ten times as long (torch's worker threads;
+    measured here: the demo's 256x256, 12 steps in 11-30 s instead of 1.8 s)."""
     startup.began = time.perf_counter()
-
-    def work():
-        model, problem = load(studio, wanted, prepare)
-        startup.finish(model, problem)
-        if on_done is not None:
-            on_done(startup)
-
-    thread = threading.Thread(target=work, daemon=True, name="startup-load")
-    thread.start()
-    return thread
+    startup.finish(*load(studio, wanted, prepare))
+    return startup
 
 
 def load(studio: Studio, wanted: str | None = None,
