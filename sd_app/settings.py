@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import samplers
+from . import rng, samplers
 from .errors import UserError
 from .fastpath import COMPILE_MODES
 from .outputs import OUTPUT_FORMATS
@@ -59,6 +59,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sampler_name", "DPM++ 2M", "Sampler", "Defaults", choices=tuple(s.name for s in samplers.SAMPLERS)),
     Setting("scheduler", "Automatic", "Schedule type", "Defaults", choices=tuple(s.name for s in samplers.SCHEDULES)),
     Setting("refiner_switch_at", 0.8, "Refiner switch at", "Defaults", limits=LIMITS["refiner_switch_at"]),
+    Setting("randn_source", rng.DEFAULT_SOURCE, "Random number generator source", "Defaults", choices=rng.SOURCES,
+            help="A1111's: GPU (its default) gives a CUDA card's noise, here on any device; CPU: torch's CPU "
+                 "generator; NV: a CUDA card's noise computed on the CPU. Infotexts say which (RNG)"),
     Setting("prompt_syntax", "a1111", "Prompt syntax", "Prompts", choices=SYNTAXES,
             help="a1111: (word:1.2), [word]. compel: word++, (word)1.2, .blend()"),
     Setting("device", "auto", "Device", "Device and memory", choices=DEVICES),
