@@ -174,10 +174,16 @@ class SettingsStore:
         # choice: it stays a flag, unsaved. Another value wins over the flag and is saved.
         checked = {n: v for n, v in checked.items() if n not in self.overrides or self.overrides[n] != v}
         changed = [n for n, v in checked.items() if self.get(n) != v]
+        before_values, before_overrides = dict(self.values), dict(self.overrides)
         self.values.update(checked)
         for name in checked:
             self.overrides.pop(name, None)
-        self.save()
+        try:
+            self.save()
+        except OSError as err:  # a read-only or full disk: keep what the file says, and say why
+            self.values, self.overrides = before_values, before_overrides
+            raise UserError(f"could not write {self.path} ({err.strerror or err}); nothing was changed",
+                            status=507) from None
         return changed
 
     def save(self) -> None:
