@@ -47,19 +47,20 @@ def test_batch_image_i_uses_seed_plus_i(engine, small):
 
 
 def test_noise_comes_from_the_seed_on_the_cpu(engine, small):
-    """The initial latents are torch.randn from a CPU generator seeded with the image's seed."""
+    """The starting noise is torch.randn from a CPU generator seeded with the image's seed, scaled to the
+    schedule's first sigma (A1111's txt2img start)."""
     seen = {}
-    original = engine.pipelines.base.pipe.__class__.__call__
+    original = engine_module.loop.denoise
 
-    def spy(pipe, *args, **kwargs):
-        seen["latents"] = kwargs["latents"].clone()
-        return original(pipe, *args, **kwargs)
+    def spy(request, callback=None):
+        seen["noise"] = request.noise.clone()
+        return original(request, callback)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(engine.pipelines.base.pipe.__class__, "__call__", spy)
+        mp.setattr(engine_module.loop, "denoise", spy)
         engine.generate(small)
     expected = torch.randn((4, 8, 8), generator=torch.Generator("cpu").manual_seed(small.seed))
-    assert torch.equal(seen["latents"][0].cpu(), expected)
+    assert torch.equal(seen["noise"][0].cpu(), expected)
 
 
 def test_base_plus_refiner_differs_from_base_alone(engine, small):
@@ -121,12 +122,12 @@ def test_skip_moves_to_the_next_batch(engine, small):
     params = small.replace(steps=10, n_iter=2)
     original = engine._progress_callback
 
-    def patched(j, p, start, end):
-        inner = original(j, p, start, end)
+    def patched(j, p):
+        inner = original(j, p)
 
-        def callback(pipe, i, t, kwargs):
+        def callback(info):
             skip_first_batch()
-            return inner(pipe, i, t, kwargs)
+            return inner(info)
         return callback
 
     with pytest.MonkeyPatch.context() as mp:
@@ -143,11 +144,11 @@ def test_progress_and_previews(ckpt_dir, tmp_path, small):
     snapshots = []
     original = engine._progress_callback
 
-    def patched(j, p, start, end):
-        inner = original(j, p, start, end)
+    def patched(j, p):
+        inner = original(j, p)
 
-        def callback(pipe, i, t, kwargs):
-            out = inner(pipe, i, t, kwargs)
+        def callback(info):
+            out = inner(info)
             snapshots.append((j.sampling_step, j.sampling_steps, j.progress, j.preview))
             return out
         return callback
