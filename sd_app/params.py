@@ -25,6 +25,7 @@ LIMITS = {
     "n_iter": (1, 100),
     "seed": (-1, 2**32 - 1),
     "refiner_switch_at": (0.01, 1.0),
+    "clip_skip": (1, 12),  # A1111's CLIP_stop_at_last_layers slider; the encoder's layer count may allow fewer
 }
 MAX_PIXELS_PER_BATCH = 4 * 2048 * 2048  # width * height * batch_size
 SIZE_MULTIPLE = 8  # the VAE downscales by 8
@@ -87,6 +88,10 @@ class GenerationParams:
     refiner_checkpoint: str | None = None
     refiner_switch_at: float = 0.8
     styles: tuple[str, ...] = ()  # applied to the prompts when the image is made (styles.py), in this order
+    # A1111's "Clip skip" (CLIP_stop_at_last_layers). On SDXL A1111 applies it only with its "Clip skip SDXL"
+    # option (sdxl_clip_l_skip), and then to CLIP-L alone (hidden_states[-clip_skip]); encoding.py does the same.
+    clip_skip: int = 1
+    sdxl_clip_l_skip: bool = False
 
     def replace(self, **changes) -> "GenerationParams":
         return dataclasses.replace(self, **changes)
@@ -102,7 +107,7 @@ class GenerationParams:
             check_prompt_size(name, value, limits)
             if (problem := text_problem(value)) is not None:
                 raise UserError(problem, field=name)
-        for name in ("steps", "width", "height", "batch_size", "n_iter", "seed"):
+        for name in ("steps", "width", "height", "batch_size", "n_iter", "seed", "clip_skip"):
             _check_int(name, getattr(self, name))
         for name in ("cfg_scale", "refiner_switch_at"):
             _check_number(name, getattr(self, name))
@@ -128,6 +133,8 @@ class GenerationParams:
             if value is not None and not isinstance(value, str):
                 raise UserError(f"must be a checkpoint name, got {type(value).__name__}", field=name)
         _check_styles(self.styles)
+        if not isinstance(self.sdxl_clip_l_skip, bool):
+            raise UserError(f"must be true or false, got {self.sdxl_clip_l_skip!r}", field="sdxl_clip_l_skip")
         return self
 
     def _check_job_size(self, limits: Limits) -> None:
