@@ -104,7 +104,8 @@ class Studio:
                      styles=styles or StyleLibrary(),
                      checkpoint_library=CheckpointLibrary(settings.folder("ckpt"), hashes),
                      vae_library=VaeLibrary(settings.folder("vae"), hashes),
-                     kept_options=KeptOptions(Path(data_dir) / "a1111-options.json"))
+                     # beside the settings file: --demo's stay in its own folder, as its settings do
+                     kept_options=KeptOptions(settings.path.with_name("a1111-options.json") if settings.path else None))
         if stack:
             studio.attach_stack()
         return studio
