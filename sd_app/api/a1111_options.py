@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .. import rng
 from ..errors import UserError
 from ..outputs import output_format
 
@@ -146,7 +147,9 @@ A1111_DEFAULTS: dict[str, Any] = {
 
 # A1111 option -> the Homegrown setting it is (value conversions in `to_setting` / `from_setting`).
 SETTING_OPTIONS = {"sd_vae": "vae", "samples_format": "output_format", "samples_save": "save_images",
-                   "enable_pnginfo": "embed_metadata"}
+                   "enable_pnginfo": "embed_metadata", "randn_source": "randn_source"}
+# Settings that one request may change with override_settings (the GenerationParams field of the same name).
+PER_REQUEST_SETTINGS = ("randn_source",)
 # A1111 option -> the GenerationParams field it fills for every API request (kept in the option store).
 REQUEST_OPTIONS = {"CLIP_stop_at_last_layers": "clip_skip", "sdxl_clip_l_skip": "sdxl_clip_l_skip"}
 # What Homegrown shows from what it has loaded; POSTing them changes nothing (the answer says where to).
@@ -183,6 +186,8 @@ def to_setting(key: str, value: Any) -> tuple[str, Any]:
         return name, value.removesuffix(".safetensors")
     if key == "samples_format":
         return name, output_format(value, field=key)
+    if key == "randn_source":
+        return name, rng.check_source(value)  # a UserError naming randn_source and A1111's three sources
     if not isinstance(value, bool):
         raise UserError(f"must be true or false, got {value!r}", field=key, status=422)
     return name, value

@@ -58,6 +58,8 @@ def txt2img_plan(request: Txt2ImgRequest, current_vae: str, default_format: str,
         "prompt": request.prompt, "negative_prompt": request.negative_prompt, "steps": request.steps,
         "cfg_scale": request.cfg_scale, "width": request.width, "height": request.height, "seed": request.seed,
         "batch_size": request.batch_size, "n_iter": request.n_iter,
+        "subseed": request.subseed, "subseed_strength": request.subseed_strength,
+        "seed_resize_from_w": max(request.seed_resize_from_w, 0), "seed_resize_from_h": max(request.seed_resize_from_h, 0),
         "sampler_name": request.sampler_name or request.sampler_index,
         "scheduler": request.scheduler or "Automatic",
         "refiner_checkpoint": checkpoint_name(request.refiner_checkpoint)
@@ -70,6 +72,8 @@ def txt2img_plan(request: Txt2ImgRequest, current_vae: str, default_format: str,
                if any(field in sent for field in aliases.get(name, (name,)))}
     changes.update({attr: opts.check_request_option(key, overrides[key])
                     for key, attr in opts.REQUEST_OPTIONS.items() if key in overrides})
+    changes.update({key: opts.to_setting(key, overrides[key])[1] for key in opts.PER_REQUEST_SETTINGS
+                    if key in overrides})
     changes["checkpoint"] = checkpoint_name(overrides.get("sd_model_checkpoint")) or (
         base.checkpoint if request.infotext else None)
     params = base.replace(**changes)
@@ -85,7 +89,8 @@ def override_warnings(overrides: dict[str, Any]) -> list[str]:
     changes nothing in A1111 either: no warning for it."""
     warnings = []
     for key, value in overrides.items():
-        if key in ("sd_model_checkpoint", "sd_vae", "samples_format") or key in opts.REQUEST_OPTIONS:
+        if key in ("sd_model_checkpoint", "sd_vae", "samples_format", *opts.PER_REQUEST_SETTINGS) or \
+                key in opts.REQUEST_OPTIONS:
             continue  # applied (or refused) by txt2img_plan
         if key not in opts.A1111_DEFAULTS:
             warnings.append(f"override_settings.{key}: not an option A1111 knows (an extension's?): ignored")
@@ -116,14 +121,16 @@ def txt2img_info(request: Txt2ImgRequest, result: GenerationResult, started: flo
     return {
         "prompt": params.prompt, "all_prompts": [params.prompt] * count,
         "negative_prompt": params.negative_prompt, "all_negative_prompts": [params.negative_prompt] * count,
-        "seed": params.seed, "all_seeds": result.seeds, "subseed": params.seed,
-        "all_subseeds": result.seeds, "subseed_strength": 0, "width": params.width, "height": params.height,
+        "seed": params.seed, "all_seeds": result.seeds, "subseed": params.subseed,
+        "all_subseeds": [params.subseed + (seed - params.seed) for seed in result.seeds],
+        "subseed_strength": params.subseed_strength, "width": params.width, "height": params.height,
         "sampler_name": result.sampler, "scheduler": result.schedule,
         "cfg_scale": params.cfg_scale, "steps": params.steps, "batch_size": params.batch_size,
         "restore_faces": False, "face_restoration_model": None,
         "sd_model_name": result.model_name, "sd_model_hash": result.model_hash,
         "sd_vae_name": result.vae_name, "sd_vae_hash": result.vae_hash,
-        "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": request.denoising_strength,
+        "seed_resize_from_w": params.seed_resize_from_w or -1, "seed_resize_from_h": params.seed_resize_from_h or -1,
+        "denoising_strength": request.denoising_strength,
         "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": result.infotexts,
         "styles": list(params.styles), "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(started)),
         "clip_skip": params.clip_skip, "is_using_inpainting_conditioning": False, "version": f"Homegrown {__version__}",
