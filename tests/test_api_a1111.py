@@ -86,6 +86,7 @@ def test_options_post_applies_keeps_and_says_what_had_no_effect(client, demo_ser
     ({"sdxl_clip_l_skip": "yes"}, "sdxl_clip_l_skip"),
     ({"samples_format": "bmp"}, "samples_format"),
     ({"samples_save": "no"}, "samples_save"),
+    ({"randn_source": "AMD"}, "randn_source"),
 ])
 def test_a_wrong_value_of_an_option_homegrown_uses_is_a_422_and_nothing_changes(client, body, field):
     r = client.post(f"{API}/options", json={"eta_noise_seed_delta": 7, **body})
@@ -153,6 +154,18 @@ def test_png_info_parameters_as_a1111s_parser_returns_them(client):
     r = client.post(f"{API}/png-info", json={"image": body["images"][0]})
     p = r.json()["parameters"]
     assert p["Clip skip"] == "1" and p["CFG scale"] == "7.0" and (p["Size-1"], p["Size-2"]) == ("64", "64")
+
+
+def test_randn_source_is_homegrowns_setting(client):
+    try:
+        assert post_options(client, {"randn_source": "CPU"})["applied"] == ["randn_source"]
+        assert get(client, "/options")["randn_source"] == "CPU"
+        _, info = txt2img(client)
+        assert "RNG: CPU" in info["infotexts"][0]
+    finally:
+        post_options(client, {"randn_source": "GPU"})
+    _, info = txt2img(client, override_settings={"randn_source": "NV"})
+    assert "RNG: NV" in info["infotexts"][0] and get(client, "/options")["randn_source"] == "GPU"
 
 
 def test_sd_vae_reads_back_as_sd_vae_lists_it(client):

@@ -78,13 +78,13 @@ def test_info_is_a1111s_shape_from_the_result():
 def test_options_and_option_changes():
     model = ModelInfo("sub/m", "sub/m.safetensors [0123456789]", "m", "0123456789", "0123456789" + "a" * 54, "/x")
     settings = {"output_format": "jpeg", "vae": "sub/fix", "outputs_dir": "outputs", "save_images": True,
-                "embed_metadata": False}
+                "embed_metadata": False, "randn_source": "NV"}
     shown = options(model, settings, {"CLIP_stop_at_last_layers": 2, "eta_noise_seed_delta": 31337, "x": 1})
     assert shown["sd_model_checkpoint"] == "sub/m.safetensors [0123456789]" and shown["samples_format"] == "jpg"
     assert shown["sd_checkpoint_hash"] == "0123456789" + "a" * 54 and shown["sd_vae"] == "sub/fix.safetensors"
     assert (shown["CLIP_stop_at_last_layers"], shown["eta_noise_seed_delta"], shown["enable_pnginfo"]) == \
         (2, 31337, False)
-    assert "x" not in shown and shown["randn_source"] == "GPU" and shown["jpeg_quality"] == 80  # A1111's defaults
+    assert "x" not in shown and shown["randn_source"] == "NV" and shown["jpeg_quality"] == 80  # A1111's default
     assert options(None, settings, {})["sd_model_checkpoint"] is None
     changes = option_changes({"samples_format": "JPG", "sd_vae": "x.safetensors", "CLIP_stop_at_last_layers": 2,
                               "eta_noise_seed_delta": 31337, "control_net_max_models_num": 3,
@@ -107,9 +107,10 @@ def test_clip_skip_from_the_options_the_override_and_the_infotext():
     kept = {"CLIP_stop_at_last_layers": 3, "sdxl_clip_l_skip": True}
     made = txt2img_plan(Txt2ImgRequest(prompt="x"), "Automatic", "png", kept=kept)
     assert (made.params.clip_skip, made.params.sdxl_clip_l_skip, made.warnings) == (3, True, ())
-    made = txt2img_plan(Txt2ImgRequest(prompt="x", override_settings={"CLIP_stop_at_last_layers": 2}), "Automatic",
+    made = txt2img_plan(Txt2ImgRequest(prompt="x", override_settings={"CLIP_stop_at_last_layers": 2,
+                                                                      "randn_source": "cpu"}), "Automatic",
                         "png", kept=kept)
-    assert made.params.clip_skip == 2
+    assert (made.params.clip_skip, made.params.randn_source, made.warnings) == (2, "CPU", ())
     text = "a fox\nSteps: 3, Sampler: Euler, CFG scale: 7.0, Seed: 1, Size: 64x64, Clip skip: 4"
     made = txt2img_plan(Txt2ImgRequest(infotext=text), "Automatic", "png", kept=kept)
     assert (made.params.clip_skip, made.params.sdxl_clip_l_skip) == (4, True)  # the option holds SDXL's switch
