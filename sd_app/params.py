@@ -55,6 +55,10 @@ class Limits:
                              "2048x2048 = 4194304; SDXL draws best near 1024x1024")
     max_images: int = _limit(32, LIMITS["batch_size"][1] * LIMITS["n_iter"][1],
                              "Images per job (batch size x batch count)")
+    max_upscale_pixels: int = _limit(
+        8192 * 8192, 16384 * 16384, "Upscaled image pixels (width x height)",
+        "8192x8192 = 67108864: a 4x upscale of 2048x2048. Upscalers run in tiles; the result itself takes 3 bytes "
+        "a pixel in memory, and again to encode it")
 
     @classmethod
     def table(cls) -> list[tuple[str, int, int, str, str]]:
