@@ -303,12 +303,16 @@ def read_image(path_or_image) -> str | None:
 _USER_COMMENT = 0x9286  # EXIF tag
 
 
-def write_image(image: Image.Image, text: str | None, f, fmt: str = "png") -> None:
-    """Encode an image with its infotext into a file object."""
+def write_image(image: Image.Image, text: str | None, f, fmt: str = "png", chunks: dict[str, str] | None = None) -> None:
+    """Encode an image with its infotext into a file object; `chunks` are more PNG text chunks (A1111's
+    `postprocessing` and `extras` on an upscaled image), which JPEG and WebP have no place for."""
     if fmt == "png":
         meta = PngInfo()
         if text:
             meta.add_text(PNG_KEY, text)
+        for key, value in (chunks or {}).items():
+            if value and key != PNG_KEY:
+                meta.add_text(key, value)
         image.save(f, format="PNG", pnginfo=meta)
         return
     exif = Image.Exif()

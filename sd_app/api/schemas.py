@@ -123,3 +123,37 @@ class OptionsRequest(BaseModel):
 
 class PngInfoRequest(_Request):
     image: str = ""
+
+
+class ExtrasBaseRequest(_Request):
+    """A1111's ExtrasBaseRequest: its fields and defaults. Face restoration is not here: asking for it is a 422."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    resize_mode: int = 0
+    show_extras_results: bool = True
+    gfpgan_visibility: float = 0
+    codeformer_visibility: float = 0
+    codeformer_weight: float = 0
+    upscaling_resize: float = 2
+    upscaling_resize_w: int = 512
+    upscaling_resize_h: int = 512
+    upscaling_crop: bool = True
+    upscaler_1: str | None = "None"
+    upscaler_2: str | None = "None"
+    extras_upscaler_2_visibility: float = 0
+    upscale_first: bool = False
+    save_images: bool = False  # Homegrown's: also save into outputs/extras-images (A1111's API never saves)
+
+
+class ExtrasSingleImageRequest(ExtrasBaseRequest):
+    image: str = ""
+
+
+class FileData(_Request):
+    data: str
+    name: str = ""
+
+
+class ExtrasBatchImagesRequest(ExtrasBaseRequest):
+    imageList: list[FileData] = Field(default_factory=list)  # noqa: N815 (A1111's name)
