@@ -117,7 +117,7 @@ def save_image(image: Image.Image, infotext: str | None, folder: str | Path, nam
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as f:
-            write_image(image, infotext, f, fmt, chunks)
+            write_image(image, infotext, f, fmt, **({"chunks": chunks} if chunks else {}))
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
