@@ -26,6 +26,7 @@ from .pipelines import LoadedModel, Pipelines, free_memory
 from .preview import latent_preview
 from .prompts import extract_lora_tags
 from .styles import StyleLibrary
+from .tiling import seamless
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,8 @@ class Engine:
                 job.finished = time.time()
                 return GenerationResult([], [], [], params, interrupted=True)
             try:
-                return self._run(params, prompt, active, sampler, schedule, job)
+                with seamless(self.pipelines, on=params.tiling):  # circular padding for this job only
+                    return self._run(params, prompt, active, sampler, schedule, job)
             except (torch.OutOfMemoryError, MemoryError):
                 free_memory()
                 raise UserError("out of memory: lower the size or batch size, or choose a memory-saving mode in "
@@ -249,6 +251,7 @@ class Engine:
             "Model": base.checkpoint.short_name,
             "VAE hash": vae[1] if vae else None,
             "VAE": vae[0] if vae else None,
+            "Tiling": True if params.tiling else None,
             "Refiner": refiner.title if refiner else None,
             "Refiner switch at": params.refiner_switch_at if refiner else None,
             "Lora hashes": lora_hashes,

@@ -98,7 +98,6 @@ NOT_SUPPORTED = {
     "Variation seed strength": "variation seeds are not supported yet",
     "Seed resize from": "variation seeds are not supported yet",
     "Face restoration": "face restoration is not supported",
-    "Tiling": "tiling is not supported",
     "RNG": "the starting noise is always drawn on the CPU here",
     "ENSD": "sampler noise options are not supported (samplers run with their defaults)",
     "Eta": "sampler noise options are not supported (samplers run with their defaults)",
@@ -173,6 +172,11 @@ def _read_numbers(pasted: Pasted, fields: dict[str, str]) -> None:
             pasted.not_applied.append((f"Size: {fields['Size']}", "not WIDTHxHEIGHT"))
         else:
             _try(pasted, f"Size: {fields['Size']}", width=int(size.group(1)), height=int(size.group(2)))
+    # An image made without tiling says nothing about it: the pasted request is not tiled either.
+    tiled = fields.get("Tiling", "False").strip().lower() == "true"
+    pasted.params = pasted.params.replace(tiling=tiled)
+    if "Tiling" in fields:
+        pasted.applied.append(f"Tiling: {fields['Tiling']}")
 
 
 def _read_sampler(pasted: Pasted, fields: dict[str, str]) -> None:
@@ -262,7 +266,7 @@ def _check_loras(pasted: Pasted, loras) -> None:
 
 def _not_supported(pasted: Pasted, fields: dict[str, str]) -> None:
     used = {"Steps", "CFG scale", "Seed", "Refiner switch at", "Size", "Sampler", "Schedule type", "Model",
-            "Refiner"} | INFORMATIONAL
+            "Refiner", "Tiling"} | INFORMATIONAL
     hires = [key for key in fields if key.startswith("Hires ")]
     if hires:
         hires += [key for key in ("Denoising strength",) if key in fields]

@@ -91,6 +91,7 @@ class GenerationParams:
     refiner_checkpoint: str | None = None
     refiner_switch_at: float = 0.8
     styles: tuple[str, ...] = ()  # applied to the prompts when the image is made (styles.py), in this order
+    tiling: bool = False  # seamless: circular padding in the UNet and VAE (tiling.py), A1111's `tiling`
 
     def replace(self, **changes) -> "GenerationParams":
         return dataclasses.replace(self, **changes)
@@ -132,6 +133,8 @@ class GenerationParams:
             if value is not None and not isinstance(value, str):
                 raise UserError(f"must be a checkpoint name, got {type(value).__name__}", field=name)
         _check_styles(self.styles)
+        if not isinstance(self.tiling, bool):
+            raise UserError(f"must be true or false, got {self.tiling!r}", field="tiling")
         return self
 
     def _check_job_size(self, limits: Limits) -> None:

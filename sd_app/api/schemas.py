@@ -90,7 +90,6 @@ class Txt2ImgRequest(_Request):
 UNSUPPORTED = {
     "enable_hr": ((False,), "hires fix is not supported; generate at the final size (SDXL works at ~1 megapixel)"),
     "restore_faces": ((None, False), "face restoration is not supported"),
-    "tiling": ((None, False), "tiling is not supported"),
     "subseed_strength": ((0, 0.0), "variation seeds are not supported"),
     "seed_resize_from_h": ((-1, 0), "seed resize is not supported"),
     "seed_resize_from_w": ((-1, 0), "seed resize is not supported"),

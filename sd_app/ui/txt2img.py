@@ -51,6 +51,7 @@ class Form:
     refiner_checkpoint: gr.Dropdown
     refiner_switch_at: gr.Slider
     styles: gr.Dropdown
+    tiling: gr.Checkbox
 
     def inputs(self) -> list:
         return [getattr(self, name) for name in self.__dataclass_fields__]
@@ -92,7 +93,8 @@ def values_to_params(values: list, limits: Limits | None = None) -> GenerationPa
     floats (30.0): those become ints; any other value goes to the check as it came, which refuses it with the
     message that names the field."""
     (checkpoint, prompt, negative, sampler, scheduler, steps, width, height, cfg, seed, n_iter, batch,
-     refiner, switch, styles) = values
+     refiner, switch, styles, *more) = values
+    tiling = more[0] if more else False
 
     def whole(value):
         return int(value) if isinstance(value, float) and value.is_integer() else value
@@ -106,7 +108,7 @@ def values_to_params(values: list, limits: Limits | None = None) -> GenerationPa
         sampler_name=sampler, scheduler=scheduler, seed=whole(seed), batch_size=whole(batch),
         n_iter=whole(n_iter), checkpoint=checkpoint or None,
         refiner_checkpoint=None if refiner in (None, "", NO_REFINER) else refiner,
-        refiner_switch_at=number(switch), styles=tuple(styles or ())).check(limits)
+        refiner_switch_at=number(switch), styles=tuple(styles or ()), tiling=tiling).check(limits)
 
 
 def params_to_updates(params: GenerationParams, form: Form) -> dict:
@@ -119,6 +121,7 @@ def params_to_updates(params: GenerationParams, form: Form) -> dict:
         form.batch_size: params.batch_size,
         form.refiner_checkpoint: params.refiner_checkpoint or NO_REFINER,
         form.refiner_switch_at: params.refiner_switch_at, form.styles: list(params.styles),
+        form.tiling: params.tiling,
     }
 
 
@@ -348,6 +351,8 @@ def _options_column(studio: Studio, defaults: GenerationParams, loading: bool = 
         height = form_slider(*LIMITS["height"], value=defaults.height, step=8, label="Height", elem_id="height")
     cfg_scale = form_slider(*LIMITS["cfg_scale"], value=defaults.cfg_scale, step=0.5, label="CFG scale",
                             elem_id="cfg-scale")
+    tiling = gr.Checkbox(value=defaults.tiling, label="Tiling (seamless: the picture repeats without seams)",
+                         elem_id="tiling")
     with gr.Row():
         seed = gr.Number(defaults.seed, label="Seed (-1: random)", elem_id="seed", scale=3)  # no rounding of 1.5
         random_seed = gr.Button("Random", scale=0, min_width=70)
@@ -364,7 +369,7 @@ def _options_column(studio: Studio, defaults: GenerationParams, loading: bool = 
                                         label="Switch at (fraction of steps on the base)")
     fields = dict(sampler_name=sampler_name, scheduler=scheduler, steps=steps, width=width, height=height,
                   cfg_scale=cfg_scale, seed=seed, n_iter=n_iter, batch_size=batch_size,
-                  refiner_checkpoint=refiner_checkpoint, refiner_switch_at=refiner_switch_at)
+                  refiner_checkpoint=refiner_checkpoint, refiner_switch_at=refiner_switch_at, tiling=tiling)
     return fields, size, swap, random_seed, reuse_seed
 
 
