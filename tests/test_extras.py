@@ -115,3 +115,9 @@ def test_the_page_has_the_extras_tab(studio):
     assert {"extras-image", "extras-upscaler-1", "extras-go", "extras-result"} <= ids
     upscaler = next(b for b in blocks.blocks.values() if getattr(b, "elem_id", None) == "extras-upscaler-1")
     assert [c[0] for c in upscaler.choices] == ["None", "Lanczos", "Nearest", DEMO]
+
+
+def test_studio_upscale_by_scale_or_to_a_size(studio):
+    assert studio.upscale(source(), "Lanczos", scale=2).size == (128, 96)
+    assert studio.upscale(source(), DEMO, size=(200, 100)).size == (200, 100)
+    assert len(studio.jobs) == 0
