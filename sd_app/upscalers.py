@@ -183,9 +183,7 @@ def run_tiled(model: Callable, image: Image.Image, scale: int, tiling: Tiling, j
     strip_top = 0  # the output row where the float strip begins
     strip = np.zeros((min(tile, height) * scale, width * scale, 3), dtype=np.float32)
     strip_weight = np.zeros((min(tile, height) * scale, width * scale, 1), dtype=np.float32)
-    model_param = next(iter(model.model.parameters()), None) if hasattr(model, "model") else None
-    device = model_param.device if model_param is not None else torch.device("cpu")
-    dtype = model_param.dtype if model_param is not None else torch.float32
+    device, dtype = getattr(model, "device", torch.device("cpu")), getattr(model, "dtype", torch.float32)
     for row, y0 in enumerate(ys):
         y1 = min(y0 + tile, height)
         shared_above = (ys[row - 1] + tile - y0) if row else 0
