@@ -765,8 +765,8 @@ work = {work!r}
 write_demo_upscaler(work)
 name = UPSCALER_FILE.rsplit(".", 1)[0]
 device = "cuda" if torch.cuda.is_available() else "cpu"
-upscalers = Upscalers(UpscalerLibrary(os.path.join(work, "models")), device, torch.float16 if device == "cuda" else None,
-                      Tiling(tile={tile}))
+dtype = torch.float16 if device == "cuda" else None
+upscalers = Upscalers(UpscalerLibrary(os.path.join(work, "models")), device, dtype, Tiling(tile={tile}))
 rng = np.random.default_rng(0)
 image = Image.fromarray(rng.integers(0, 256, (129, 129, 3), dtype=np.uint8)).resize((1024, 1024), Image.BICUBIC)
 upscalers.upscale(image.crop((0, 0, 64, 64)), name, scale=4)  # model loaded and warm

@@ -307,7 +307,8 @@ def read_image(path_or_image) -> str | None:
 _USER_COMMENT = 0x9286  # EXIF tag
 
 
-def write_image(image: Image.Image, text: str | None, f, fmt: str = "png", chunks: dict[str, str] | None = None) -> None:
+def write_image(image: Image.Image, text: str | None, f, fmt: str = "png",
+                chunks: dict[str, str] | None = None) -> None:
     """Encode an image with its infotext into a file object; `chunks` are more PNG text chunks (A1111's
     `postprocessing` and `extras` on an upscaled image), which JPEG and WebP have no place for."""
     if fmt == "png":

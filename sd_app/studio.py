@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import downloads, extras, xyz
+from . import downloads, xyz
 from .auth import Credentials
 from .errors import UserError
 from .history import History
@@ -31,15 +31,13 @@ from .params import GenerationParams, Limits
 from .presets import PresetLibrary
 from .settings import SettingsStore
 from .styles import StyleLibrary
-from .upscaler_library import UpscalerLibrary
+from .studio_extras import API_OWNER, StudioExtras
 
 if TYPE_CHECKING:  # these import torch and diffusers: `attach_stack` imports them
     from .engine import Engine
     from .pipelines import PipelineOptions, Pipelines
 
 log = logging.getLogger(__name__)
-
-API_OWNER = "api"  # the owner of jobs that come from /sdapi/v1
 
 
 @dataclass(frozen=True)
@@ -55,7 +53,7 @@ class ModelInfo:
     problem: str | None = None  # why the file cannot be used (a damaged header), or None
 
 
-class Studio:
+class Studio(StudioExtras):
     def __init__(self, settings: SettingsStore, pipelines: Pipelines | None, engine: Engine | None,
                  outputs: OutputWriter, loras: LoraLibrary, presets: PresetLibrary,
                  credentials: Credentials | None = None, offline: bool = False, demo: bool = False,
@@ -80,7 +78,6 @@ class Studio:
         self.jobs = JobBoard()  # every job in flight, from the page and the API alike
         self._tokenizer = None
         self._history: History | None = None
-        self._upscaler_library: UpscalerLibrary | None = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -341,80 +338,6 @@ class Studio:
             if self._history is None or self._history.folder != folder:
                 self._history = History(folder)
             return self._history
-
-    # ---- upscalers and extras ------------------------------------------------------------------
-
-    def upscaler_library(self) -> UpscalerLibrary:
-        """The upscaler files in the folder set now (a new library when Settings move it)."""
-        folder = self.settings.folder("upscaler")
-        with self._lock:
-            if self._upscaler_library is None or self._upscaler_library.root != folder:
-                self._upscaler_library = UpscalerLibrary(folder)
-            return self._upscaler_library
-
-    def upscaler_names(self) -> list[str]:
-        """None, Lanczos, Nearest, then the model files, as A1111 lists them."""
-        from .upscalers import upscaler_names
-
-        return upscaler_names(self.upscaler_library())
-
-    def upscalers(self):
-        """The image upscalers on the pipelines' device (an `upscalers.Upscalers`)."""
-        from .upscalers import Upscalers
-
-        pipelines = self._stack()
-        return Upscalers(self.upscaler_library(), pipelines.device, pipelines.dtype)
-
-    def upscale(self, image, upscaler: str, scale: float | None = None, size: tuple[int, int] | None = None,
-                owner: str = API_OWNER, job: Job | None = None):
-        """One image made larger by the upscaler `upscaler` (by `scale`, or to `size` = (width, height)) as a job
-        under the GPU lock; None if interrupted."""
-        return self.extras([image], extras.ExtrasRequest(
-            resize_mode=0 if size is None else 1, upscaling_resize=scale or 1.0,
-            upscaling_resize_w=size[0] if size else 512, upscaling_resize_h=size[1] if size else 512,
-            upscaling_crop=size is not None, upscaler_1=upscaler), owner, job, save=False).images[0]
-
-    def extras(self, images: list, request: extras.ExtrasRequest, owner: str = API_OWNER, job: Job | None = None,
-               save: bool | None = None, output_format: str | None = None) -> extras.ExtrasResult:
-        """A1111's Extras upscale of `images` as one job: it queues with generation on the GPU lock, shows its
-        tiles as progress, and stops between tiles on Interrupt. The results keep their sources' infotexts and
-        are saved into `extras-images/` (unless `save` says not to)."""
-        pipelines = self._stack()
-        upscalers = self.upscalers()
-        request.check(upscalers.names())
-        extras.check_images(images, request, self.limits())  # refused before it queues
-        job = job or Job(None, owner)
-        job.owner = owner
-        self.jobs.add(job)
-        try:
-            with pipelines.lock:
-                job.started = job.started or time.time()
-                try:
-                    result = extras.run(images, request, upscalers, job, self.limits())
-                except (MemoryError, RuntimeError) as err:
-                    if isinstance(err, RuntimeError) and "out of memory" not in str(err).lower():
-                        raise
-                    raise UserError("out of memory while upscaling: choose a smaller scale or image", status=507) \
-                        from None
-                finally:
-                    job.finished = time.time()
-            job.set_progress(1.0)
-            if result.images and (self.outputs.options.save_images if save is None else save):
-                try:
-                    result.paths = self.outputs.save_extras(result.images, output_format)
-                except OSError as err:
-                    result.warnings.append(f"the upscaled images were not saved: {err}")
-            return result
-        finally:
-            self.jobs.remove(job)
-
-    def start_extras(self, images: list, request: extras.ExtrasRequest, owner: str, save: bool | None = None) -> Job:
-        """`extras` in a thread of its own, for a front end that waits on the job; refused at once when over the
-        limits or naming an unknown upscaler."""
-        request.check(self.upscaler_names())
-        extras.check_images(images, request, self.limits())
-        job = Job(None, owner)
-        return self._in_thread(job, lambda: self.extras(images, request, owner, job, save))
 
     # ---- downloads ----------------------------------------------------------------------------
 

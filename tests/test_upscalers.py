@@ -118,7 +118,8 @@ def test_the_size_limit_is_named(library):
     assert refused.value.field == "upscaling_resize"
     assert "256x256 = 65,536 pixels; at most 40,000" in str(refused.value) and "Upscaled image pixels" in str(
         refused.value)
-    with pytest.raises(UserError, match="256x256 = 65,536 pixels; at most 20,000"):  # a model's own 4x output counts, even for a 2x result
+    # a model's own 4x output counts, even for a 2x result
+    with pytest.raises(UserError, match="256x256 = 65,536 pixels; at most 20,000"):
         Upscalers(library).upscale(picture(64, 64), DEMO, scale=2, limits=Limits(max_upscale_pixels=20_000))
 
 
