@@ -17,6 +17,9 @@ Cases (each figure: the median of --runs after a warm-up, with min-max, on the m
               their clients have gone
   gpu         SDXL 1024x1024, 30 steps, bf16, base and base+refiner: plain diffusers, Homegrown, fast path
               (only with a CUDA GPU; full-size random weights)
+  upscale     a tiled 4x upscale of 1024x1024 with the demo upscaler (ESRGAN layout, 8 features, 1 block): time and
+              peak memory (RSS high-water mark over the loaded process, tracemalloc's peak of Python and numpy
+              buffers, and on a GPU its peak allocation), in a process of its own
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from . import ldm_format
 from .loading import CONFIGS_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
-ALL_CASES = ("overhead", "fastpath", "load", "lora-demo", "lora", "coldstart", "limits", "gpu")
+ALL_CASES = ("overhead", "fastpath", "load", "lora-demo", "lora", "coldstart", "limits", "gpu", "upscale")
 
 
 # ---- measuring ---------------------------------------------------------------------------------
@@ -737,8 +740,89 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+UPSCALE_SNIPPET = """
+import json, os, time, tracemalloc
+import numpy as np, psutil, torch
+from PIL import Image
+from sd_app.demo import UPSCALER_FILE, write_demo_upscaler
+from sd_app.jobs import Job
+from sd_app.upscaler_library import UpscalerLibrary
+from sd_app.upscalers import Tiling, Upscalers
+
+def peak_rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+
+def reset_peak():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # the kernel's way to restart VmHWM from the current RSS
+    except OSError:
+        pass
+
+work = {work!r}
+write_demo_upscaler(work)
+name = UPSCALER_FILE.rsplit(".", 1)[0]
+device = "cuda" if torch.cuda.is_available() else "cpu"
+dtype = torch.float16 if device == "cuda" else None
+upscalers = Upscalers(UpscalerLibrary(os.path.join(work, "models")), device, dtype, Tiling(tile={tile}))
+rng = np.random.default_rng(0)
+image = Image.fromarray(rng.integers(0, 256, (129, 129, 3), dtype=np.uint8)).resize((1024, 1024), Image.BICUBIC)
+upscalers.upscale(image.crop((0, 0, 64, 64)), name, scale=4)  # model loaded and warm
+out = []
+for run in range({runs}):
+    gc_before = psutil.Process(os.getpid()).memory_info().rss
+    reset_peak()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    tracemalloc.start()
+    job = Job()
+    start = time.perf_counter()
+    result = upscalers.upscale(image, name, scale=4, job=job)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    traced = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    out.append({{"seconds": seconds, "size": list(result.size), "tiles": job.note, "rss_before": gc_before,
+                "peak_rss": peak_rss(), "traced_peak": traced,
+                "cuda_peak": torch.cuda.max_memory_allocated() if device == "cuda" else None}})
+    del result
+print(json.dumps({{"device": device, "runs": out}}))
+"""
+
+
+def case_upscale(report: Report, work: Path, runs: int) -> None:
+    """A tiled 4x upscale of 1024x1024 with the demo upscaler, in a fresh process (its memory high-water mark
+    is this upscale's alone)."""
+    for tile in (192, 512):
+        code = UPSCALE_SNIPPET.format(work=str(work / "upscale"), tile=tile, runs=runs)
+        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=3600)
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr[-2000:])
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        rows = result["runs"]
+        seconds = {"median": statistics.median(r["seconds"] for r in rows), "min": min(r["seconds"] for r in rows),
+                   "max": max(r["seconds"] for r in rows), "runs": len(rows)}
+        above = max(r["peak_rss"] - r["rss_before"] for r in rows)
+        label = f"tile {tile}"
+        report.add("upscale", f"4x 1024x1024 -> {rows[0]['size'][0]}x{rows[0]['size'][1]}, {label}, "
+                              f"{result['device']}", fmt(seconds), seconds)
+        report.add("upscale", f"{label}: {rows[0]['tiles']}", "", rows[0]["tiles"])
+        report.add("upscale", f"{label}: peak RSS above the loaded process", f"{above / 1e6:.0f} MB", above)
+        report.add("upscale", f"{label}: peak RSS of the process", f"{max(r['peak_rss'] for r in rows) / 1e6:.0f} MB",
+                   max(r["peak_rss"] for r in rows))
+        report.add("upscale", f"{label}: tracemalloc peak (numpy buffers)",
+                   f"{max(r['traced_peak'] for r in rows) / 1e6:.0f} MB", max(r["traced_peak"] for r in rows))
+        if rows[0]["cuda_peak"] is not None:
+            report.add("upscale", f"{label}: peak GPU memory allocated",
+                       f"{max(r['cuda_peak'] for r in rows) / 1e6:.0f} MB", max(r["cuda_peak"] for r in rows))
+
+
 CASES = {"overhead": case_overhead, "fastpath": case_fastpath, "load": case_load, "lora-demo": case_lora_demo,
-         "lora": case_lora, "coldstart": case_coldstart, "limits": case_limits, "gpu": case_gpu}
+         "lora": case_lora, "coldstart": case_coldstart, "limits": case_limits, "gpu": case_gpu,
+         "upscale": case_upscale}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ writes, in A1111's folder layout:
     DIR/models/Stable-diffusion/homegrown-demo-refiner.safetensors   (single-file SDXL refiner layout)
     DIR/models/Lora/demo-style.safetensors, demo-detail.safetensors  (kohya-style SDXL LoRAs)
     DIR/models/VAE/homegrown-demo-vae.safetensors                    (a standalone VAE, sdxl_vae layout)
+    DIR/models/ESRGAN/homegrown-demo-4x.safetensors                  (a 4x upscaler, RealESRGAN_x4plus layout)
 
 The key names, nesting and 8x VAE downscale are those of the released SDXL files; only widths and
 depths shrink (see sd_app/configs/tiny-sdxl-*). The weights are random: the images are noise.
@@ -26,6 +27,7 @@ from .loading import CONFIGS_DIR
 BASE_FILE = "homegrown-demo-base.safetensors"
 REFINER_FILE = "homegrown-demo-refiner.safetensors"
 VAE_FILE = "homegrown-demo-vae.safetensors"
+UPSCALER_FILE = "homegrown-demo-4x.safetensors"
 LORA_FILES = {
     # name: (seed, rank, alpha, trigger tags)
     "demo-style": (11, 4, 2.0, {"demostyle": 40, "painting": 12, "bold colors": 7}),
@@ -125,6 +127,7 @@ def write_demo(root: str | Path, overwrite: bool = False) -> dict[str, Path]:
     vae_dir = root / "models" / "VAE"
     paths = {"base": ckpt_dir / BASE_FILE, "refiner": ckpt_dir / REFINER_FILE, "vae": vae_dir / VAE_FILE}
     paths.update({name: lora_dir / f"{name}.safetensors" for name in LORA_FILES})
+    paths.update(write_demo_upscaler(root, overwrite))
     if not overwrite and all(p.exists() for p in paths.values()):
         return paths
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -146,6 +149,46 @@ def write_demo(root: str | Path, overwrite: bool = False) -> dict[str, Path]:
             "ss_network_dim": str(rank), "ss_network_alpha": str(alpha),
             "ss_tag_frequency": json.dumps({"1_demo": tags}), "homegrown.note": "random weights"})
     return paths
+
+
+def write_demo_upscaler(root: str | Path, overwrite: bool = False) -> dict[str, Path]:
+    """A tiny 4x upscaler in `root/models/ESRGAN`, in Real-ESRGAN's RRDBNet layout (RealESRGAN_x4plus.pth's key
+    names: conv_first, body.N.rdbM.convK, conv_body, conv_up1/2, conv_hr, conv_last), so that spandrel detects
+    it as ESRGAN, as it does the downloaded file; 8 features and 1 block instead of 64 and 23."""
+    path = Path(root) / "models" / "ESRGAN" / UPSCALER_FILE
+    if overwrite or not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_save(rrdbnet_state_dict(), path, {"homegrown.note": "random weights: a blurry 4x resize"})
+    return {"upscaler": path}
+
+
+def rrdbnet_state_dict(features: int = 8, blocks: int = 1, growth: int = 32, seed: int = 7) -> dict[str, torch.Tensor]:
+    """BasicSR's RRDBNet (scale 4) with random weights, small enough that the image mostly passes through:
+    conv_last gets a nearest-4x identity so the picture survives, plus noise from the rest."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def conv(out_ch: int, in_ch: int, std: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.randn(out_ch, in_ch, 3, 3, generator=gen) * std, torch.zeros(out_ch)
+
+    state: dict[str, torch.Tensor] = {}
+
+    def put(name: str, out_ch: int, in_ch: int, std: float = 0.05) -> None:
+        state[f"{name}.weight"], state[f"{name}.bias"] = conv(out_ch, in_ch, std)
+
+    put("conv_first", features, 3)
+    state["conv_first.weight"][:3, :, 1, 1] += torch.eye(3)  # the picture's colours ride through the features
+    for block in range(blocks):
+        for rdb in (1, 2, 3):
+            for k in range(1, 6):
+                put(f"body.{block}.rdb{rdb}.conv{k}", growth if k < 5 else features, features + (k - 1) * growth,
+                    0.01)
+    put("conv_body", features, features, 0.01)
+    for name in ("conv_up1", "conv_up2", "conv_hr"):
+        put(name, features, features, 0.01)
+        state[f"{name}.weight"][:, :, 1, 1] += torch.eye(features)
+    put("conv_last", 3, features, 0.01)
+    state["conv_last.weight"][:, :3, 1, 1] += torch.eye(3)
+    return _half(state)
 
 
 def _atomic_save(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:

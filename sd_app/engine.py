@@ -29,6 +29,7 @@ from .preview import latent_preview
 from .sigmas import ModelSchedule
 from .prompts import extract_lora_tags
 from .styles import StyleLibrary
+from .tiling import seamless
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,8 @@ class Engine:
                 job.finished = time.time()
                 return GenerationResult([], [], [], params, interrupted=True)
             try:
-                return self._run(params, prompt, active, sampler, schedule, job)
+                with seamless(self.pipelines, on=params.tiling):  # circular padding for this job only
+                    return self._run(params, prompt, active, sampler, schedule, job)
             except (torch.OutOfMemoryError, MemoryError):
                 free_memory()
                 raise UserError("out of memory: lower the size or batch size, or choose a memory-saving mode in "
@@ -286,6 +288,7 @@ class Engine:
                                  if params.seed_resize_from_w > 0 and params.seed_resize_from_h > 0 else None),
             "Clip skip": params.clip_skip if params.clip_skip != 1 else None,  # written when not 1, as A1111
             "Clip skip SDXL": True if params.sdxl_clip_l_skip else None,
+            "Tiling": True if params.tiling else None,
             "Refiner": refiner.title if refiner else None,
             "Refiner switch at": params.refiner_switch_at if refiner else None,
             "Lora hashes": lora_hashes,

@@ -191,7 +191,6 @@ NOT_SUPPORTED = {
     "VAE": "the VAE is a setting here (Settings → VAE)",
     "Denoising strength": "img2img is not available yet",
     "Face restoration": "face restoration is not supported",
-    "Tiling": "tiling is not supported",
     "ENSD": "sampler noise options are not supported (samplers run with their defaults)",
     "Eta": "sampler noise options are not supported (samplers run with their defaults)",
     "TI hashes": "textual-inversion embeddings are not supported yet: their names stay plain words in the prompt",
@@ -267,6 +266,11 @@ def _read_numbers(pasted: Pasted, fields: dict[str, str]) -> None:
             pasted.not_applied.append((f"Size: {fields['Size']}", "not WIDTHxHEIGHT"))
         else:
             _try(pasted, f"Size: {fields['Size']}", width=int(size.group(1)), height=int(size.group(2)))
+    # An image made without tiling says nothing about it: the pasted request is not tiled either.
+    tiled = fields.get("Tiling", "False").strip().lower() == "true"
+    pasted.params = pasted.params.replace(tiling=tiled)
+    if "Tiling" in fields:
+        pasted.applied.append(f"Tiling: {fields['Tiling']}")
 
 
 NOISE_KEYS = ("Variation seed", "Variation seed strength", "Seed resize from", "RNG")
@@ -399,7 +403,7 @@ def _check_loras(pasted: Pasted, loras) -> None:
 
 def _not_supported(pasted: Pasted, fields: dict[str, str]) -> None:
     used = {"Steps", "CFG scale", "Seed", "Refiner switch at", "Size", "Sampler", "Schedule type", "Model",
-            "Refiner", "Clip skip", "Clip skip SDXL", *NOISE_KEYS} | INFORMATIONAL
+            "Refiner", "Clip skip", "Clip skip SDXL", "Tiling", *NOISE_KEYS} | INFORMATIONAL
     hires = [key for key in fields if key.startswith("Hires ")]
     if hires:
         hires += [key for key in ("Denoising strength",) if key in fields]
@@ -440,12 +444,17 @@ def read_image(path_or_image) -> str | None:
 _USER_COMMENT = 0x9286  # EXIF tag
 
 
-def write_image(image: Image.Image, text: str | None, f, fmt: str = "png") -> None:
-    """Encode an image with its infotext into a file object."""
+def write_image(image: Image.Image, text: str | None, f, fmt: str = "png",
+                chunks: dict[str, str] | None = None) -> None:
+    """Encode an image with its infotext into a file object; `chunks` are more PNG text chunks (A1111's
+    `postprocessing` and `extras` on an upscaled image), which JPEG and WebP have no place for."""
     if fmt == "png":
         meta = PngInfo()
         if text:
             meta.add_text(PNG_KEY, text)
+        for key, value in (chunks or {}).items():
+            if value and key != PNG_KEY:
+                meta.add_text(key, value)
         image.save(f, format="PNG", pnginfo=meta)
         return
     exif = Image.Exif()

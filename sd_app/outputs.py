@@ -87,9 +87,24 @@ class OutputWriter:
         return save_image(image, text if self.options.embed_metadata else None, folder, "xyz_grid",
                           output_format(fmt or self.options.output_format))
 
+    def save_extras(self, images: list[Image.Image], fmt: str | None = None) -> list[Path]:
+        """Save upscaled images into `outputs/extras-images/YYYY-MM-DD/`, where A1111 puts them, each with the
+        PNG chunks it carries (the source's `parameters`, A1111's `postprocessing` and `extras`). In JPEG and WebP
+        the one comment holds the source's infotext, else the postprocessing text."""
+        folder = Path(self.options.outputs_dir) / "extras-images"
+        paths = []
+        fmt = output_format(fmt or self.options.output_format)
+        keep = self.options.embed_metadata
+        for image in images:
+            chunks = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
+            text = chunks.get("parameters") or (chunks.get("postprocessing") if fmt != "png" else None)
+            paths.append(save_image(image, text if keep else None, folder, "extras", fmt,
+                                    chunks=chunks if keep else None))
+        return paths
+
 
 def save_image(image: Image.Image, infotext: str | None, folder: str | Path, name: str, fmt: str = "png",
-               now: datetime | None = None) -> Path:
+               now: datetime | None = None, chunks: dict[str, str] | None = None) -> Path:
     """Save as `folder/YYYY-MM-DD/NNNNN-NAME.EXT`, atomically: a crash leaves no half-written file, and
     two savers never take the same number. The infotext goes where A1111 puts it: the PNG `parameters`
     chunk, or EXIF UserComment for JPEG and WebP."""
@@ -102,7 +117,7 @@ def save_image(image: Image.Image, infotext: str | None, folder: str | Path, nam
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as f:
-            write_image(image, infotext, f, fmt)
+            write_image(image, infotext, f, fmt, **({"chunks": chunks} if chunks else {}))
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)

@@ -60,6 +60,10 @@ class Limits:
                              "2048x2048 = 4194304; SDXL draws best near 1024x1024")
     max_images: int = _limit(32, LIMITS["batch_size"][1] * LIMITS["n_iter"][1],
                              "Images per job (batch size x batch count)")
+    max_upscale_pixels: int = _limit(
+        8192 * 8192, 16384 * 16384, "Upscaled image pixels (width x height)",
+        "8192x8192 = 67108864: a 4x upscale of 2048x2048. Upscalers run in tiles; the result itself takes 3 bytes "
+        "a pixel in memory, and again to encode it")
 
     @classmethod
     def table(cls) -> list[tuple[str, int, int, str, str]]:
@@ -92,6 +96,7 @@ class GenerationParams:
     refiner_checkpoint: str | None = None
     refiner_switch_at: float = 0.8
     styles: tuple[str, ...] = ()  # applied to the prompts when the image is made (styles.py), in this order
+    tiling: bool = False  # seamless: circular padding in the UNet and VAE (tiling.py), A1111's `tiling`
     # Noise, as A1111 draws it (rng.py): a variation seed slerped in, the noise of another size, the source.
     subseed: int = -1
     subseed_strength: float = 0.0
@@ -146,8 +151,9 @@ class GenerationParams:
             if value is not None and not isinstance(value, str):
                 raise UserError(f"must be a checkpoint name, got {type(value).__name__}", field=name)
         _check_styles(self.styles)
-        if not isinstance(self.sdxl_clip_l_skip, bool):
-            raise UserError(f"must be true or false, got {self.sdxl_clip_l_skip!r}", field="sdxl_clip_l_skip")
+        for name in ("sdxl_clip_l_skip", "tiling"):
+            if not isinstance(getattr(self, name), bool):
+                raise UserError(f"must be true or false, got {getattr(self, name)!r}", field=name)
         return self
 
     def _check_job_size(self, limits: Limits) -> None:

@@ -48,6 +48,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ckpt_dir", "", "Checkpoint folder", "Folders", help="Empty: <models>/Stable-diffusion"),
     Setting("lora_dir", "", "LoRA folder", "Folders", help="Empty: <models>/Lora"),
     Setting("vae_dir", "", "VAE folder", "Folders", help="Empty: <models>/VAE"),
+    Setting("upscaler_dir", "", "Upscaler models folder", "Folders",
+            help="Empty: <models>. A1111's ESRGAN, RealESRGAN, SwinIR, DAT and HAT folders below it"),
     Setting("outputs_dir", "outputs", "Outputs folder", "Folders"),
     Setting("default_checkpoint", "", "Checkpoint loaded at start", "Defaults", help="Empty: the first SDXL base found"),
     Setting("prompt", "", "Default prompt", "Defaults"),
@@ -207,7 +209,7 @@ class SettingsStore:
         explicit = self.get(f"{name}_dir")
         if explicit:
             return Path(explicit).expanduser()
-        sub = {"ckpt": "Stable-diffusion", "lora": "Lora", "vae": "VAE"}[name]
+        sub = {"ckpt": "Stable-diffusion", "lora": "Lora", "vae": "VAE", "upscaler": ""}[name]
         return Path(self.get("models_dir")).expanduser() / sub
 
     def generation_defaults(self) -> GenerationParams:

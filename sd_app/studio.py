@@ -32,14 +32,13 @@ from .params import GenerationParams, Limits
 from .presets import PresetLibrary
 from .settings import SettingsStore
 from .styles import StyleLibrary
+from .studio_extras import API_OWNER, StudioExtras
 
 if TYPE_CHECKING:  # these import torch and diffusers: `attach_stack` imports them
     from .engine import Engine
     from .pipelines import PipelineOptions, Pipelines
 
 log = logging.getLogger(__name__)
-
-API_OWNER = "api"  # the owner of jobs that come from /sdapi/v1
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,7 @@ class EmbeddingList:
     skipped: dict = dataclasses.field(default_factory=dict)
 
 
-class Studio:
+class Studio(StudioExtras):
     def __init__(self, settings: SettingsStore, pipelines: Pipelines | None, engine: Engine | None,
                  outputs: OutputWriter, loras: LoraLibrary, presets: PresetLibrary,
                  credentials: Credentials | None = None, offline: bool = False, demo: bool = False,

@@ -66,6 +66,7 @@ def txt2img_plan(request: Txt2ImgRequest, current_vae: str, default_format: str,
         if request.refiner_checkpoint not in (None, "", "None") else None,
         "refiner_switch_at": request.refiner_switch_at if request.refiner_switch_at is not None else 0.8,
         "styles": tuple(request.styles or ()),
+        "tiling": bool(request.tiling),
     }
     aliases = {"sampler_name": ("sampler_name", "sampler_index")}
     changes = {name: value for name, value in fields.items()

@@ -30,7 +30,7 @@ from ..errors import UserError
 from ..logs import user_error
 from ..startup import RETRY_AFTER_SECONDS, Startup
 from ..studio import API_OWNER, Studio
-from . import convert
+from . import convert, extras_routes
 from .schemas import OptionsRequest, PngInfoRequest, Txt2ImgRequest
 
 PREFIX = "/sdapi/v1"
@@ -81,6 +81,7 @@ def build_api(studio: Studio, throttle: SignInThrottle | None = None, startup: S
     _job_routes(api, studio)
     _model_routes(api, studio)
     _other_routes(api, studio)
+    extras_routes.register(api, studio)
     _docs_routes(api)
     return api
 

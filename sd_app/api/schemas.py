@@ -90,7 +90,6 @@ class Txt2ImgRequest(_Request):
 UNSUPPORTED = {
     "enable_hr": ((False,), "hires fix is not supported; generate at the final size (SDXL works at ~1 megapixel)"),
     "restore_faces": ((None, False), "face restoration is not supported"),
-    "tiling": ((None, False), "tiling is not supported"),
     "script_name": ((None, ""), "the one script Homegrown has is \"x/y/z plot\""),
     "script_args": (([],), "script_args belong to a script: send script_name \"x/y/z plot\""),
     "alwayson_scripts": (({},), "extensions (alwayson_scripts) are not supported"),
@@ -119,3 +118,37 @@ class OptionsRequest(BaseModel):
 
 class PngInfoRequest(_Request):
     image: str = ""
+
+
+class ExtrasBaseRequest(_Request):
+    """A1111's ExtrasBaseRequest: its fields and defaults. Face restoration is not here: asking for it is a 422."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    resize_mode: int = 0
+    show_extras_results: bool = True
+    gfpgan_visibility: float = 0
+    codeformer_visibility: float = 0
+    codeformer_weight: float = 0
+    upscaling_resize: float = 2
+    upscaling_resize_w: int = 512
+    upscaling_resize_h: int = 512
+    upscaling_crop: bool = True
+    upscaler_1: str | None = "None"
+    upscaler_2: str | None = "None"
+    extras_upscaler_2_visibility: float = 0
+    upscale_first: bool = False
+    save_images: bool = False  # Homegrown's: also save into outputs/extras-images (A1111's API never saves)
+
+
+class ExtrasSingleImageRequest(ExtrasBaseRequest):
+    image: str = ""
+
+
+class FileData(_Request):
+    data: str
+    name: str = ""
+
+
+class ExtrasBatchImagesRequest(ExtrasBaseRequest):
+    imageList: list[FileData] = Field(default_factory=list)  # noqa: N815 (A1111's name)

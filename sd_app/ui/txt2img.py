@@ -32,6 +32,10 @@ CUSTOM_SIZE = "custom"
 UNDO_DEPTH = 20  # presets the Undo button can take back, most recent first
 
 
+# The Form's last fields, after styles, in this order: optional, so a shorter list of values keeps the defaults.
+EXTRA_FIELDS = ("clip_skip", "sdxl_clip_l_skip", "tiling")
+
+
 @dataclass
 class Form:
     """The components that make a GenerationParams, in the order `values_to_params` reads them."""
@@ -51,8 +55,9 @@ class Form:
     refiner_checkpoint: gr.Dropdown
     refiner_switch_at: gr.Slider
     styles: gr.Dropdown
-    clip_skip: gr.Number | None = None  # last ones: values_to_params reads them when the form has them
+    clip_skip: gr.Number | None = None  # last ones (EXTRA_FIELDS): values_to_params reads them when the form has them
     sdxl_clip_l_skip: gr.Checkbox | None = None
+    tiling: gr.Checkbox | None = None
 
     def inputs(self) -> list:
         return [getattr(self, name) for name in self.__dataclass_fields__ if getattr(self, name) is not None]
@@ -95,7 +100,6 @@ def values_to_params(values: list, limits: Limits | None = None) -> GenerationPa
     message that names the field."""
     (checkpoint, prompt, negative, sampler, scheduler, steps, width, height, cfg, seed, n_iter, batch,
      refiner, switch, styles, *more) = values
-    clip_skip, clip_l_skip = (list(more) + [1, False][len(more):])[:2]
 
     def whole(value):
         return int(value) if isinstance(value, float) and value.is_integer() else value
@@ -103,14 +107,17 @@ def values_to_params(values: list, limits: Limits | None = None) -> GenerationPa
     def number(value):
         return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
+    extra = dict(zip(EXTRA_FIELDS, more))  # missing ones keep GenerationParams' defaults
+    if "clip_skip" in extra:
+        extra["clip_skip"] = whole(extra["clip_skip"])
+
     return GenerationParams(
         prompt=prompt or "", negative_prompt=negative or "", steps=whole(steps),
         cfg_scale=number(cfg), width=whole(width), height=whole(height),
         sampler_name=sampler, scheduler=scheduler, seed=whole(seed), batch_size=whole(batch),
         n_iter=whole(n_iter), checkpoint=checkpoint or None,
         refiner_checkpoint=None if refiner in (None, "", NO_REFINER) else refiner,
-        refiner_switch_at=number(switch), styles=tuple(styles or ()), clip_skip=whole(clip_skip),
-        sdxl_clip_l_skip=clip_l_skip).check(limits)
+        refiner_switch_at=number(switch), styles=tuple(styles or ()), **extra).check(limits)
 
 
 def params_to_updates(params: GenerationParams, form: Form) -> dict:
@@ -123,8 +130,7 @@ def params_to_updates(params: GenerationParams, form: Form) -> dict:
         form.batch_size: params.batch_size,
         form.refiner_checkpoint: params.refiner_checkpoint or NO_REFINER,
         form.refiner_switch_at: params.refiner_switch_at, form.styles: list(params.styles),
-        **({form.clip_skip: params.clip_skip, form.sdxl_clip_l_skip: params.sdxl_clip_l_skip}
-           if form.clip_skip is not None else {}),
+        **{getattr(form, name): getattr(params, name) for name in EXTRA_FIELDS if getattr(form, name) is not None},
     }
 
 
@@ -354,6 +360,8 @@ def _options_column(studio: Studio, defaults: GenerationParams, loading: bool = 
         height = form_slider(*LIMITS["height"], value=defaults.height, step=8, label="Height", elem_id="height")
     cfg_scale = form_slider(*LIMITS["cfg_scale"], value=defaults.cfg_scale, step=0.5, label="CFG scale",
                             elem_id="cfg-scale")
+    tiling = gr.Checkbox(value=defaults.tiling, label="Tiling (seamless: the picture repeats without seams)",
+                         elem_id="tiling")
     with gr.Row():
         seed = gr.Number(defaults.seed, label="Seed (-1: random)", elem_id="seed", scale=3)  # no rounding of 1.5
         random_seed = gr.Button("Random", scale=0, min_width=70)
@@ -375,7 +383,7 @@ def _options_column(studio: Studio, defaults: GenerationParams, loading: bool = 
     fields = dict(sampler_name=sampler_name, scheduler=scheduler, steps=steps, width=width, height=height,
                   cfg_scale=cfg_scale, seed=seed, n_iter=n_iter, batch_size=batch_size,
                   refiner_checkpoint=refiner_checkpoint, refiner_switch_at=refiner_switch_at, clip_skip=clip_skip,
-                  sdxl_clip_l_skip=sdxl_clip_l_skip)
+                  sdxl_clip_l_skip=sdxl_clip_l_skip, tiling=tiling)
     return fields, size, swap, random_seed, reuse_seed
 
 
