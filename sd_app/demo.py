@@ -246,8 +246,8 @@ def wild_state_dict(parts: dict[str, torch.nn.Module], variant: str) -> dict[str
         return {k: v.float() for k, v in state.items()}
     if variant == "bf16":
         return {k: v.to(torch.bfloat16) for k, v in state.items()}
-    if variant == "ema":  # the LDM trainer's EMA copy: dots dropped after model_ema.
-        ema = {"model_ema." + k.removeprefix("model.").replace(".", ""): v for k, v in unet.items()}
+    if variant == "ema":  # the LDM trainer's EMA copy (other values), dots dropped after model_ema.: unused, as in A1111
+        ema = {"model_ema." + k.removeprefix("model.").replace(".", ""): v * 0.5 for k, v in unet.items()}
         return {**state, **ema, "model_ema.decay": torch.tensor(0.9999), "model_ema.num_updates": torch.tensor(1000)}
     if variant == "comfy-leftovers":  # scheduler buffers and an SD 1.x text encoder's position ids left behind
         return {**state, "alphas_cumprod": torch.linspace(1, 0.01, 1000), "betas": torch.linspace(1e-4, 0.02, 1000),

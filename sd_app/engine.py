@@ -253,6 +253,7 @@ class Engine:
             "Refiner switch at": params.refiner_switch_at if refiner else None,
             "Lora hashes": lora_hashes,
             "Styles": ", ".join(params.styles) or None,  # already in the prompts; a paste takes them out again
+            **base.infotext_fields(),  # v-prediction and zero terminal SNR, when the checkpoint has them
             "Version": f"Homegrown {__version__}",
         }
         return infotext.build(params.prompt, params.negative_prompt, fields)
