@@ -103,7 +103,7 @@ class LoraSet:
         self._originals: dict[torch.nn.Module, torch.Tensor] = {}  # layer -> RAM copy of its weight
         self._from_file: dict[torch.nn.Module, str] = {}  # layer -> weight name in the checkpoint file
         self._bypassed: list[tuple[torch.nn.Module, str, torch.nn.Module]] = []  # (parent, attribute, peft layer)
-        self.patches = WeightPatches()  # the LyCORIS kinds, written into the weights
+        self.patches = WeightPatches(self._budget, lambda: self.originals)  # LyCORIS kinds, written in the weights
         self._index: dict[str, tuple[str, str]] | None = None  # kohya layer name -> (part, module), on first use
         self._key: tuple | None = None  # the set in place, when nothing needs doing to apply it again
 

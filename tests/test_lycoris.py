@@ -238,3 +238,21 @@ def test_a_lycoris_file_that_does_not_fit_names_the_layer_and_changes_nothing(ly
     assert "loha-wrong" in err.value.message and "attn1_to_q" in err.value.message
     loras.apply([])
     assert unchanged(saved)
+
+
+def test_with_no_ram_to_spare_the_originals_come_back_from_the_checkpoint_file(lyco_engine):
+    loras = lyco_engine.pipelines.base.loras
+    loras.apply([])
+    saved = snapshot(lyco_engine.pipelines.base.pipe)
+    loras.apply(active(lyco_engine, ("loha", 1.0)))
+    in_ram = snapshot(lyco_engine.pipelines.base.pipe)
+    loras.apply([])
+    loras.fuse_budget = 0
+    try:
+        loras.apply(active(lyco_engine, ("loha", 1.0)))
+        assert loras.patches.from_file > 0  # the UNet's layers; the text encoders' still in RAM
+        assert all(torch.equal(p.detach(), value) for (p, value) in in_ram)
+        loras.apply([])
+        assert unchanged(saved)
+    finally:
+        loras.fuse_budget = None
