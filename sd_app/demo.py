@@ -119,6 +119,168 @@ def kohya_lora_state_dict(parts: dict[str, torch.nn.Module], seed: int, rank: in
     return _half(state)
 
 
+def _network_targets(parts: dict[str, torch.nn.Module], form: str) -> dict[str, tuple[torch.Tensor, bool]]:
+    """kohya layer name -> (the weight it changes, whether the layer has a bias): UNet attention and resnet convolutions, both text encoders'
+    attention. `form` "sgm" spells UNet layers as kohya does for SDXL (input_blocks...), "diffusers" as
+    diffusers' module paths (down_blocks...)."""
+    unet = parts["unet"]
+    state = unet.state_dict()
+    ldm = dict(zip(state, ldm_format.unet_to_ldm(state, dict(unet.config))))
+    targets: dict[str, tuple[torch.Tensor, bool]] = {}
+    for key, weight in state.items():
+        attention = key.endswith(("attn1.to_q.weight", "attn1.to_k.weight", "attn1.to_v.weight",
+                                  "attn1.to_out.0.weight", "attn2.to_k.weight", "attn2.to_v.weight"))
+        if attention or key.endswith("resnets.0.conv1.weight") or key.endswith("resnets.1.conv2.weight"):
+            module = key if form == "diffusers" else ldm[key].removeprefix(ldm_format.UNET_PREFIX)
+            targets[_kohya_name("lora_unet", module.removesuffix(".weight"))] = (weight, key[:-6] + "bias" in state)
+    for te_name, prefix in (("text_encoder", "lora_te1"), ("text_encoder_2", "lora_te2")):
+        for key, weight in parts[te_name].state_dict().items():
+            if key.endswith(("q_proj.weight", "v_proj.weight", "out_proj.weight")):
+                module = key.removesuffix(".weight")
+                module = module if module.startswith("text_model.") else "text_model." + module
+                targets[_kohya_name(prefix, module)] = (weight, True)  # CLIP's projections all have biases
+    return targets  # in the model's order, so both spellings of a network get the same values
+
+
+def _split(n: int) -> tuple[int, int]:
+    """n = a * b with a <= b as close as can be: LoKr's factorization of a layer's width."""
+    a = max(d for d in range(1, int(n ** 0.5) + 1) if n % d == 0)
+    return a, n // a
+
+
+def _network_layer(algo: str, weight: torch.Tensor, has_bias: bool, rank: int, gen: torch.Generator,
+                   index: int) -> dict:
+    """One layer's tensors of a LyCORIS network, in the shapes LyCORIS saves (random values)."""
+    def rand(*shape, std=1.0):
+        return torch.randn(*shape, generator=gen) * std
+
+    out_dim, in_dim, *kernel = weight.shape
+    conv3 = kernel and kernel != [1, 1]
+    if algo in ("lora", "locon", "dora"):
+        if conv3 and index % 2 == 0:  # LoCon's Tucker form: 1x1 factors around a 3x3 core
+            layer = {"lora_down.weight": rand(rank, in_dim, 1, 1, std=0.3), "lora_up.weight": rand(out_dim, rank, 1, 1, std=0.3),
+                     "lora_mid.weight": rand(rank, rank, *kernel, std=0.3)}
+        else:
+            layer = {"lora_down.weight": rand(rank, in_dim, *kernel, std=0.22),
+                     "lora_up.weight": rand(out_dim, rank, *([1, 1] if kernel else []), std=0.22)}
+        if algo == "dora":  # magnitudes near the layer's own norms; per output row, or per input column (older files)
+            rows = index % 2 == 0
+            norms = weight.float().flatten(1).norm(dim=1) if rows else weight.float().transpose(0, 1).flatten(1).norm(dim=1)
+            scale = norms * (1 + rand(norms.numel(), std=0.4).clamp(-0.8, 0.8))
+            layer["dora_scale"] = (scale.reshape(out_dim, 1, *[1] * len(kernel)) if rows
+                                   else scale.reshape(1, in_dim, *[1] * len(kernel)))
+    elif algo == "loha":
+        if conv3:
+            layer = {f"hada_{p}": t for p, t in (("t1", rand(rank, rank, *kernel, std=0.4)), ("w1_a", rand(rank, out_dim, std=0.4)),
+                                                  ("w1_b", rand(rank, in_dim, std=0.4)), ("t2", rand(rank, rank, *kernel, std=0.4)),
+                                                  ("w2_a", rand(rank, out_dim, std=0.4)), ("w2_b", rand(rank, in_dim, std=0.4)))}
+        else:
+            layer = {"hada_w1_a": rand(out_dim, rank, std=0.4), "hada_w1_b": rand(rank, in_dim, std=0.4),
+                     "hada_w2_a": rand(out_dim, rank, std=0.4), "hada_w2_b": rand(rank, in_dim, std=0.4)}
+    elif algo == "lokr":
+        (a, b), (c, d) = _split(out_dim), _split(in_dim)
+        layer = {"lokr_w1": rand(a, c, std=0.5)} if index % 2 == 0 else {
+            "lokr_w1_a": rand(a, rank, std=0.5), "lokr_w1_b": rand(rank, c, std=0.5)}
+        if conv3:
+            layer.update(lokr_t2=rand(rank, rank, *kernel, std=0.3), lokr_w2_a=rand(rank, b, std=0.3),
+                         lokr_w2_b=rand(rank, d, std=0.3))
+        elif index % 3 == 0:
+            layer["lokr_w2"] = rand(b, d, *kernel, std=0.1)
+        else:
+            layer.update(lokr_w2_a=rand(b, rank, std=0.3), lokr_w2_b=rand(rank, d, *kernel, std=0.3))
+    elif algo == "full":
+        layer = {"diff": rand(*weight.shape, std=0.05)}
+        if has_bias:
+            layer["diff_b"] = rand(out_dim, std=0.05)
+        return layer
+    elif algo == "ia3":
+        return {"weight": rand(out_dim, std=0.1), "on_input": torch.tensor(False)}
+    elif algo in ("oft", "boft"):
+        blocks = _split(out_dim)[0]
+        shape = (2, blocks, out_dim // blocks, out_dim // blocks) if algo == "boft" else (blocks, out_dim // blocks, out_dim // blocks)
+        return {"oft_blocks": rand(*shape, std=0.01), "alpha": torch.tensor(0.0)}
+    elif algo == "glora":
+        return {"a1.weight": rand(rank, in_dim), "a2.weight": rand(out_dim, rank), "b1.weight": rand(rank, in_dim),
+                "b2.weight": rand(out_dim, rank), "alpha": torch.tensor(float(rank))}
+    else:
+        raise ValueError(f"unknown network algorithm {algo!r}")
+    layer["alpha"] = torch.tensor(rank / 2)
+    return layer
+
+
+NETWORK_ALGOS = ("locon", "loha", "lokr", "dora", "full", "ia3", "oft", "boft", "glora")
+
+
+def network_state_dict(parts: dict[str, torch.nn.Module], algo: str, seed: int, rank: int = 4,
+                       form: str = "sgm") -> dict[str, torch.Tensor]:
+    """A LyCORIS-format SDXL network of kind `algo` (NETWORK_ALGOS, or "lora") over the UNet's attention and
+    some 3x3 convolutions and both text encoders, with the key names and tensor shapes LyCORIS writes."""
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for index, (name, (weight, has_bias)) in enumerate(_network_targets(parts, form).items()):
+        if algo in ("ia3", "oft", "boft", "glora") and weight.dim() > 2:
+            continue
+        for part, tensor in _network_layer(algo, weight, has_bias, rank, gen, index).items():
+            state[f"{name}.{part}"] = tensor
+    return _half(state)
+
+
+def write_network(parts: dict[str, torch.nn.Module], path: Path, algo: str, seed: int, form: str = "sgm") -> Path:
+    """Write `network_state_dict` with the metadata LyCORIS's kohya trainer writes."""
+    args = {"algo": algo if algo not in ("dora", "locon") else "locon", "dora_wd": str(algo == "dora")}
+    _atomic_save(network_state_dict(parts, algo, seed, form=form), path, {
+        "ss_base_model_version": "sdxl_base_v1-0", "ss_network_module": "lycoris.kohya",
+        "ss_network_args": json.dumps(args), "ss_output_name": path.stem, "homegrown.note": "random weights"})
+    return path
+
+
+# Checkpoints as they come from the wild: each is the demo base, changed as files from other tools are.
+WILD_VARIANTS = ("fp32", "bf16", "ema", "comfy-leftovers", "pruned-clip", "no-vae", "v-pred", "v-pred-ztsnr",
+                 "edm-vpred")
+
+
+def wild_state_dict(parts: dict[str, torch.nn.Module], variant: str) -> dict[str, torch.Tensor]:
+    """The demo base's state dict as `variant` (WILD_VARIANTS) stores it."""
+    state = base_state_dict(parts)
+    unet = {k: v for k, v in state.items() if k.startswith(ldm_format.UNET_PREFIX)}
+    empty = torch.zeros(0, dtype=torch.int64)  # the markers are empty int64 tensors (sd-mecha's sdxl-sgm.yaml)
+    if variant == "fp32":
+        return {k: v.float() for k, v in state.items()}
+    if variant == "bf16":
+        return {k: v.to(torch.bfloat16) for k, v in state.items()}
+    if variant == "ema":  # the LDM trainer's EMA copy (other values), dots dropped after model_ema.: unused, as in A1111
+        ema = {"model_ema." + k.removeprefix("model.").replace(".", ""): v * 0.5 for k, v in unet.items()}
+        return {**state, **ema, "model_ema.decay": torch.tensor(0.9999), "model_ema.num_updates": torch.tensor(1000)}
+    if variant == "comfy-leftovers":  # scheduler buffers and an SD 1.x text encoder's position ids left behind
+        return {**state, "alphas_cumprod": torch.linspace(1, 0.01, 1000), "betas": torch.linspace(1e-4, 0.02, 1000),
+                "cond_stage_model.transformer.text_model.embeddings.position_ids": torch.arange(77)[None]}
+    if variant == "pruned-clip":  # sd-mecha's optional keys left out, as merge tools do
+        last_l = parts["text_encoder"].config.num_hidden_layers - 1
+        last_g = parts["text_encoder_2"].config.num_hidden_layers - 1
+        dropped = (f"{ldm_format.BASE_CLIP_L_PREFIX}text_model.encoder.layers.{last_l}.",
+                   f"{ldm_format.BASE_CLIP_L_PREFIX}text_model.final_layer_norm.",
+                   f"{ldm_format.BASE_CLIP_G_PREFIX}transformer.resblocks.{last_g}.",
+                   f"{ldm_format.BASE_CLIP_G_PREFIX}ln_final.", f"{ldm_format.BASE_CLIP_G_PREFIX}text_projection",
+                   f"{ldm_format.BASE_CLIP_G_PREFIX}logit_scale")
+        return {k: v for k, v in state.items() if not k.startswith(dropped)}
+    if variant == "no-vae":
+        return {k: v for k, v in state.items() if not k.startswith(ldm_format.VAE_PREFIX)}
+    if variant == "v-pred":
+        return {**state, "v_pred": empty}
+    if variant == "v-pred-ztsnr":
+        return {**state, "v_pred": empty, "ztsnr": empty}
+    if variant == "edm-vpred":
+        return {**state, "edm_vpred.sigma_min": torch.tensor(0.002), "edm_vpred.sigma_max": torch.tensor(120.0)}
+    raise ValueError(f"unknown variant {variant!r}; known: {', '.join(WILD_VARIANTS)}")
+
+
+def write_wild_checkpoint(parts: dict[str, torch.nn.Module], path: Path, variant: str) -> Path:
+    """A tiny SDXL base file as another tool would have saved it (see WILD_VARIANTS)."""
+    _atomic_save(wild_state_dict(parts, variant), path, {"homegrown.config": "tiny-sdxl-base",
+                                                          "homegrown.note": f"random weights, {variant}"})
+    return path
+
+
 def write_demo(root: str | Path, overwrite: bool = False) -> dict[str, Path]:
     """Write the demo models under root's A1111 layout; existing files are kept unless overwrite."""
     root = Path(root)

@@ -294,6 +294,7 @@ class Engine:
             "Lora hashes": lora_hashes,
             "RNG": params.randn_source if params.randn_source != rng.DEFAULT_SOURCE else None,  # A1111 writes no GPU
             "Styles": ", ".join(params.styles) or None,  # already in the prompts; a paste takes them out again
+            **base.infotext_fields(),  # v-prediction and zero terminal SNR, when the checkpoint has them
             "Version": f"Homegrown {__version__}",
         }
         return infotext.build(params.prompt, params.negative_prompt, fields)

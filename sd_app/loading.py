@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from . import checkpoint_traits
 from .errors import UserError
 from .models import KIND_LABELS, SUPPORTED_TEXT, Checkpoint, read_header, kind_of
 
@@ -53,8 +54,13 @@ def check_kind(checkpoint: Checkpoint, wanted: str) -> str:
     return kind
 
 
-def load_base(checkpoint: Checkpoint, dtype: torch.dtype):
-    """A StableDiffusionXLPipeline on the CPU, from a single file or a diffusers folder."""
+def load_base(checkpoint: Checkpoint, dtype: torch.dtype, vae_file: Path | None = None):
+    """A StableDiffusionXLPipeline on the CPU, from a single file or a diffusers folder.
+
+    `vae_file` is the VAE chosen in the settings: a file without a VAE of its own loads with it, and is
+    refused (naming what it lacks) without one. Text-encoder layers SDXL can do without may be missing
+    (`checkpoint_traits.complete_text_encoders`); their absence is logged and kept in `pipe.homegrown_warnings`.
+    """
     from diffusers import StableDiffusionXLPipeline
 
     check_kind(checkpoint, "sdxl-base")
@@ -63,10 +69,21 @@ def load_base(checkpoint: Checkpoint, dtype: torch.dtype):
             return _guard(checkpoint, lambda: StableDiffusionXLPipeline.from_pretrained(
                 str(checkpoint.path), torch_dtype=dtype, local_files_only=True))
         tokenizer, tokenizer_2 = load_tokenizers()
-        config = config_folder("sdxl-base", read_header(checkpoint.path).metadata)
-        return _guard(checkpoint, lambda: StableDiffusionXLPipeline.from_single_file(
+        header = read_header(checkpoint.path)
+        config = config_folder("sdxl-base", header.metadata)
+        extra = {}
+        if not checkpoint_traits.has_vae(header.tensors):
+            if vae_file is None:
+                raise UserError(f"{checkpoint.filename} has no VAE baked in (no first_stage_model.* weights): choose "
+                                "a VAE file in Settings → VAE (e.g. sdxl_vae.safetensors) to use it",
+                                field="checkpoint")
+            extra["vae"] = load_vae(vae_file, dtype)
+        pipe = _guard(checkpoint, lambda: StableDiffusionXLPipeline.from_single_file(
             str(checkpoint.path), config=str(config), local_files_only=True, torch_dtype=dtype,
-            tokenizer=tokenizer, tokenizer_2=tokenizer_2))
+            tokenizer=tokenizer, tokenizer_2=tokenizer_2, **extra))
+        pipe.homegrown_warnings = checkpoint_traits.complete(pipe, checkpoint.filename, ("unet", "vae"),
+                                                            ("text_encoder", "text_encoder_2"))
+        return pipe
 
 
 def load_refiner(checkpoint: Checkpoint, dtype: torch.dtype, base=None):
@@ -88,9 +105,12 @@ def load_refiner(checkpoint: Checkpoint, dtype: torch.dtype, base=None):
         if "tokenizer_2" not in shared:
             shared["tokenizer_2"] = load_tokenizers()[1]
         config = config_folder("sdxl-refiner", read_header(checkpoint.path).metadata)
-        return _guard(checkpoint, lambda: StableDiffusionXLImg2ImgPipeline.from_single_file(
+        pipe = _guard(checkpoint, lambda: StableDiffusionXLImg2ImgPipeline.from_single_file(
             str(checkpoint.path), config=str(config), local_files_only=True, torch_dtype=dtype,
             text_encoder=None, tokenizer=None, **shared))
+        own = () if "text_encoder_2" in shared else ("text_encoder_2",)
+        pipe.homegrown_warnings = checkpoint_traits.complete(pipe, checkpoint.filename, ("unet", "vae"), own)
+        return pipe
 
 
 def load_vae(path: Path, dtype: torch.dtype):

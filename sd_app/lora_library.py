@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import lycoris
 from .errors import UserError
 from .models import PICKLE_SUFFIXES, HashCache, pickle_message, read_header
 from .prompts import LoraTag
@@ -40,6 +41,8 @@ class LoraInfo:
     cover_image: bytes | None = None  # an image embedded in the metadata (modelspec.thumbnail)
     metadata: dict[str, str] = field(default_factory=dict)
     problem: str | None = None  # why the file cannot be used (a damaged header): listed, refused when used
+    algorithm: str = "LoRA"  # the network kind its layers hold (LoRA, LoCon, LoHa, LoKr, ... with DoRA), or "?"
+    unsupported: bool = False  # a kind Homegrown does not run (IA3, OFT, ...): `problem` names it
 
     @property
     def stem(self) -> str:
@@ -70,12 +73,27 @@ def base_model_of(keys, metadata: dict[str, str], shapes: dict[str, list[int]]) 
     if any(k.startswith("text_encoder_2.") for k in keys):
         return "sdxl"
     # Cross-attention key projections read the text encoder's width: 2048 SDXL, 1024 SD2, 768 SD1.
-    for key, shape in shapes.items():
-        if "attn2" in key and ("to_k" in key) and ("lora_down" in key or "lora_A" in key) and len(shape) >= 2:
-            return {2048: "sdxl", 1024: "sd2", 768: "sd1"}.get(shape[1], "unknown")
+    for layer, parts in lycoris.group_layers(shapes).items():
+        names = [f"{layer}.{part}" for part in parts]
+        width = _input_width({name: shapes[name] for name in names if "attn2" in name and "to_k" in name})
+        if width:
+            return {2048: "sdxl", 1024: "sd2", 768: "sd1"}.get(width, "unknown")
     if any(k.startswith(("lora_unet_down_blocks", "lora_unet_up_blocks", "lora_te_")) for k in keys):
         return "sd1"
     return "unknown"
+
+
+def _input_width(parts: dict[str, list[int]]) -> int | None:
+    """The input width of the layer a network's tensors change, from their shapes (LoRA, LoHa, LoKr, full)."""
+    for name, shape in parts.items():
+        if name.endswith(("lora_down.weight", "lora_A.weight", "hada_w1_b", "diff")) and len(shape) >= 2:
+            return shape[1]
+    by_end = {name.rsplit(".", 1)[-1]: shape for name, shape in parts.items()}
+    one = by_end.get("lokr_w1") or by_end.get("lokr_w1_b")
+    two = by_end.get("lokr_w2") or by_end.get("lokr_w2_b")
+    if one and two and len(one) >= 2 and len(two) >= 2:
+        return one[1] * two[1]
+    return None
 
 
 def _trigger_words(metadata: dict[str, str], limit: int = 6) -> list[str]:
@@ -106,9 +124,11 @@ def describe(path: Path, name: str) -> LoraInfo:
     header = read_header(path)
     meta = header.metadata
     shapes = {k: v.get("shape", []) for k, v in header.tensors.items() if isinstance(v, dict)}
+    kind = lycoris.network_kind(shapes)
     info = LoraInfo(name=name, path=path, alias=meta.get("ss_output_name") or path.stem,
                     base_model=base_model_of(header.tensors.keys(), meta, shapes),
-                    trigger_words=_trigger_words(meta), metadata=meta)
+                    trigger_words=_trigger_words(meta), metadata=meta, algorithm=kind.label,
+                    problem=kind.problem, unsupported=bool(kind.refused))
     user = _read_json(path.with_suffix(".json"))  # A1111's per-LoRA user metadata
     if user.get("activation text"):
         info.trigger_words = [w.strip() for w in str(user["activation text"]).split(",") if w.strip()]
@@ -179,7 +199,8 @@ class LoraLibrary:
             try:
                 info = describe(path, name)
             except UserError as err:  # listed with its fault, so the page and the API can say what is wrong
-                info = LoraInfo(name=name, path=path, alias=path.stem, base_model="unknown", problem=err.message)
+                info = LoraInfo(name=name, path=path, alias=path.stem, base_model="unknown", problem=err.message,
+                                algorithm="?")
             with self._lock:
                 self._cache[path] = (mtime, info)
             found.append(info)

@@ -1,7 +1,10 @@
 """LoRAs applied to a pipeline: parsed weights in a bounded cache, adapters loaded, the active set fused.
 
 `LoraSet` keeps parsed weights in a bounded cache and adapters loaded in the pipeline, so switching between
-recent LoRAs is a `set_adapters` call; which files a job uses is decided by `lora_library.py`.
+recent LoRAs is a `set_adapters` call; which files a job uses is decided by `lora_library.py`. Plain LoRAs
+go through diffusers + peft; the LyCORIS kinds peft cannot read from kohya files (LoHa, LoKr, LoCon with
+Tucker cores, DoRA, full diffs) are written into the weights in place (`weight_patch.py`), both under the
+same `apply(active)`.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from pathlib import Path
 
 import torch
 
+from . import lycoris
 from .errors import UserError
 from .lora_library import ActiveLora, LoraInfo
+from .weight_patch import WeightPatches
 from .models import read_header
 
 
@@ -23,6 +28,7 @@ from .models import read_header
 class LoraWeights:
     tensors: dict[str, torch.Tensor]
     adapter_metadata: dict | None  # diffusers' saved LoraConfig (alpha, rank pattern), for peft-format files
+    kind: lycoris.NetworkKind  # the algorithm(s) the file holds: peft loads plain LoRAs, the rest is patched in
 
 
 class WeightCache:
@@ -45,7 +51,8 @@ class WeightCache:
         try:
             raw = read_header(path).metadata.get("lora_adapter_metadata")
             tensors = load_file(str(path))
-            weights = LoraWeights(tensors, json.loads(raw) if raw else None)
+            kind = lycoris.network_kind({k: list(v.shape) for k, v in tensors.items()})
+            weights = LoraWeights(tensors, json.loads(raw) if raw else None, kind)
         except UserError:
             raise
         except Exception as exc:
@@ -96,6 +103,9 @@ class LoraSet:
         self._originals: dict[torch.nn.Module, torch.Tensor] = {}  # layer -> RAM copy of its weight
         self._from_file: dict[torch.nn.Module, str] = {}  # layer -> weight name in the checkpoint file
         self._bypassed: list[tuple[torch.nn.Module, str, torch.nn.Module]] = []  # (parent, attribute, peft layer)
+        self.patches = WeightPatches(self._budget, lambda: self.originals)  # LyCORIS kinds, written in the weights
+        self._index: dict[str, tuple[str, str]] | None = None  # kohya layer name -> (part, module), on first use
+        self._key: tuple | None = None  # the set in place, when nothing needs doing to apply it again
 
     @property
     def fused(self) -> bool:
@@ -103,25 +113,53 @@ class LoraSet:
 
     def apply(self, active: list[ActiveLora]) -> None:
         key = tuple(sorted((str(a.info.path), a.info.path.stat().st_mtime, a.weight) for a in active))
-        fused_already = bool(key) and key == self._fused_key
-        off_already = not key and self._fused_key is None and bool(self._bypassed)
-        if fused_already or off_already:
+        if key == self._key:  # exactly this set is in place already (fused and patched, or all off)
             return
         self._restore_layers()
         self._unfuse()
-        if not active:
-            if self._loaded:
-                self.pipe.disable_lora()
-                self._bypass_layers()
-            return
-        names = [self._ensure_loaded(item.info) for item in active]
-        self.pipe.enable_lora()
-        # Explicitly, every time: the UNet and the text encoders otherwise disagree about the active set.
-        self.pipe.set_adapters(names, adapter_weights=[item.weight for item in active])
-        if self.fuse:
+        self.patches.undo()
+        self._key = None
+        plain, patched = self._split(active)
+        names = [self._ensure_loaded(item.info) for item in plain]
+        if plain:
+            self.pipe.enable_lora()
+            # Explicitly, every time: the UNet and the text encoders otherwise disagree about the active set.
+            self.pipe.set_adapters(names, adapter_weights=[item.weight for item in plain])
+        elif self._loaded:
+            self.pipe.disable_lora()
+        # Patched before fusing: fusion saves (and puts back) the patched weights, the patches then the originals.
+        self._patch(patched)
+        if plain and self.fuse:
             self._fuse(key, names)
-        if self.fused:
+        if self.fused or not plain:
             self._bypass_layers()
+            self._key = key
+
+    def _split(self, active: list[ActiveLora]) -> tuple[list[ActiveLora], list[tuple[ActiveLora, LoraWeights]]]:
+        """(the LoRAs peft loads, the ones written into the weights); a kind Homegrown does not run is refused."""
+        plain, patched = [], []
+        for item in active:
+            weights = self.weights.get(item.info.path)
+            if weights.kind.problem:
+                raise lycoris.refuse(item.info.name, weights.kind)
+            if weights.kind.needs_patching:
+                patched.append((item, weights))
+            else:
+                plain.append(item)
+        return plain, patched
+
+    def _patch(self, patched: list[tuple[ActiveLora, LoraWeights]]) -> None:
+        if not patched:
+            return
+        if self._index is None:
+            self._index = lycoris.layer_index(self.pipe)
+        for item, weights in patched:
+            try:
+                self.patches.apply(self.pipe, self._index, item.info.name, weights.tensors, item.weight)
+            except ValueError as exc:
+                self.patches.undo()
+                raise UserError(f"LoRA {item.info.name!r} ({weights.kind.label}) could not be applied to this "
+                                f"checkpoint: {exc}", field="prompt") from None
 
     def _bypass_layers(self) -> None:
         """Put the UNet's original layers back in place of peft's (which only pass inputs through now)."""

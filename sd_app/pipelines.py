@@ -10,16 +10,17 @@ from __future__ import annotations
 import dataclasses
 import gc
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from . import fastpath
+from .checkpoint_traits import Prediction, prediction_of
 from .encoding import SYNTAXES, PromptEncoder
 from .errors import UserError
 from .loading import CheckpointWeights, check_kind, load_base, load_refiner, load_vae
 from .lora_patch import LoraSet, WeightCache
-from .models import AUTOMATIC_VAE, Checkpoint, CheckpointLibrary, VaeLibrary, model_title
+from .models import AUTOMATIC_VAE, Checkpoint, CheckpointLibrary, VaeLibrary, model_title, read_header
 from .pipeline_choices import DTYPE_NAMES, MEMORY_MODES, RELOAD_OPTIONS
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
@@ -44,6 +45,11 @@ class LoadedModel:
     short_hash: str
     scheduler_config: dict
     loras: LoraSet | None = None
+    prediction: Prediction = Prediction()  # v-prediction / zero terminal SNR, as its file or .yaml says
+    warnings: list[str] = field(default_factory=list)  # what the file lacks that changes images
+
+    def infotext_fields(self) -> dict[str, str]:
+        return self.prediction.infotext()
 
     @property
     def title(self) -> str:
@@ -93,20 +99,27 @@ class Pipelines:
         previous = self.base.checkpoint if self.base else None
         self._unload_all()  # one SDXL at a time: holding two would need twice the memory
         try:
-            pipe = load_base(checkpoint, self.dtype)
+            pipe = load_base(checkpoint, self.dtype, self._chosen_vae())
         except UserError:
             if previous is not None:
-                self._install_base(previous, load_base(previous, self.dtype), self.checkpoints.short_hash(previous))
+                self._install_base(previous, load_base(previous, self.dtype, self._chosen_vae()),
+                                   self.checkpoints.short_hash(previous))
             raise
         return self._install_base(checkpoint, pipe, short_hash)
 
+    def _chosen_vae(self):
+        """The VAE file chosen in the options (None: the checkpoint's own), for files without one."""
+        return None if self.options.vae in AUTOMATIC_VAE else self._vae_path(self.options.vae)
+
     def _install_base(self, checkpoint: Checkpoint, pipe, short_hash: str) -> LoadedModel:
-        scheduler_config = dict(pipe.scheduler.config)
+        prediction = _prediction(checkpoint, pipe)
+        scheduler_config = {**pipe.scheduler.config, **prediction.scheduler_changes()}
         self._choose_vae(pipe)
         self._place(pipe)
         originals = CheckpointWeights(checkpoint, pipe.unet.config)
         self.base = LoadedModel(checkpoint, pipe, short_hash, scheduler_config,
-                                LoraSet(pipe, self.lora_weights, originals=originals))
+                                LoraSet(pipe, self.lora_weights, originals=originals), prediction,
+                                [*getattr(pipe, "homegrown_warnings", []), *prediction.warnings])
         self.encoder = PromptEncoder(pipe, self.options.prompt_syntax)
         return self.base
 
@@ -133,9 +146,11 @@ class Pipelines:
         short_hash = self.checkpoints.short_hash(checkpoint)
         self._drop_refiner()
         pipe = load_refiner(checkpoint, self.dtype, base=self.base.pipe)
-        scheduler_config = dict(pipe.scheduler.config)
+        prediction = _prediction(checkpoint, pipe)
+        scheduler_config = {**pipe.scheduler.config, **prediction.scheduler_changes()}
         self._place(pipe)
-        self.refiner = LoadedModel(checkpoint, pipe, short_hash, scheduler_config)
+        self.refiner = LoadedModel(checkpoint, pipe, short_hash, scheduler_config, None, prediction,
+                                   [*getattr(pipe, "homegrown_warnings", []), *prediction.warnings])
         return self.refiner
 
     def load_refiner(self, name: str) -> LoadedModel:
@@ -279,6 +294,11 @@ class Pipelines:
         if self.compile_mode() == "off":
             return "Settings applied; the fast path stays off while the memory mode offloads weights."
         return "Settings applied; the next image compiles the model first (tens of seconds), later ones run faster."
+
+
+def _prediction(checkpoint: Checkpoint, pipe) -> Prediction:
+    names = () if checkpoint.is_folder else read_header(checkpoint.path).tensors
+    return prediction_of(checkpoint.path, names, dict(pipe.scheduler.config))
 
 
 def check_syntax(syntax: str) -> str:

@@ -306,3 +306,98 @@ def test_a_damaged_hash_cache_only_costs_a_rehash(tmp_path, content):
     cache = HashCache(tmp_path / "hashes.json")
     assert cache.cached(model) is None
     assert cache.sha256(model) == hashlib.sha256(model.read_bytes()).hexdigest()
+
+
+# ---- checkpoints from the wild --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wild(tmp_path_factory):
+    """Each variant of demo.WILD_VARIANTS in a checkpoint folder of its own, and the parts they were made from."""
+    folder = tmp_path_factory.mktemp("wild") / "Stable-diffusion"
+    folder.mkdir()
+    parts = demo._tiny_components()
+    for variant in demo.WILD_VARIANTS:
+        demo.write_wild_checkpoint(parts, folder / f"{variant}.safetensors", variant)
+    return folder, parts
+
+
+@pytest.mark.parametrize("variant", ["fp32", "bf16", "ema", "comfy-leftovers", "v-pred", "edm-vpred"])
+def test_checkpoints_saved_by_other_tools_load_with_the_same_weights(wild, variant):
+    folder, parts = wild
+    pipe = loading.load_base(Checkpoint(variant, folder / f"{variant}.safetensors"), torch.float32)
+    pipe.to("cpu")  # nothing left on the meta device
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        for key, value in parts[part].state_dict().items():
+            stored = value.half().to(torch.bfloat16 if variant == "bf16" else torch.float16)  # made from the fp16 file
+            assert torch.equal(stored.float(), getattr(pipe, part).state_dict()[key].float()), (part, key)
+    assert pipe.homegrown_warnings == []
+
+
+def test_a_file_without_the_optional_clip_layers_loads_and_says_what_changes(wild):
+    folder, parts = wild
+    full = loading.load_base(Checkpoint("fp32", folder / "fp32.safetensors"), torch.float32)
+    pruned = loading.load_base(Checkpoint("pruned-clip", folder / "pruned-clip.safetensors"), torch.float32)
+    pruned.to("cpu")
+    [warning] = pruned.homegrown_warnings
+    assert "pruned-clip.safetensors" in warning and "text_projection" in warning and "pooled" in warning
+    tokens = torch.tensor([[49406, 320, 1125, 539, 320, 2368, 49407]])
+    with torch.no_grad():
+        for part in ("text_encoder", "text_encoder_2"):  # SDXL's token embeddings: the penultimate layers
+            a = getattr(full, part)(tokens, output_hidden_states=True).hidden_states[-2]
+            b = getattr(pruned, part)(tokens, output_hidden_states=True).hidden_states[-2]
+            assert torch.allclose(a, b, atol=1e-3), part
+        pooled = pruned.text_encoder_2(tokens).text_embeds
+    assert torch.isfinite(pooled).all()
+
+
+def test_a_file_without_a_vae_is_refused_by_name_or_loads_with_the_chosen_one(wild, ckpt_dir):
+    folder, parts = wild
+    checkpoint = Checkpoint("no-vae", folder / "no-vae.safetensors")
+    with pytest.raises(UserError) as err:
+        loading.load_base(checkpoint, torch.float32)
+    assert "no VAE baked in" in err.value.message and "no-vae.safetensors" in err.value.message
+    vae_file = ckpt_dir.parent / "VAE" / demo.VAE_FILE
+    pipe = loading.load_base(checkpoint, torch.float32, vae_file)
+    pipe.to("cpu")
+    for key, value in parts["other_vae"].state_dict().items():
+        assert torch.equal(value.half().float(), pipe.vae.state_dict()[key].float()), key
+
+
+def test_a_file_missing_weights_sdxl_needs_names_what_it_lacks(wild, tmp_path):
+    folder, parts = wild
+    state = demo.wild_state_dict(parts, "fp32")
+    state = {k: v for k, v in state.items() if "conditioner.embedders.0.transformer.text_model.encoder.layers.0." not in k}
+    save_file(state, str(tmp_path / "holes.safetensors"), metadata={"homegrown.config": "tiny-sdxl-base"})
+    with pytest.raises(UserError) as err:
+        loading.load_base(Checkpoint("holes", tmp_path / "holes.safetensors"), torch.float32)
+    assert "holes.safetensors is incomplete" in err.value.message and "CLIP-L" in err.value.message
+
+
+@pytest.mark.parametrize("variant, yaml_text, prediction, ztsnr", [
+    ("fp32", None, "epsilon", False),
+    ("v-pred", None, "v_prediction", False),
+    ("v-pred-ztsnr", None, "v_prediction", True),
+    ("edm-vpred", None, "v_prediction", False),
+    ("fp32", 'model:\n  params:\n    parameterization: "v"\n', "v_prediction", False),
+    ("fp32", "parameterization: v\nzero_terminal_snr: true\n", "v_prediction", True),
+    ("v-pred", 'model:\n  params:\n    parameterization: "eps"\n', "epsilon", False),
+    ("fp32", "model: [unclosed\n", "epsilon", False),
+])
+def test_v_prediction_is_read_from_the_markers_or_a_same_name_yaml(wild, tmp_path, variant, yaml_text, prediction,
+                                                                   ztsnr):
+    from sd_app.checkpoint_traits import prediction_of
+
+    folder, _ = wild
+    path = tmp_path / f"{variant}.safetensors"
+    shutil.copy(folder / f"{variant}.safetensors", path)
+    if yaml_text is not None:
+        path.with_suffix(".yaml").write_text(yaml_text)
+    found = prediction_of(path, read_header(path).tensors, {"prediction_type": "epsilon"})
+    assert (found.kind, found.zero_terminal_snr) == (prediction, ztsnr)
+    changes = found.scheduler_changes()
+    assert changes.get("prediction_type", "epsilon") == prediction and changes.get("rescale_betas_zero_snr", False) == ztsnr
+    if yaml_text and "unclosed" in yaml_text:
+        assert found.warnings and "could not be read" in found.warnings[0]
+    if variant == "edm-vpred":
+        assert found.edm_sigmas == pytest.approx((0.002, 120.0))

@@ -177,3 +177,16 @@ def test_a_damaged_lora_is_listed_with_its_fault_and_refused_by_name(tmp_path, c
         assert f"LoRA {name!r} cannot be used: {name}.safetensors is not a valid" in err.value.message
         assert words in err.value.message
     assert lib.find_by_hash(lib.short_hash(listed["demo-style"])).name == "demo-style"
+
+
+@pytest.mark.parametrize("parts, kind", [
+    ({"hada_w1_a": [640, 4], "hada_w1_b": [4, 2048], "hada_w2_a": [640, 4], "hada_w2_b": [4, 2048]}, "sdxl"),
+    ({"hada_w1_a": [320, 4], "hada_w1_b": [4, 768], "hada_w2_a": [320, 4], "hada_w2_b": [4, 768]}, "sd1"),
+    ({"lokr_w1": [8, 32], "lokr_w2_a": [80, 4], "lokr_w2_b": [4, 64]}, "sdxl"),
+    ({"lokr_w1_a": [8, 2], "lokr_w1_b": [2, 24], "lokr_w2": [40, 32]}, "sd1"),
+    ({"diff": [640, 1024]}, "sd2"),
+])
+def test_lycoris_files_without_metadata_are_told_apart_by_their_shapes(parts, kind):
+    layer = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k"
+    shapes = {f"{layer}.{name}": shape for name, shape in parts.items()}
+    assert base_model_of(shapes, {}, shapes) == kind

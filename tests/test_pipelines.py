@@ -107,3 +107,33 @@ def test_a_checkpoint_is_not_a_vae(ckpt_dir, tmp_path):
     with pytest.raises(UserError) as err:
         load_vae(ckpt_dir / "homegrown-demo-base.safetensors", torch.float32)
     assert "SDXL base checkpoint" in err.value.message
+
+
+def test_checkpoints_from_the_wild_load_or_fail_by_name_and_the_app_keeps_running(ckpt_dir, tmp_path, small):
+    from sd_app import demo
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(ckpt_dir, folder)
+    parts = demo._tiny_components()
+    for variant in ("pruned-clip", "no-vae", "v-pred-ztsnr"):
+        demo.write_wild_checkpoint(parts, folder / f"{variant}.safetensors", variant)
+    engine = make_engine(folder, tmp_path)
+    engine.pipelines.load_checkpoint(BASE)
+    small = small.replace(steps=2)
+    before = engine.generate(small)
+    assert "Noise Schedule" not in before.infotexts[0] and "Prediction" not in before.infotexts[0]
+    with pytest.raises(UserError) as err:
+        engine.pipelines.load_checkpoint("no-vae")
+    assert "no VAE baked in" in err.value.message
+    assert engine.pipelines.base.checkpoint.name == BASE
+    assert np.array_equal(pixels(engine.generate(small)), pixels(before))
+
+    vpred = engine.generate(small.replace(checkpoint="v-pred-ztsnr"))
+    model = engine.pipelines.base
+    assert model.scheduler_config["prediction_type"] == "v_prediction"
+    assert model.scheduler_config["rescale_betas_zero_snr"] is True
+    assert "Noise Schedule: Zero Terminal SNR" in vpred.infotexts[0] and "Prediction: v" in vpred.infotexts[0]
+
+    pruned = engine.generate(small.replace(checkpoint="pruned-clip"))
+    assert any("text_projection" in w for w in engine.pipelines.base.warnings)
+    assert pruned.images and np.asarray(pruned.images[0]).std() > 0

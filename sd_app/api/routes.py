@@ -154,7 +154,7 @@ def _model_routes(api: FastAPI, studio: Studio) -> None:
     @api.get("/loras")
     def loras():
         return [{"name": i.name, "alias": i.alias, "path": str(i.path.resolve()), "metadata": i.metadata,
-                 "problem": i.problem} for i in studio.loras.list()]
+                 "problem": i.problem, "algorithm": i.algorithm} for i in studio.loras.list()]
 
     @api.post("/refresh-checkpoints")
     def refresh_checkpoints():

@@ -47,7 +47,8 @@ def card_image(studio: Studio, info: LoraInfo) -> Image.Image:
     draw = ImageDraw.Draw(image)
     draw.text((20, 110), info.stem[:18], fill="white", font_size=28)
     if info.problem:
-        draw.text((20, 160), "damaged file", fill="white", font_size=24)
+        draw.text((20, 160), f"{info.algorithm}: not run" if info.unsupported else "damaged file", fill="white",
+                  font_size=24)
     return image
 
 
@@ -55,7 +56,8 @@ def caption(info: LoraInfo) -> str:
     if info.problem:
         return f"⚠ {info.name} · {info.problem}"
     words = ", ".join(info.trigger_words[:4])
-    return f"{info.name} · {info.base_label}" + (f" · {words}" if words else "")
+    kind = f" · {info.algorithm}" if info.algorithm != "LoRA" else ""
+    return f"{info.name} · {info.base_label}{kind}" + (f" · {words}" if words else "")
 
 
 def matches(info: LoraInfo, query: str) -> bool:
