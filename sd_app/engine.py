@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 
 from . import __version__, infotext, nonfinite, samplers
-from .encoding import Conditioning
+from .embedding_library import EmbeddingLibrary
+from .encoding import Conditioning, PromptSchedule
 from .errors import UserError
 from .jobs import GenerationResult, Job
 from .lora_library import LoraLibrary, resolve_tags
@@ -33,9 +34,10 @@ class Pass:
     """One stretch of the schedule on one model: from `start` to `end`, as fractions of the steps."""
 
     model: LoadedModel
-    cond: Conditioning  # already repeated for the batch
+    cond: Conditioning  # already repeated for the batch: the conditioning of the pass's first step
     start: float
     end: float
+    schedule: PromptSchedule | None = None  # every step's conditioning, when prompt editing changes it
 
 
 class Engine:
@@ -46,6 +48,7 @@ class Engine:
         self.styles = styles
         self.preview_every = preview_every  # steps between live previews; 0 turns them off
         self.limits = limits or Limits()  # what one request may ask for (Settings → Limits)
+        self.embeddings: EmbeddingLibrary | None = None  # textual inversion embeddings named in prompts
 
     def use_libraries(self, loras: LoraLibrary | None) -> None:
         """A new LoRA folder (from Settings): tags resolve there from the next job on."""
@@ -142,7 +145,8 @@ class Engine:
             job.note = None
             timings["decode"] += time.perf_counter() - mark
             for image, seed in zip(images, seeds):
-                text = self._infotext(params, sampler, schedule, seed, base, refiner, lora_hashes)
+                text = self._infotext(params, sampler, schedule, seed, base, refiner, lora_hashes,
+                                      passes[0].cond.ti_hashes)
                 image.info[infotext.PNG_KEY] = text  # kept by anything that saves the image as PNG
                 result.images.append(image)
                 result.infotexts.append(text)
@@ -153,15 +157,20 @@ class Engine:
 
     def _plan(self, params: GenerationParams, prompt: str, base: LoadedModel,
               refiner: LoadedModel | None) -> list[Pass]:
-        """The passes this request runs, with their conditioning (the prompt is encoded once)."""
-        cond = self.pipelines.encoder.encode(prompt, params.negative_prompt)
-        nonfinite.check(cond.tensors(), "the prompt's conditioning", base, ("text_encoder", "text_encoder_2"),
-                        largest_weight=cond.largest_weight)
-        cond = cond.repeat(params.batch_size)
+        """The passes this request runs, with their conditioning (each distinct prompt is encoded once)."""
+        schedule = self.pipelines.encoder.encode_schedule(prompt, params.negative_prompt, params.steps, self.embeddings,
+                                                          self.limits.max_prompt_schedules)
+        for cond in schedule.conds:
+            nonfinite.check(cond.tensors(), "the prompt's conditioning", base, ("text_encoder", "text_encoder_2"),
+                            largest_weight=cond.largest_weight)
+        schedule = schedule.repeat(params.batch_size)
+        whole = schedule if schedule.changes else None
         if refiner is None:
-            return [Pass(base, cond, 0.0, 1.0)]
+            return [Pass(base, schedule.cond_at(0), 0.0, 1.0, whole)]
         switch = params.refiner_switch_at
-        return [Pass(base, cond, 0.0, switch), Pass(refiner, cond.for_refiner(), switch, 1.0)]
+        refined = schedule.for_refiner()
+        return [Pass(base, schedule.cond_at(0), 0.0, switch, whole),
+                Pass(refiner, refined.cond_at(round(switch * params.steps)), switch, 1.0, refined if whole else None)]
 
     def _denoise(self, params, passes: list[Pass], sampler, schedule, seeds: list[int], job: Job):
         latents, generators = self._start_latents(params, passes[0].model, seeds)
@@ -196,6 +205,10 @@ class Engine:
             negative_pooled_prompt_embeds=cond.negative_pooled, num_inference_steps=params.steps,
             guidance_scale=params.cfg_scale, generator=generators, output_type="latent",
             callback_on_step_end=self._progress_callback(job, params, step.start, step.end))
+        if step.schedule is not None:  # prompt editing: the next step's conditioning, set after each step
+            common["callback_on_step_end"] = switching_conditioning(common["callback_on_step_end"], step.schedule,
+                                                                    round(step.start * params.steps))
+            common["callback_on_step_end_tensor_inputs"] = ["latents", "prompt_embeds", "add_text_embeds"]
         if step.start == 0.0:  # from noise: the text-to-image pipeline, stopping where the next pass begins
             return pipe(**common, width=params.width, height=params.height, latents=latents,
                         denoising_end=step.end if step.end < 1.0 else None).images
@@ -236,7 +249,7 @@ class Engine:
         return callback
 
     def _infotext(self, params, sampler, schedule, seed, base: LoadedModel, refiner: LoadedModel | None,
-                  lora_hashes: str | None = None) -> str:
+                  lora_hashes: str | None = None, ti_hashes: str | None = None) -> str:
         vae = self.pipelines.vae_file
         fields = {
             "Steps": params.steps,
@@ -252,10 +265,31 @@ class Engine:
             "Refiner": refiner.title if refiner else None,
             "Refiner switch at": params.refiner_switch_at if refiner else None,
             "Lora hashes": lora_hashes,
+            "TI hashes": ti_hashes,
             "Styles": ", ".join(params.styles) or None,  # already in the prompts; a paste takes them out again
             "Version": f"Homegrown {__version__}",
         }
         return infotext.build(params.prompt, params.negative_prompt, fields)
+
+
+def switching_conditioning(callback, schedule: PromptSchedule, first_step: int):
+    """`callback` (diffusers' callback_on_step_end), then the conditioning of the next step put in place: A1111's
+    prompt editing through the pipeline's loop. `first_step` is the pass's first step in the whole schedule."""
+
+    def switch(pipe, step_index, timestep, kwargs):
+        kwargs = callback(pipe, step_index, timestep, kwargs)
+        cond = schedule.cond_at(first_step + step_index + 1)
+        embeds, pooled = kwargs["prompt_embeds"], kwargs["add_text_embeds"]
+        if pipe.do_classifier_free_guidance:  # the pipeline holds [negative, positive] in one batch
+            new_embeds = torch.cat([cond.negative_embeds, cond.embeds])
+            new_pooled = torch.cat([cond.negative_pooled, cond.pooled])
+        else:
+            new_embeds, new_pooled = cond.embeds, cond.pooled
+        kwargs["prompt_embeds"] = new_embeds.to(embeds.device, embeds.dtype)
+        kwargs["add_text_embeds"] = new_pooled.to(pooled.device, pooled.dtype)
+        return kwargs
+
+    return switch
 
 
 def decode_latents(vae, latents: torch.Tensor) -> list[Image.Image]:

@@ -55,6 +55,10 @@ class Limits:
                              "2048x2048 = 4194304; SDXL draws best near 1024x1024")
     max_images: int = _limit(32, LIMITS["batch_size"][1] * LIMITS["n_iter"][1],
                              "Images per job (batch size x batch count)")
+    max_prompt_schedules: int = _limit(
+        32, LIMITS["steps"][1], "Prompt variants per prompt ([from:to:when], [a|b])",
+        "The different prompts that prompt editing and alternation make over the steps; each one is encoded "
+        "(nested alternations multiply)")
 
     @classmethod
     def table(cls) -> list[tuple[str, int, int, str, str]]:
