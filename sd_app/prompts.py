@@ -363,16 +363,23 @@ class _Frame:
 def _parse_edits(text: str) -> list | None:
     """The prompt as text pieces and editing nodes, or None if it does not parse. A bracket that holds no valid
     syntax is text at the outermost level (A1111's grammar allows stray brackets only there): the parse starts
-    again right after it. Iterative, so deep nesting costs no recursion."""
+    again right after it. A bracket that failed fails wherever it opens, and so does every bracket around it:
+    all are remembered as text, so `[` x 5000 takes two passes, not 5000. Iterative: deep nesting costs no
+    recursion."""
     out: list = []
     position, retries = 0, 0
+    doomed: set[int] = set()  # where brackets open that can only be text
     while True:
         stack: list[_Frame] = []
         failed = False
         for match in _EDIT_TOKEN.finditer(text, position):
             piece = match.group(0)
             target = stack[-1].parts[-1] if stack else out
-            if piece in ("[", "("):
+            if piece in ("[", "(") and match.start() in doomed:
+                failed = bool(stack)  # a bracket holding one that fails fails too
+                if not stack:
+                    out.append(piece)
+            elif piece in ("[", "("):
                 stack.append(_Frame(piece, match.start(), len(out)))
             elif piece == "\\":
                 return None  # a lone backslash at the end
@@ -397,6 +404,7 @@ def _parse_edits(text: str) -> list | None:
         retries += 1
         if retries > MAX_EDIT_RETRIES:
             return None
+        doomed.update(frame.start for frame in stack)
         outer = stack[0]  # the outermost open bracket is text; read on after it
         del out[outer.outer_len:]
         out.append(outer.kind)

@@ -65,7 +65,7 @@ class Substitution:
             for index, encoder in enumerate(self.encoders):
                 handles.append(encoder.register_forward_pre_hook(self._pre_hook(index), with_kwargs=True))
                 token_embedding = encoder.get_input_embeddings()  # the token table, however the model nests it
-                handles.append(token_embedding.register_forward_hook(self._embedding_hook(index)))
+                handles.append(token_embedding.register_forward_hook(self._embedding_hook(index), prepend=True))
         try:
             yield self
         finally:
