@@ -485,3 +485,14 @@ def schedule_index(schedule: list[tuple[int, str]], step: int) -> int:
         if step <= end:
             return index
     return len(schedule) - 1
+
+
+def toggle_embedding(prompt: str, name: str) -> str:
+    """An embedding card clicked: its name added at the end of the prompt, or taken out if the prompt names it
+    already (as A1111's cards do), with the comma that joined it."""
+    found = re.compile(rf"(?:,\s*)?(?<![\w-]){re.escape(name)}(?![\w-])", re.I).search(prompt)
+    if found:
+        rest = prompt[:found.start()] + prompt[found.end():]
+        return rest.lstrip(", ") if found.start() == 0 else rest
+    stripped = prompt.rstrip()
+    return f"{stripped}, {name}" if stripped and not stripped.endswith(",") else f"{stripped} {name}".strip()

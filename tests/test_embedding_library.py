@@ -81,3 +81,9 @@ def test_studio_lists_embeddings_in_a1111s_shape(ckpt_dir, tmp_path):
     assert listing["loaded"] == {"demo-negative": {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
                                                    "shape": 96, "vectors": 2}}
     assert listing["skipped"]["demo-sd1"]["shape"] == 768 and listing["skipped"]["demo-sd1"]["vectors"] == 3
+    from fastapi.testclient import TestClient
+
+    from sd_app.api.routes import build_api
+
+    with TestClient(build_api(studio)) as client:
+        assert client.get("/embeddings").json() == listing  # mounted under /sdapi/v1 by app.py

@@ -177,3 +177,14 @@ def test_attention_reads_the_scheduled_text():
     texts = [text for _, text in prompt_schedule("a [(red:1.5):blue:0.5] cat", 10)]
     close(parse_attention(texts[0]), [("a ", 1.0), ("red", 1.5), (" cat", 1.0)])
     assert plain_text(texts[1]) == "a blue cat"
+
+
+def test_an_embedding_card_toggles_its_name():
+    from sd_app.prompts import toggle_embedding
+
+    assert toggle_embedding("", "easyneg") == "easyneg"
+    assert toggle_embedding("blurry", "easyneg") == "blurry, easyneg"
+    assert toggle_embedding("blurry,", "easyneg") == "blurry, easyneg"
+    assert toggle_embedding("blurry, EasyNeg", "easyneg") == "blurry"
+    assert toggle_embedding("easyneg, blurry", "easyneg") == "blurry"
+    assert toggle_embedding("easyneg-v2, blurry", "easyneg") == "easyneg-v2, blurry, easyneg"
