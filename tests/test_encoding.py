@@ -181,6 +181,11 @@ def test_a_negative_embedding_changes_the_image_and_is_in_the_infotext(engine, e
     assert np.abs(pixels[0] - pixels[1]).max() > 5 and np.array_equal(pixels[0], pixels[2])
     short = embeddings.short_hash(embeddings.get("demo-negative"))
     assert f'TI hashes: "demo-negative: {short}"' in named.infotexts[0] and "TI hashes" not in before.infotexts[0]
+    from sd_app import infotext
+
+    pasted = infotext.read_params(named.infotexts[0])  # a paste takes the names back; the hashes only inform
+    assert pasted.params.negative_prompt == "blurry, demo-negative"
+    assert not any("TI hashes" in str(entry) for entry in pasted.not_applied)
 
 
 # ---- prompt editing and alternation ---------------------------------------------------------------------------
@@ -233,3 +238,28 @@ def test_the_sampler_receives_the_edited_prompt_at_the_right_step(engine, small)
     assert [torch.equal(p, cat.embeds[0]) for p in positives] == [True, True, True, False]
     assert torch.equal(positives[3], dog.embeds[0])
     assert all(torch.equal(states[0], cat.negative_embeds[0]) for states in received)
+
+
+def test_the_refiner_goes_on_with_the_schedule_at_its_steps(engine, small):
+    """[cat:dog:0.5], 4 steps, refiner from 0.5: steps 0-2 "cat", step 3 "dog", whichever model runs them."""
+    from conftest import REFINER
+
+    engine.pipelines.load_refiner(REFINER)
+    received = []
+
+    def record(module, args, kwargs):
+        received.append((module, kwargs["encoder_hidden_states"][1].clone()))
+
+    unets = [engine.pipelines.base.pipe.unet, engine.pipelines.refiner.pipe.unet]
+    handles = [unet.register_forward_pre_hook(record, with_kwargs=True) for unet in unets]
+    try:
+        engine.generate(small.replace(prompt="a [cat:dog:0.5]", steps=4, refiner_checkpoint=REFINER,
+                                      refiner_switch_at=0.5))
+    finally:
+        for handle in handles:
+            handle.remove()
+    enc = engine.pipelines.encoder
+    cat, dog = enc.encode("a cat", small.negative_prompt), enc.encode("a dog", small.negative_prompt)
+    assert [module is unets[1] for module, _ in received] == [False, False, True, True]
+    expected = [cat, cat, cat.for_refiner(), dog.for_refiner()]
+    assert [torch.equal(states, cond.embeds[0]) for (_, states), cond in zip(received, expected)] == [True] * 4
