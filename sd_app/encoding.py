@@ -150,7 +150,12 @@ class PromptEncoder:
                 pairs[texts] = self._paired(encoded[("prompt", texts[0])], encoded[("negative_prompt", texts[1])],
                                             ti_hashes)
             conds.append(pairs[texts])
-        return PromptSchedule(ends, conds)
+        # What the user is told (clamped weights) and the largest weight (named if the image fails) cover the
+        # whole schedule, whichever step's conditioning carries them.
+        notes = tuple(dict.fromkeys(note for cond in pairs.values() for note in cond.notes))
+        largest = max(cond.largest_weight for cond in pairs.values())
+        whole = {id(cond): dataclasses.replace(cond, notes=notes, largest_weight=largest) for cond in pairs.values()}
+        return PromptSchedule(ends, [whole[id(cond)] for cond in conds])
 
     def count_tokens(self, text: str) -> int:
         return count_tokens(self.compel_1.conditioning_provider.tokenizer, text, self.syntax)

@@ -263,3 +263,9 @@ def test_the_refiner_goes_on_with_the_schedule_at_its_steps(engine, small):
     assert [module is unets[1] for module, _ in received] == [False, False, True, True]
     expected = [cat, cat, cat.for_refiner(), dog.for_refiner()]
     assert [torch.equal(states, cond.embeds[0]) for (_, states), cond in zip(received, expected)] == [True] * 4
+
+
+def test_clamped_weights_anywhere_in_the_schedule_are_reported(engine):
+    schedule = engine.pipelines.encoder.encode_schedule("a [cat:(dog:50):0.5]", "", 10)
+    assert schedule.cond_at(0).notes and schedule.cond_at(0).notes == schedule.cond_at(9).notes
+    assert schedule.cond_at(0).largest_weight == 10.0
