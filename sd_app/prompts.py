@@ -422,7 +422,7 @@ def _walk(nodes: list):
             elif isinstance(node, _Scheduled):
                 stack.append(iter((node.before or []) + node.after))
             elif isinstance(node, _Alternate):
-                stack.append(iter([part for option in node.options for part in ([option])]))
+                stack.append(iter(node.options))
             else:
                 continue
             break
