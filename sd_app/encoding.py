@@ -8,6 +8,7 @@ weighted fragments, since compel's own parser reads `(red:1.3)` as literal text.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -62,6 +63,27 @@ class PromptEncoder:
         keep_vectors_together(self.substitution, self.compel_1.conditioning_provider,
                               self.compel_2.conditioning_provider)
         self.te2_width = pipe.text_encoder_2.config.hidden_size
+        self._clip_l_layers: dict[int, Compel] = {}  # clip skip -> a CLIP-L compel that returns that layer
+
+    def _clip_l(self, layer: int | None) -> Compel:
+        """CLIP-L's compel for A1111's SDXL clip skip (`hidden_states[-layer]`); None, or 2, is SDXL's own
+        penultimate layer."""
+        if layer in (None, 2):
+            return self.compel_1
+        if layer not in self._clip_l_layers:
+            encoder = self.compel_1.conditioning_provider.text_encoder
+            most = encoder.config.num_hidden_layers
+            if not isinstance(layer, int) or not 1 <= layer <= most:
+                raise UserError(f"must be between 1 and {most} with Clip skip SDXL (this checkpoint's CLIP-L text "
+                                f"encoder has {most} layers), got {layer!r}", field="clip_skip")
+            compel = Compel(tokenizer=self.compel_1.conditioning_provider.tokenizer, text_encoder=encoder,
+                            returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
+                            truncate_long_prompts=False)
+            provider = compel.conditioning_provider
+            # compel picks the penultimate layer in this one method: the provider's own, for this layer
+            provider._encode_token_ids_to_embeddings = functools.partial(_hidden_state, provider.text_encoder, layer)
+            self._clip_l_layers[layer] = compel
+        return self._clip_l_layers[layer]
 
     def _parse(self, text: str, weights: "_Weights") -> list[tuple[Conjunction, str]]:
         """compel's structure for each BREAK part of the text, with its plain words (for the pooled embedding),
@@ -82,12 +104,14 @@ class PromptEncoder:
         return parts[:-1] if len(parts) > 1 and not parts[-1][1] else parts
 
     @torch.no_grad()
-    def _encode_one(self, text: str, weights: "_Weights | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode_one(self, text: str, weights: "_Weights | None" = None,
+                    clip_l_layer: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Each BREAK part in chunks of its own, side by side; the pooled embedding is the first part's,
         as A1111 takes it from the first chunk."""
         embeds, pooled = [], None
+        clip_l = self._clip_l(clip_l_layer)
         for conjunction, plain in self._parse(text, weights or _Weights("prompt")):
-            left, _, _ = self.compel_1.build_conditioning_tensor_for_conjunction(conjunction, return_tokenization=True)
+            left, _, _ = clip_l.build_conditioning_tensor_for_conjunction(conjunction, return_tokenization=True)
             right, _, _ = self.compel_2.build_conditioning_tensor_for_conjunction(conjunction,
                                                                                   return_tokenization=True)
             embeds.append(torch.cat([left, right], dim=-1))
@@ -96,22 +120,26 @@ class PromptEncoder:
         return torch.cat(embeds, dim=1), pooled
 
     @torch.no_grad()
-    def encode(self, prompt: str, negative_prompt: str, embeddings: EmbeddingLibrary | None = None) -> Conditioning:
-        """Both prompts' conditioning; the embeddings of `embeddings` that the prompts name replace their names."""
+    def encode(self, prompt: str, negative_prompt: str, embeddings: EmbeddingLibrary | None = None,
+               clip_l_layer: int | None = None) -> Conditioning:
+        """Both prompts' conditioning; the embeddings of `embeddings` that the prompts name replace their names.
+        `clip_l_layer`: A1111's clip skip on SDXL with its "Clip skip SDXL" option (CLIP-L's
+        hidden_states[-clip_l_layer]); None: SDXL's penultimate layer (A1111's default, whatever Clip skip says)."""
         with self.substitution.active(embeddings, "prompt"):
             weights = _Weights("prompt"), _Weights("negative_prompt")
-            embeds, pooled = self._encode_one(prompt, weights[0])
+            embeds, pooled = self._encode_one(prompt, weights[0], clip_l_layer)
             self.substitution.field = "negative_prompt"
-            negative, negative_pooled = self._encode_one(negative_prompt, weights[1])
+            negative, negative_pooled = self._encode_one(negative_prompt, weights[1], clip_l_layer)
             ti_hashes = self.substitution.ti_hashes()
-        return self._paired((embeds, pooled, weights[0]), (negative, negative_pooled, weights[1]), ti_hashes)
+        return self._paired((embeds, pooled, weights[0]), (negative, negative_pooled, weights[1]), ti_hashes,
+                            clip_l_layer)
 
-    def _paired(self, positive, negative, ti_hashes: str | None) -> Conditioning:
+    def _paired(self, positive, negative, ti_hashes: str | None, clip_l_layer: int | None = None) -> Conditioning:
         """One step's conditioning from each side's (embeds, pooled, weights). Long prompts are chunked by 77
         tokens; the shorter side is padded with empty chunks."""
         (embeds, pooled, weights), (negative_embeds, negative_pooled, negative_weights) = positive, negative
         if embeds.shape[1] != negative_embeds.shape[1]:
-            empty, _ = self._encode_one("")
+            empty, _ = self._encode_one("", clip_l_layer=clip_l_layer)
             target = max(embeds.shape[1], negative_embeds.shape[1])
             embeds, negative_embeds = _pad(embeds, empty, target), _pad(negative_embeds, empty, target)
         return Conditioning(embeds, pooled, negative_embeds, negative_pooled, self.te2_width,
@@ -120,7 +148,8 @@ class PromptEncoder:
 
     @torch.no_grad()
     def encode_schedule(self, prompt: str, negative_prompt: str, steps: int,
-                        embeddings: EmbeddingLibrary | None = None, most: int | None = None) -> "PromptSchedule":
+                        embeddings: EmbeddingLibrary | None = None, most: int | None = None,
+                        clip_l_layer: int | None = None) -> "PromptSchedule":
         """The conditioning of every step: A1111's prompt editing and alternation (`[a:b:0.5]`, `[a|b]`) make a
         prompt change during sampling. Each distinct prompt text is encoded once. `most` caps the distinct
         prompts of each side (Limits.max_prompt_schedules), checked before anything is encoded."""
@@ -139,7 +168,7 @@ class PromptEncoder:
                 for _, text in schedule:
                     if (field, text) not in encoded:
                         weights = _Weights(field)
-                        encoded[(field, text)] = (*self._encode_one(text, weights), weights)
+                        encoded[(field, text)] = (*self._encode_one(text, weights, clip_l_layer), weights)
             ti_hashes = self.substitution.ti_hashes()
         ends = sorted({end for schedule in sides.values() for end, _ in schedule})
         pairs: dict[tuple[str, str], Conditioning] = {}
@@ -148,7 +177,7 @@ class PromptEncoder:
             texts = tuple(schedule[prompts.schedule_index(schedule, end)][1] for schedule in sides.values())
             if texts not in pairs:
                 pairs[texts] = self._paired(encoded[("prompt", texts[0])], encoded[("negative_prompt", texts[1])],
-                                            ti_hashes)
+                                            ti_hashes, clip_l_layer)
             conds.append(pairs[texts])
         # What the user is told (clamped weights) and the largest weight (named if the image fails) cover the
         # whole schedule, whichever step's conditioning carries them.
@@ -189,6 +218,13 @@ class PromptSchedule:
 
     def for_refiner(self) -> "PromptSchedule":
         return self._each(Conditioning.for_refiner)
+
+
+def _hidden_state(text_encoder, layer: int, token_ids: torch.Tensor,
+                  attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """CLIP-L's output `layer` layers from the end, without the final norm (A1111's sdxl_clip_l_skip)."""
+    output = text_encoder(token_ids, attention_mask, output_hidden_states=True, return_dict=True)
+    return output.hidden_states[-layer]
 
 
 def count_tokens(tokenizer, text: str, syntax: str = "a1111") -> int:

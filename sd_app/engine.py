@@ -189,8 +189,9 @@ class Engine:
               refiner: LoadedModel | None) -> list[Pass]:
         """The passes this request runs, with their conditioning: each distinct prompt that prompt editing makes
         is encoded once, and a pass whose conditioning changes during sampling gets the schedule's `cond_at`."""
-        schedule = self.pipelines.encoder.encode_schedule(prompt, params.negative_prompt, params.steps, self.embeddings,
-                                                          self.limits.max_prompt_schedules)
+        schedule = self.pipelines.encoder.encode_schedule(
+            prompt, params.negative_prompt, params.steps, self.embeddings, self.limits.max_prompt_schedules,
+            clip_l_layer=params.clip_skip if params.sdxl_clip_l_skip else None)
         for cond in schedule.conds:
             nonfinite.check(cond.tensors(), "the prompt's conditioning", base, ("text_encoder", "text_encoder_2"),
                             largest_weight=cond.largest_weight)
@@ -291,6 +292,8 @@ class Engine:
             "Variation seed strength": params.subseed_strength or None,
             "Seed resize from": (f"{params.seed_resize_from_w}x{params.seed_resize_from_h}"
                                  if params.seed_resize_from_w > 0 and params.seed_resize_from_h > 0 else None),
+            "Clip skip": params.clip_skip if params.clip_skip != 1 else None,  # written when not 1, as A1111
+            "Clip skip SDXL": True if params.sdxl_clip_l_skip else None,
             "Refiner": refiner.title if refiner else None,
             "Refiner switch at": params.refiner_switch_at if refiner else None,
             "Lora hashes": lora_hashes,
