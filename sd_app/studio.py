@@ -59,7 +59,7 @@ class ModelInfo:
 @dataclass(frozen=True)
 class EmbeddingList:
     """The textual-inversion embeddings as A1111's API lists them: name -> details, for the usable ones and the
-    skipped ones. Empty until Homegrown has an embeddings library."""
+    skipped ones (SD 1.x, damaged, made for other text-encoder widths)."""
 
     loaded: dict = dataclasses.field(default_factory=dict)
     skipped: dict = dataclasses.field(default_factory=dict)
@@ -346,10 +346,6 @@ class Studio:
         self.outputs.configure(output_options(self.settings))
         return message
 
-    def embeddings(self) -> EmbeddingList:
-        """The embeddings a prompt can name (none yet: Homegrown has no embeddings library)."""
-        return EmbeddingList()
-
     def memory(self) -> dict:
         """RAM and GPU memory, in A1111's shape (`{"ram": ..., "cuda": ...}`)."""
         from .memory_report import memory_report
@@ -358,7 +354,7 @@ class Studio:
 
     # ---- prompts ------------------------------------------------------------------------------
 
-    def embeddings(self) -> dict:
+    def embeddings(self) -> EmbeddingList:
         """The textual inversion embeddings in A1111's `/sdapi/v1/embeddings` shape: `loaded` (usable with the
         loaded checkpoint, or SDXL ones while none is loaded) and `skipped` (SD 1.x, damaged, other widths), each
         name -> {step, sd_checkpoint, sd_checkpoint_name, shape, vectors}."""
@@ -373,7 +369,7 @@ class Studio:
             found["loaded" if usable else "skipped"][info.name] = {
                 "step": info.step, "sd_checkpoint": info.sd_checkpoint, "sd_checkpoint_name": info.sd_checkpoint_name,
                 "shape": info.shape, "vectors": info.vectors}
-        return found
+        return EmbeddingList(found["loaded"], found["skipped"])
 
     def embedding_list(self) -> list:
         """The embedding files with what the page shows of them (cards next to the LoRAs)."""

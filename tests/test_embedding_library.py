@@ -78,12 +78,13 @@ def test_studio_lists_embeddings_in_a1111s_shape(ckpt_dir, tmp_path):
 
     studio = make_studio(ckpt_dir, tmp_path, save_images=False)
     listing = studio.embeddings()
-    assert listing["loaded"] == {"demo-negative": {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
+    assert listing.loaded == {"demo-negative": {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
                                                    "shape": 96, "vectors": 2}}
-    assert listing["skipped"]["demo-sd1"]["shape"] == 768 and listing["skipped"]["demo-sd1"]["vectors"] == 3
+    assert listing.skipped["demo-sd1"]["shape"] == 768 and listing.skipped["demo-sd1"]["vectors"] == 3
     from fastapi.testclient import TestClient
 
     from sd_app.api.routes import build_api
 
     with TestClient(build_api(studio)) as client:
-        assert client.get("/embeddings").json() == listing  # mounted under /sdapi/v1 by app.py
+        answer = client.get("/embeddings").json()  # mounted under /sdapi/v1 by app.py
+    assert answer == {"loaded": listing.loaded, "skipped": listing.skipped}

@@ -155,10 +155,6 @@ def _model_routes(api: FastAPI, studio: Studio) -> None:
         return [{"name": i.name, "alias": i.alias, "path": str(i.path.resolve()), "metadata": i.metadata,
                  "problem": i.problem} for i in studio.loras.list()]
 
-    @api.get("/embeddings")
-    def embeddings():
-        return studio.embeddings()
-
     @api.post("/refresh-checkpoints")
     def refresh_checkpoints():
         studio.checkpoints()  # lists are read fresh on each call; this checks the folder is readable
