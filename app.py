@@ -35,6 +35,7 @@ FLAGS = {
     "ckpt-dir": (None, "checkpoint folder (default: <models-dir>/Stable-diffusion)"),
     "lora-dir": (None, "LoRA folder (default: <models-dir>/Lora)"),
     "vae-dir": (None, "VAE folder (default: <models-dir>/VAE)"),
+    "embeddings-dir": (None, "textual inversion embeddings (default: <models-dir>/embeddings)"),
     "outputs-dir": (None, "where images are saved (default: outputs)"),
     "data-dir": ("data", "settings, hash cache, demo models, user presets and styles"),
     "ckpt": (None, "checkpoint to load at start"),
@@ -83,11 +84,12 @@ def build(args: argparse.Namespace):
     data = Path(args.data_dir)
     overrides = {key: value for key, value in (
         ("models_dir", args.models_dir), ("ckpt_dir", args.ckpt_dir), ("lora_dir", args.lora_dir),
-        ("vae_dir", args.vae_dir), ("outputs_dir", args.outputs_dir)) if value}
+        ("vae_dir", args.vae_dir), ("outputs_dir", args.outputs_dir), ("embeddings_dir", args.embeddings_dir))
+        if value}
     settings_file = data / "settings.json"
     if args.demo:
         demo_root = data / "demo"
-        overrides.update(models_dir=str(demo_root / "models"), ckpt_dir="", lora_dir="")
+        overrides.update(models_dir=str(demo_root / "models"), ckpt_dir="", lora_dir="", embeddings_dir="")
         settings_file = demo_root / "settings.json"  # what the demo saves never reaches a normal start
     settings = SettingsStore(settings_file, overrides)
     for problem in settings.problems:

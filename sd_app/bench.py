@@ -204,7 +204,8 @@ def bench_studio(work: Path, ckpt_dir: Path, lora_dir: Path | None = None, **set
     from .styles import StyleLibrary
 
     overrides = {"ckpt_dir": str(ckpt_dir), "lora_dir": str(lora_dir or ckpt_dir.parent / "Lora"),
-                 "vae_dir": str(ckpt_dir.parent / "VAE"), "outputs_dir": str(work / "outputs"), **settings}
+                 "vae_dir": str(ckpt_dir.parent / "VAE"),
+                 "embeddings_dir": str(ckpt_dir.parent / "embeddings"), "outputs_dir": str(work / "outputs"), **settings}
     return Studio.create(SettingsStore(None, overrides), work, PresetLibrary(ROOT / "presets"),
                          styles=StyleLibrary(ROOT / "presets" / "styles"))
 

@@ -8,6 +8,8 @@ writes, in A1111's folder layout:
     DIR/models/Lora/demo-style.safetensors, demo-detail.safetensors  (kohya-style SDXL LoRAs)
     DIR/models/VAE/homegrown-demo-vae.safetensors                    (a standalone VAE, sdxl_vae layout)
     DIR/models/ESRGAN/homegrown-demo-4x.safetensors                  (a 4x upscaler, RealESRGAN_x4plus layout)
+    DIR/models/embeddings/demo-negative.safetensors                  (an SDXL textual inversion: clip_l, clip_g)
+    DIR/models/embeddings/demo-sd1.safetensors                       (an SD 1.x one, emb_params: listed, refused)
 
 The key names, nesting and 8x VAE downscale are those of the released SDXL files; only widths and
 depths shrink (see sd_app/configs/tiny-sdxl-*). The weights are random: the images are noise.
@@ -28,6 +30,8 @@ BASE_FILE = "homegrown-demo-base.safetensors"
 REFINER_FILE = "homegrown-demo-refiner.safetensors"
 VAE_FILE = "homegrown-demo-vae.safetensors"
 UPSCALER_FILE = "homegrown-demo-4x.safetensors"
+# name: (seed, vectors); the SD 1.x one is 768 wide, as SD 1.x's CLIP-L is
+EMBEDDING_FILES = {"demo-negative": (21, 2), "demo-sd1": (22, 3)}
 LORA_FILES = {
     # name: (seed, rank, alpha, trigger tags)
     "demo-style": (11, 4, 2.0, {"demostyle": 40, "painting": 12, "bold colors": 7}),
@@ -279,6 +283,16 @@ def write_wild_checkpoint(parts: dict[str, torch.nn.Module], path: Path, variant
     _atomic_save(wild_state_dict(parts, variant), path, {"homegrown.config": "tiny-sdxl-base",
                                                           "homegrown.note": f"random weights, {variant}"})
     return path
+def embedding_state(name: str) -> dict[str, torch.Tensor]:
+    """A textual inversion file's tensors: SDXL's `clip_l` / `clip_g` at the tiny encoders' widths, or (for
+    demo-sd1) SD 1.x's single `emb_params`."""
+    seed, vectors = EMBEDDING_FILES[name]
+    gen = torch.Generator().manual_seed(seed)
+    if name == "demo-sd1":
+        return {"emb_params": torch.randn(vectors, 768, generator=gen) * 0.3}
+    widths = [_read_config("tiny-sdxl-base", part)["hidden_size"] for part in ("text_encoder", "text_encoder_2")]
+    # Vectors larger than the random token embeddings (std 0.02): the embedding plainly changes the picture.
+    return {key: torch.randn(vectors, width, generator=gen) * 0.5 for key, width in zip(("clip_l", "clip_g"), widths)}
 
 
 def write_demo(root: str | Path, overwrite: bool = False) -> dict[str, Path]:
@@ -290,11 +304,13 @@ def write_demo(root: str | Path, overwrite: bool = False) -> dict[str, Path]:
     paths = {"base": ckpt_dir / BASE_FILE, "refiner": ckpt_dir / REFINER_FILE, "vae": vae_dir / VAE_FILE}
     paths.update({name: lora_dir / f"{name}.safetensors" for name in LORA_FILES})
     paths.update(write_demo_upscaler(root, overwrite))
+    paths.update({name: root / "models" / "embeddings" / f"{name}.safetensors" for name in EMBEDDING_FILES})
     if not overwrite and all(p.exists() for p in paths.values()):
         return paths
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     lora_dir.mkdir(parents=True, exist_ok=True)
     vae_dir.mkdir(parents=True, exist_ok=True)
+    (root / "models" / "embeddings").mkdir(parents=True, exist_ok=True)
     parts = _tiny_components()
     meta = {"modelspec.sai_model_spec": "1.0.0", "homegrown.note": "random weights: images are noise"}
     _atomic_save(base_state_dict(parts), paths["base"], {
@@ -310,6 +326,8 @@ def write_demo(root: str | Path, overwrite: bool = False) -> dict[str, Path]:
             "ss_base_model_version": "sdxl_base_v1-0", "ss_output_name": name, "ss_network_module": "networks.lora",
             "ss_network_dim": str(rank), "ss_network_alpha": str(alpha),
             "ss_tag_frequency": json.dumps({"1_demo": tags}), "homegrown.note": "random weights"})
+    for name in EMBEDDING_FILES:
+        _atomic_save(_half(embedding_state(name)), paths[name], {"homegrown.note": "random weights"})
     return paths
 
 

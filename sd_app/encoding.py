@@ -17,7 +17,9 @@ from compel.prompt_parser import Blend, Conjunction, FlattenedPrompt, Fragment
 
 from . import prompts
 from .errors import UserError
+from .embedding_library import EmbeddingLibrary
 from .prompts import SYNTAXES
+from .textual_inversion import Substitution, keep_vectors_together
 
 
 @dataclass
@@ -29,6 +31,7 @@ class Conditioning:
     te2_width: int
     notes: tuple[str, ...] = ()  # for the user: prompt weights that were clamped
     largest_weight: float = 1.0  # the largest prompt weight used (in size), to name it if the image fails
+    ti_hashes: str | None = None  # the infotext's `TI hashes` of the embeddings the prompts used
 
     def for_refiner(self) -> "Conditioning":
         """The refiner sees only the OpenCLIP half: compel builds each encoder's part separately."""
@@ -50,10 +53,15 @@ class PromptEncoder:
             raise ValueError(f"prompt syntax must be one of {SYNTAXES}")
         self.syntax = syntax
         kind = ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED
+        self.substitution = Substitution(pipe)  # textual inversion embeddings, named in prompts
         self.compel_1 = Compel(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder,
-                               returned_embeddings_type=kind, truncate_long_prompts=False)
+                               returned_embeddings_type=kind, truncate_long_prompts=False,
+                               textual_inversion_manager=self.substitution.managers[0])
         self.compel_2 = Compel(tokenizer=pipe.tokenizer_2, text_encoder=pipe.text_encoder_2,
-                               returned_embeddings_type=kind, truncate_long_prompts=False, requires_pooled=True)
+                               returned_embeddings_type=kind, truncate_long_prompts=False, requires_pooled=True,
+                               textual_inversion_manager=self.substitution.managers[1])
+        keep_vectors_together(self.substitution, self.compel_1.conditioning_provider,
+                              self.compel_2.conditioning_provider)
         self.te2_width = pipe.text_encoder_2.config.hidden_size
         self._clip_l_layers: dict[int, Compel] = {}  # clip skip -> a CLIP-L compel that returns that layer
 
@@ -112,23 +120,104 @@ class PromptEncoder:
         return torch.cat(embeds, dim=1), pooled
 
     @torch.no_grad()
-    def encode(self, prompt: str, negative_prompt: str, clip_l_layer: int | None = None) -> Conditioning:
-        """`clip_l_layer`: A1111's clip skip on SDXL with its "Clip skip SDXL" option (CLIP-L's
+    def encode(self, prompt: str, negative_prompt: str, embeddings: EmbeddingLibrary | None = None,
+               clip_l_layer: int | None = None) -> Conditioning:
+        """Both prompts' conditioning; the embeddings of `embeddings` that the prompts name replace their names.
+        `clip_l_layer`: A1111's clip skip on SDXL with its "Clip skip SDXL" option (CLIP-L's
         hidden_states[-clip_l_layer]); None: SDXL's penultimate layer (A1111's default, whatever Clip skip says)."""
-        weights = _Weights("prompt"), _Weights("negative_prompt")
-        embeds, pooled = self._encode_one(prompt, weights[0], clip_l_layer)
-        negative, negative_pooled = self._encode_one(negative_prompt, weights[1], clip_l_layer)
-        # Long prompts are chunked by 77 tokens; the shorter side is padded with empty chunks.
-        if embeds.shape[1] != negative.shape[1]:
+        with self.substitution.active(embeddings, "prompt"):
+            weights = _Weights("prompt"), _Weights("negative_prompt")
+            embeds, pooled = self._encode_one(prompt, weights[0], clip_l_layer)
+            self.substitution.field = "negative_prompt"
+            negative, negative_pooled = self._encode_one(negative_prompt, weights[1], clip_l_layer)
+            ti_hashes = self.substitution.ti_hashes()
+        return self._paired((embeds, pooled, weights[0]), (negative, negative_pooled, weights[1]), ti_hashes,
+                            clip_l_layer)
+
+    def _paired(self, positive, negative, ti_hashes: str | None, clip_l_layer: int | None = None) -> Conditioning:
+        """One step's conditioning from each side's (embeds, pooled, weights). Long prompts are chunked by 77
+        tokens; the shorter side is padded with empty chunks."""
+        (embeds, pooled, weights), (negative_embeds, negative_pooled, negative_weights) = positive, negative
+        if embeds.shape[1] != negative_embeds.shape[1]:
             empty, _ = self._encode_one("", clip_l_layer=clip_l_layer)
-            target = max(embeds.shape[1], negative.shape[1])
-            embeds, negative = _pad(embeds, empty, target), _pad(negative, empty, target)
-        return Conditioning(embeds, pooled, negative, negative_pooled, self.te2_width,
-                            notes=weights[0].notes + weights[1].notes,
-                            largest_weight=max(w.largest for w in weights))
+            target = max(embeds.shape[1], negative_embeds.shape[1])
+            embeds, negative_embeds = _pad(embeds, empty, target), _pad(negative_embeds, empty, target)
+        return Conditioning(embeds, pooled, negative_embeds, negative_pooled, self.te2_width,
+                            notes=weights.notes + negative_weights.notes,
+                            largest_weight=max(weights.largest, negative_weights.largest), ti_hashes=ti_hashes)
+
+    @torch.no_grad()
+    def encode_schedule(self, prompt: str, negative_prompt: str, steps: int,
+                        embeddings: EmbeddingLibrary | None = None, most: int | None = None,
+                        clip_l_layer: int | None = None) -> "PromptSchedule":
+        """The conditioning of every step: A1111's prompt editing and alternation (`[a:b:0.5]`, `[a|b]`) make a
+        prompt change during sampling. Each distinct prompt text is encoded once. `most` caps the distinct
+        prompts of each side (Limits.max_prompt_schedules), checked before anything is encoded."""
+        sides = {}
+        for field, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            schedule = prompts.prompt_schedule(text, steps) if self.syntax == "a1111" else [(steps, text)]
+            distinct = list(dict.fromkeys(part for _, part in schedule))
+            if most is not None and len(distinct) > most:
+                raise UserError(f"its prompt editing and alternation make {len(distinct)} different prompts over "
+                                f"{steps} steps; at most {most} are allowed (Settings → Limits)", field=field)
+            sides[field] = schedule
+        encoded: dict[tuple[str, str], tuple] = {}
+        with self.substitution.active(embeddings, "prompt"):
+            for field, schedule in sides.items():
+                self.substitution.field = field
+                for _, text in schedule:
+                    if (field, text) not in encoded:
+                        weights = _Weights(field)
+                        encoded[(field, text)] = (*self._encode_one(text, weights, clip_l_layer), weights)
+            ti_hashes = self.substitution.ti_hashes()
+        ends = sorted({end for schedule in sides.values() for end, _ in schedule})
+        pairs: dict[tuple[str, str], Conditioning] = {}
+        conds = []
+        for end in ends:
+            texts = tuple(schedule[prompts.schedule_index(schedule, end)][1] for schedule in sides.values())
+            if texts not in pairs:
+                pairs[texts] = self._paired(encoded[("prompt", texts[0])], encoded[("negative_prompt", texts[1])],
+                                            ti_hashes, clip_l_layer)
+            conds.append(pairs[texts])
+        # What the user is told (clamped weights) and the largest weight (named if the image fails) cover the
+        # whole schedule, whichever step's conditioning carries them.
+        notes = tuple(dict.fromkeys(note for cond in pairs.values() for note in cond.notes))
+        largest = max(cond.largest_weight for cond in pairs.values())
+        whole = {id(cond): dataclasses.replace(cond, notes=notes, largest_weight=largest) for cond in pairs.values()}
+        return PromptSchedule(ends, [whole[id(cond)] for cond in conds])
 
     def count_tokens(self, text: str) -> int:
         return count_tokens(self.compel_1.conditioning_provider.tokenizer, text, self.syntax)
+
+
+@dataclass
+class PromptSchedule:
+    """The conditioning over the steps of one request: entry i serves steps up to `ends[i]` (0-based step s takes
+    the first entry whose end is >= s, as A1111's `reconstruct_cond_batch`). One entry without prompt editing."""
+
+    ends: list[int]
+    conds: list[Conditioning]
+
+    def cond_at(self, step: int) -> Conditioning:
+        return self.conds[prompts.schedule_index([(end, "") for end in self.ends], step)]
+
+    @property
+    def changes(self) -> bool:
+        """Whether the conditioning changes during sampling."""
+        return len({id(cond) for cond in self.conds}) > 1
+
+    def _each(self, change) -> "PromptSchedule":
+        done: dict[int, Conditioning] = {}  # entries that share a Conditioning keep sharing it
+        for cond in self.conds:
+            if id(cond) not in done:
+                done[id(cond)] = change(cond)
+        return PromptSchedule(list(self.ends), [done[id(cond)] for cond in self.conds])
+
+    def repeat(self, n: int) -> "PromptSchedule":
+        return self._each(lambda cond: cond.repeat(n))
+
+    def for_refiner(self) -> "PromptSchedule":
+        return self._each(Conditioning.for_refiner)
 
 
 def _hidden_state(text_encoder, layer: int, token_ids: torch.Tensor,

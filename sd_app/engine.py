@@ -18,6 +18,7 @@ from PIL import Image
 
 from . import __version__, infotext, loop, nonfinite, rng, samplers
 from .denoiser import Inpainting, Stage, size_time_ids
+from .embedding_library import EmbeddingLibrary
 from .encoding import Conditioning
 from .errors import UserError
 from .jobs import GenerationResult, Job
@@ -70,6 +71,7 @@ class Engine:
         self.preview_every = preview_every  # steps between live previews; 0 turns them off
         self.limits = limits or Limits()  # what one request may ask for (Settings → Limits)
         self.randn_source = randn_source  # where seeds' noise is drawn, unless a request says (rng.py)
+        self.embeddings: EmbeddingLibrary | None = None  # textual inversion embeddings named in prompts
 
     def use_libraries(self, loras: LoraLibrary | None) -> None:
         """A new LoRA folder (from Settings): tags resolve there from the next job on."""
@@ -175,7 +177,8 @@ class Engine:
             job.note = None
             timings["decode"] += time.perf_counter() - mark
             for image, seed in zip(images, seeds):
-                text = self._infotext(params, sampler, schedule, seed, base, refiner, lora_hashes)
+                text = self._infotext(params, sampler, schedule, seed, base, refiner, lora_hashes,
+                                      passes[0].cond.ti_hashes)
                 image.info[infotext.PNG_KEY] = text  # kept by anything that saves the image as PNG
                 result.images.append(image)
                 result.infotexts.append(text)
@@ -186,16 +189,21 @@ class Engine:
 
     def _plan(self, params: GenerationParams, prompt: str, base: LoadedModel,
               refiner: LoadedModel | None) -> list[Pass]:
-        """The passes this request runs, with their conditioning (the prompt is encoded once)."""
-        cond = self.pipelines.encoder.encode(prompt, params.negative_prompt,
-                                             clip_l_layer=params.clip_skip if params.sdxl_clip_l_skip else None)
-        nonfinite.check(cond.tensors(), "the prompt's conditioning", base, ("text_encoder", "text_encoder_2"),
-                        largest_weight=cond.largest_weight)
-        cond = cond.repeat(params.batch_size)
+        """The passes this request runs, with their conditioning: each distinct prompt that prompt editing makes
+        is encoded once, and a pass whose conditioning changes during sampling gets the schedule's `cond_at`."""
+        schedule = self.pipelines.encoder.encode_schedule(
+            prompt, params.negative_prompt, params.steps, self.embeddings, self.limits.max_prompt_schedules,
+            clip_l_layer=params.clip_skip if params.sdxl_clip_l_skip else None)
+        for cond in schedule.conds:
+            nonfinite.check(cond.tensors(), "the prompt's conditioning", base, ("text_encoder", "text_encoder_2"),
+                            largest_weight=cond.largest_weight)
+        schedule = schedule.repeat(params.batch_size)
+        cond = schedule.cond_at(0)
         if refiner is None:
-            return [Pass(base, cond, 0.0, 1.0)]
-        switch = params.refiner_switch_at
-        return [Pass(base, cond, 0.0, switch), Pass(refiner, cond.for_refiner(), switch, 1.0)]
+            return [Pass(base, cond, 0.0, 1.0, schedule.cond_at if schedule.changes else None)]
+        switch, refined = params.refiner_switch_at, schedule.for_refiner()
+        return [Pass(base, cond, 0.0, switch, schedule.cond_at if schedule.changes else None),
+                Pass(refiner, refined.cond_at(0), switch, 1.0, refined.cond_at if schedule.changes else None)]
 
     def _denoise(self, params, passes: list[Pass], sampler, schedule, seeds: list[int], job: Job,
                  start: Start | None = None):
@@ -269,7 +277,7 @@ class Engine:
         return callback
 
     def _infotext(self, params, sampler, schedule, seed, base: LoadedModel, refiner: LoadedModel | None,
-                  lora_hashes: str | None = None) -> str:
+                  lora_hashes: str | None = None, ti_hashes: str | None = None) -> str:
         vae = self.pipelines.vae_file
         fields = {
             "Steps": params.steps,
@@ -292,6 +300,7 @@ class Engine:
             "Refiner": refiner.title if refiner else None,
             "Refiner switch at": params.refiner_switch_at if refiner else None,
             "Lora hashes": lora_hashes,
+            "TI hashes": ti_hashes,
             "RNG": params.randn_source if params.randn_source != rng.DEFAULT_SOURCE else None,  # A1111 writes no GPU
             "Styles": ", ".join(params.styles) or None,  # already in the prompts; a paste takes them out again
             **base.infotext_fields(),  # v-prediction and zero terminal SNR, when the checkpoint has them

@@ -193,10 +193,9 @@ NOT_SUPPORTED = {
     "Face restoration": "face restoration is not supported",
     "ENSD": "sampler noise options are not supported (samplers run with their defaults)",
     "Eta": "sampler noise options are not supported (samplers run with their defaults)",
-    "TI hashes": "textual-inversion embeddings are not supported yet: their names stay plain words in the prompt",
 }
 HIRES = "Homegrown has no hires fix yet: the image is made in one pass at the pasted size"
-INFORMATIONAL = {"Version", "Model hash", "VAE hash", "Lora hashes", "Styles"}  # read with another field, or only notes
+INFORMATIONAL = {"Version", "Model hash", "VAE hash", "Lora hashes", "TI hashes", "Styles"}  # read with another field, or only notes
 
 
 def to_params(text: str, base: GenerationParams | None = None, loras=None, styles=None) -> GenerationParams:

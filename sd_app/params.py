@@ -64,6 +64,10 @@ class Limits:
         8192 * 8192, 16384 * 16384, "Upscaled image pixels (width x height)",
         "8192x8192 = 67108864: a 4x upscale of 2048x2048. Upscalers run in tiles; the result itself takes 3 bytes "
         "a pixel in memory, and again to encode it")
+    max_prompt_schedules: int = _limit(
+        32, LIMITS["steps"][1], "Prompt variants per prompt ([from:to:when], [a|b])",
+        "The different prompts that prompt editing and alternation make over the steps; each one is encoded "
+        "(nested alternations multiply)")
 
     @classmethod
     def table(cls) -> list[tuple[str, int, int, str, str]]:

@@ -290,3 +290,209 @@ def prompt_chunks(text: str) -> tuple[int, int]:
     if len(words) > 1 and not words[-1]:
         words.pop()
     return sum(max(1, -(-count // TOKENS_PER_CHUNK)) for count in words), len(parts) - 1
+
+
+# ---- prompt editing and alternation ----------------------------------------------------------------------
+# A1111's `[from:to:when]`, `[to:when]`, `[from::when]` and `[a|b|...]`: the prompt changes during sampling. Read
+# here as A1111 reads them (modules/prompt_parser.py, its default "new" timeline): `when` with a decimal point is a
+# fraction of the steps, without one a step number; `[a|b]` takes the next option at every step. A prompt that
+# does not parse as a whole (a `|` outside brackets, a lone trailing backslash) has no schedule, as in A1111.
+
+_EDIT_TOKEN = re.compile(r"\\.|[\[\]():|]|[^\\\[\]():|]+|\\", re.S)
+_WHEN = re.compile(r"\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*")
+MAX_EDIT_RETRIES = 1000  # brackets read again as text after a failed parse; past this the prompt has no schedule
+
+
+class _Scheduled:
+    __slots__ = ("before", "after", "when")
+
+    def __init__(self, before: list | None, after: list, when: str):
+        self.before, self.after, self.when = before, after, when
+
+
+class _Alternate:
+    __slots__ = ("options",)
+
+    def __init__(self, options: list[list]):
+        self.options = options
+
+
+class _Frame:
+    """An open bracket while parsing: its kind, where it opened, its parts so far and the separators between them."""
+
+    __slots__ = ("kind", "start", "parts", "seps", "outer_len")
+
+    def __init__(self, kind: str, start: int, outer_len: int):
+        self.kind, self.start, self.outer_len = kind, start, outer_len
+        self.parts: list[list] = [[]]
+        self.seps = ""
+
+    def separate(self, sep: str) -> bool:
+        """Take a `:` or `|`; False if the bracket cannot hold it (then the bracket is no syntax)."""
+        if self.kind == "(":
+            ok = sep == ":" and not self.seps
+        elif sep == ":":
+            ok = "|" not in self.seps and len(self.seps) < 2
+        else:
+            ok = ":" not in self.seps
+        if ok:
+            self.seps += sep
+            self.parts.append([])
+        return ok
+
+    def close(self, closer: str):
+        """The node this bracket makes when `closer` ends it, or None if it is no syntax."""
+        parts = self.parts
+        if self.kind == "(":
+            if closer != ")":
+                return None
+            return ["(", *parts[0], ")"] if not self.seps else ["(", *parts[0], ":", *parts[1], ")"]
+        if closer != "]":
+            return None
+        if not self.seps:
+            return ["[", *parts[0], "]"]  # emphasis: kept as text, weighed later
+        if self.seps[0] == "|":
+            return _Alternate(parts)
+        when = parts[-1]
+        if not all(isinstance(piece, str) for piece in when) or not _WHEN.fullmatch("".join(when)):
+            return None
+        number = _WHEN.fullmatch("".join(when)).group(1)
+        return _Scheduled(None, parts[0], number) if len(self.seps) == 1 else _Scheduled(parts[0], parts[1], number)
+
+
+def _parse_edits(text: str) -> list | None:
+    """The prompt as text pieces and editing nodes, or None if it does not parse. A bracket that holds no valid
+    syntax is text at the outermost level (A1111's grammar allows stray brackets only there): the parse starts
+    again right after it. A bracket that failed fails wherever it opens, and so does every bracket around it:
+    all are remembered as text, so `[` x 5000 takes two passes, not 5000. Iterative: deep nesting costs no
+    recursion."""
+    out: list = []
+    position, retries = 0, 0
+    doomed: set[int] = set()  # where brackets open that can only be text
+    while True:
+        stack: list[_Frame] = []
+        failed = False
+        for match in _EDIT_TOKEN.finditer(text, position):
+            piece = match.group(0)
+            target = stack[-1].parts[-1] if stack else out
+            if piece in ("[", "(") and match.start() in doomed:
+                failed = bool(stack)  # a bracket holding one that fails fails too
+                if not stack:
+                    out.append(piece)
+            elif piece in ("[", "("):
+                stack.append(_Frame(piece, match.start(), len(out)))
+            elif piece == "\\":
+                return None  # a lone backslash at the end
+            elif not stack:
+                if piece == "|":
+                    return None
+                out.append(piece)
+            elif piece in (":", "|"):
+                failed = not stack[-1].separate(piece)
+            elif piece in ("]", ")"):
+                node = stack[-1].close(piece)
+                failed = node is None
+                if not failed:
+                    stack.pop()
+                    (stack[-1].parts[-1] if stack else out).append(node)
+            else:
+                target.append(piece)
+            if failed:
+                break
+        if not stack:
+            return out
+        retries += 1
+        if retries > MAX_EDIT_RETRIES:
+            return None
+        doomed.update(frame.start for frame in stack)
+        outer = stack[0]  # the outermost open bracket is text; read on after it
+        del out[outer.outer_len:]
+        out.append(outer.kind)
+        position = outer.start + 1
+
+
+def _walk(nodes: list):
+    """Every node below `nodes`, depth first, without recursion."""
+    stack = [iter(nodes)]
+    while stack:
+        for node in stack[-1]:
+            yield node
+            if isinstance(node, list):
+                stack.append(iter(node))
+            elif isinstance(node, _Scheduled):
+                stack.append(iter((node.before or []) + node.after))
+            elif isinstance(node, _Alternate):
+                stack.append(iter(node.options))
+            else:
+                continue
+            break
+        else:
+            stack.pop()
+
+
+def _render(nodes: list, step: int, whens: dict[int, int]) -> str:
+    out: list[str] = []
+    stack = [iter(nodes)]
+    while stack:
+        for node in stack[-1]:
+            if isinstance(node, str):
+                out.append(node)
+                continue
+            if isinstance(node, list):
+                chosen = node
+            elif isinstance(node, _Scheduled):
+                chosen = (node.before or []) if step <= whens[id(node)] else node.after
+            else:
+                chosen = node.options[(step - 1) % len(node.options)]
+            stack.append(iter(chosen))
+            break
+        else:
+            stack.pop()
+    return "".join(out)
+
+
+def prompt_schedule(text: str, steps: int, hires_steps: int | None = None) -> list[tuple[int, str]]:
+    """A1111's `get_learned_conditioning_prompt_schedules` for one prompt: (last step, prompt text) pairs in order,
+    the last ending at `steps`. Step s (0-based) of sampling uses the first pair whose last step is >= s.
+
+    For a hires pass (`hires_steps` given), A1111's rule: a whole number counts the steps of both passes
+    (`[a:b:25]` with 20 + 10 steps changes at the hires pass's step 5), a decimal counts the hires pass as 1.0
+    to 2.0 (`[a:b:1.5]` changes half way through it; `0.5` has already changed when the hires pass starts)."""
+    int_offset, float_offset, total = (0, 0.0, steps) if hires_steps is None else (steps, 1.0, hires_steps)
+    nodes = _parse_edits(text)
+    if nodes is None:
+        return [(total, text)]
+    ends, whens, alternates = {total}, {}, False
+    for node in _walk(nodes):
+        if isinstance(node, _Scheduled):
+            value = float(node.when)
+            value = (value - float_offset) * total if "." in node.when else value - int_offset
+            when = total if value >= total else int(max(value, -1.0))
+            whens[id(node)] = when
+            if when >= 1:
+                ends.add(when)
+        elif isinstance(node, _Alternate):
+            alternates = True
+    if alternates:
+        ends.update(range(1, total + 1))
+    return [(end, _render(nodes, end, whens)) for end in sorted(ends)]
+
+
+def schedule_index(schedule: list[tuple[int, str]], step: int) -> int:
+    """Which entry of a schedule step `step` (0-based) uses: the first that ends at or after it (past the end, the
+    last; A1111 falls back to the first there, which only samplers with extra model calls per step reach)."""
+    for index, (end, _) in enumerate(schedule):
+        if step <= end:
+            return index
+    return len(schedule) - 1
+
+
+def toggle_embedding(prompt: str, name: str) -> str:
+    """An embedding card clicked: its name added at the end of the prompt, or taken out if the prompt names it
+    already (as A1111's cards do), with the comma that joined it."""
+    found = re.compile(rf"(?:,\s*)?(?<![\w-]){re.escape(name)}(?![\w-])", re.I).search(prompt)
+    if found:
+        rest = prompt[:found.start()] + prompt[found.end():]
+        return rest.lstrip(", ") if found.start() == 0 else rest
+    stripped = prompt.rstrip()
+    return f"{stripped}, {name}" if stripped and not stripped.endswith(",") else f"{stripped} {name}".strip()

@@ -47,6 +47,9 @@ SETTINGS: tuple[Setting, ...] = (
             help="A1111 layout below it: Stable-diffusion, Lora, VAE. Point it at an A1111 install to share models."),
     Setting("ckpt_dir", "", "Checkpoint folder", "Folders", help="Empty: <models>/Stable-diffusion"),
     Setting("lora_dir", "", "LoRA folder", "Folders", help="Empty: <models>/Lora"),
+    Setting("embeddings_dir", "", "Embeddings folder", "Folders",
+            help="Textual inversion embeddings. Empty: <models>/embeddings, else A1111's embeddings folder beside "
+                 "<models>"),
     Setting("vae_dir", "", "VAE folder", "Folders", help="Empty: <models>/VAE"),
     Setting("upscaler_dir", "", "Upscaler models folder", "Folders",
             help="Empty: <models>. A1111's ESRGAN, RealESRGAN, SwinIR, DAT and HAT folders below it"),
@@ -205,12 +208,16 @@ class SettingsStore:
     # ---- derived values ----------------------------------------------------------------------
 
     def folder(self, name: str) -> Path:
-        """ckpt / lora / vae folder: the explicit one, else A1111's name below the models folder."""
+        """ckpt / lora / vae / embeddings folder: the explicit one, else A1111's name below the models folder."""
         explicit = self.get(f"{name}_dir")
         if explicit:
             return Path(explicit).expanduser()
+        models = Path(self.get("models_dir")).expanduser()
+        if name == "embeddings":  # A1111 keeps them beside its models folder, not in it
+            inside, beside = models / "embeddings", models.parent / "embeddings"
+            return beside if not inside.is_dir() and beside.is_dir() else inside
         sub = {"ckpt": "Stable-diffusion", "lora": "Lora", "vae": "VAE", "upscaler": ""}[name]
-        return Path(self.get("models_dir")).expanduser() / sub
+        return models / sub
 
     def generation_defaults(self) -> GenerationParams:
         return GenerationParams(**{name: self.get(name) for name in GENERATION_DEFAULTS})

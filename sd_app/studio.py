@@ -23,6 +23,7 @@ from . import downloads, xyz
 from .auth import Credentials
 from .errors import UserError
 from .history import History
+from .embedding_library import EmbeddingLibrary
 from .jobs import GenerationResult, Job, JobBoard
 from .kept_options import KeptOptions
 from .lora_library import LoraLibrary
@@ -57,7 +58,7 @@ class ModelInfo:
 @dataclass(frozen=True)
 class EmbeddingList:
     """The textual-inversion embeddings as A1111's API lists them: name -> details, for the usable ones and the
-    skipped ones. Empty until Homegrown has an embeddings library."""
+    skipped ones (SD 1.x, damaged, made for other text-encoder widths)."""
 
     loaded: dict = dataclasses.field(default_factory=dict)
     skipped: dict = dataclasses.field(default_factory=dict)
@@ -91,6 +92,10 @@ class Studio(StudioExtras):
         self._tokenizer = None
         self._history: History | None = None
         self._lock = threading.Lock()
+        self.embedding_library = EmbeddingLibrary(settings.folder("embeddings"),
+                                                  self.checkpoint_library.hashes)
+        if engine is not None:
+            engine.embeddings = self.embedding_library
 
     @classmethod
     def create(cls, settings: SettingsStore, data_dir: str | Path, presets: PresetLibrary,
@@ -118,6 +123,7 @@ class Studio(StudioExtras):
         self.engine = Engine(pipelines, self.loras, preview_every=self.settings.get("preview_every"),
                              limits=self.limits(), styles=self.styles,
                              randn_source=self.settings.get("randn_source"))
+        self.engine.embeddings = self.embedding_library
         self.pipelines = pipelines
 
     def _stack(self) -> Pipelines:
@@ -325,8 +331,10 @@ class Studio(StudioExtras):
             self.loras = LoraLibrary(self.settings.folder("lora"), hashes)
             self.checkpoint_library = CheckpointLibrary(self.settings.folder("ckpt"), hashes)
             self.vae_library = VaeLibrary(self.settings.folder("vae"), hashes)
+            self.embedding_library = EmbeddingLibrary(self.settings.folder("embeddings"), hashes)
             pipelines.use_libraries(self.checkpoint_library, self.vae_library)
             self.engine.use_libraries(self.loras)
+            self.engine.embeddings = self.embedding_library
         try:
             message = pipelines.configure(pipeline_options(self.settings))
         except UserError:
@@ -337,10 +345,6 @@ class Studio(StudioExtras):
         self.outputs.configure(output_options(self.settings))
         return message
 
-    def embeddings(self) -> EmbeddingList:
-        """The embeddings a prompt can name (none yet: Homegrown has no embeddings library)."""
-        return EmbeddingList()
-
     def memory(self) -> dict:
         """RAM and GPU memory, in A1111's shape (`{"ram": ..., "cuda": ...}`)."""
         from .memory_report import memory_report
@@ -348,6 +352,27 @@ class Studio(StudioExtras):
         return memory_report()
 
     # ---- prompts ------------------------------------------------------------------------------
+
+    def embeddings(self) -> EmbeddingList:
+        """The textual inversion embeddings in A1111's `/sdapi/v1/embeddings` shape: `loaded` (usable with the
+        loaded checkpoint, or SDXL ones while none is loaded) and `skipped` (SD 1.x, damaged, other widths), each
+        name -> {step, sd_checkpoint, sd_checkpoint_name, shape, vectors}."""
+        base = self.pipelines.base if self.pipelines is not None else None
+        widths = None
+        if base is not None:
+            widths = {"clip_l": base.pipe.text_encoder.config.hidden_size,
+                      "clip_g": base.pipe.text_encoder_2.config.hidden_size}
+        found = {"loaded": {}, "skipped": {}}
+        for info in self.embedding_library.list():
+            usable = info.problem is None and (widths is None or info.widths == widths)
+            found["loaded" if usable else "skipped"][info.name] = {
+                "step": info.step, "sd_checkpoint": info.sd_checkpoint, "sd_checkpoint_name": info.sd_checkpoint_name,
+                "shape": info.shape, "vectors": info.vectors}
+        return EmbeddingList(found["loaded"], found["skipped"])
+
+    def embedding_list(self) -> list:
+        """The embedding files with what the page shows of them (cards next to the LoRAs)."""
+        return self.embedding_library.list()
 
     def count_tokens(self, text: str) -> int:
         from .encoding import count_tokens

@@ -107,7 +107,10 @@ def test_override_settings_apply_for_one_request_and_warn_about_the_rest(client)
 
 
 def test_listing_endpoints_answer_in_a1111s_shape(client):
-    assert get(client, "/embeddings") == {"loaded": {}, "skipped": {}}
+    embeddings = get(client, "/embeddings")  # the demo's: an SDXL one, and an SD 1.x one that is skipped
+    assert set(embeddings) == {"loaded", "skipped"} and embeddings["loaded"]["demo-negative"]["vectors"] == 2
+    assert set(embeddings["loaded"]["demo-negative"]) == {"step", "sd_checkpoint", "sd_checkpoint_name", "shape",
+                                                          "vectors"} and "demo-sd1" in embeddings["skipped"]
     for path in ("/hypernetworks", "/face-restorers", "/realesrgan-models", "/sd-modules", "/extensions"):
         assert get(client, path) == [], path
     styles = get(client, "/prompt-styles")

@@ -90,6 +90,190 @@ def test_token_counter_fills_the_chunk_a_break_ends(engine):
     assert count("(a cat:1.2) BREAK (a dog:0.5) <lora:x:1>") == 75 + 2
 
 
+# ---- textual inversion embeddings ---------------------------------------------------------------------------
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from sd_app.embedding_library import EmbeddingLibrary  # noqa: E402
+from sd_app.errors import UserError  # noqa: E402
+from sd_app.models import HashCache  # noqa: E402
+
+
+@pytest.fixture
+def embeddings(demo_root, tmp_path):
+    return EmbeddingLibrary(demo_root / "models" / "embeddings", HashCache(tmp_path / "hashes.json"))
+
+
+def token_inputs(engine, embeddings, prompt):
+    """What each text encoder's token table gave for the prompt (its first chunk), embeddings in place."""
+    seen = {}
+    handles = [encoder.get_input_embeddings().register_forward_hook(
+        lambda module, args, out, key=key: None if key in seen else seen.update({key: out[0].clone()}))
+        for key, encoder in (("clip_l", engine.pipelines.base.pipe.text_encoder),
+                             ("clip_g", engine.pipelines.base.pipe.text_encoder_2))]
+    try:
+        engine.pipelines.encoder.encode(prompt, "", embeddings)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+def test_an_embeddings_vectors_replace_its_name_in_both_encoders(engine, embeddings):
+    vectors = embeddings.vectors(embeddings.get("demo-negative"))
+    seen = token_inputs(engine, embeddings, "Demo-Negative cat")  # names match as A1111's do: any case
+    for key in ("clip_l", "clip_g"):
+        assert torch.equal(seen[key][1:3], vectors[key])  # after the start token, one position per vector
+        table = (engine.pipelines.base.pipe.text_encoder if key == "clip_l"
+                 else engine.pipelines.base.pipe.text_encoder_2).get_input_embeddings().weight
+        assert torch.equal(seen[key][3], table[2368])  # then "cat" as usual
+
+
+def test_an_embedding_in_the_negative_prompt_changes_the_conditioning(engine, embeddings):
+    enc = engine.pipelines.encoder
+    plain = enc.encode("a cat", "blurry")
+    named = enc.encode("a cat", "blurry, demo-negative", embeddings)
+    assert not torch.allclose(plain.negative_embeds, named.negative_embeds)
+    assert not torch.allclose(plain.negative_pooled, named.negative_pooled)  # the pooled output sees it too
+    assert torch.equal(plain.embeds, named.embeds)
+    assert named.ti_hashes == f"demo-negative: {embeddings.short_hash(embeddings.get('demo-negative'))}"
+    without = enc.encode("a cat", "blurry, demo-negative")  # no library: the name is only words
+    assert without.ti_hashes is None and not torch.allclose(without.negative_embeds, named.negative_embeds)
+
+
+def test_prompt_weights_apply_to_an_embeddings_positions_only(engine, embeddings):
+    enc = engine.pipelines.encoder
+    plain = enc.encode("demo-negative cat", "", embeddings).embeds[0]
+    weighted = enc.encode("(demo-negative:1.5) cat", "", embeddings).embeds[0]
+    changed = (plain - weighted).abs().amax(dim=-1) > 1e-6
+    assert changed[1:3].all() and not changed[3:].any() and not changed[0]
+
+
+def test_an_embedding_does_not_straddle_two_chunks(engine, embeddings):
+    vectors = embeddings.vectors(embeddings.get("demo-negative"))
+    seen = {}
+    encoder = engine.pipelines.base.pipe.text_encoder
+    handle = encoder.get_input_embeddings().register_forward_hook(
+        lambda module, args, out: seen.setdefault("chunks", []).append(out[0].clone()) and None)
+    try:
+        cond = engine.pipelines.encoder.encode("cat " * 74 + "demo-negative", "", embeddings)
+    finally:
+        handle.remove()
+    assert cond.embeds.shape[1] == 2 * TOKENS_PER_CHUNK  # 74 + 2 vectors > 75: the embedding starts chunk two
+    second = [chunk for chunk in seen["chunks"] if torch.equal(chunk[1:3], vectors["clip_l"])]
+    assert second, "the embedding's vectors are together at the start of a chunk"
+
+
+def test_an_sd1_embedding_is_refused_by_name(engine, embeddings):
+    with pytest.raises(UserError, match="SD 1.x") as err:
+        engine.pipelines.encoder.encode("a cat", "demo-sd1", embeddings)
+    assert err.value.field == "negative_prompt"
+
+
+def test_a_negative_embedding_changes_the_image_and_is_in_the_infotext(engine, embeddings, small, monkeypatch):
+    monkeypatch.setattr(engine, "embeddings", embeddings)
+    small = small.replace(steps=3)
+    before = engine.generate(small)
+    named = engine.generate(small.replace(negative_prompt="blurry, demo-negative"))
+    after = engine.generate(small)
+    pixels = [np.asarray(result.images[0], dtype=np.int16) for result in (before, named, after)]
+    assert np.abs(pixels[0] - pixels[1]).max() > 5 and np.array_equal(pixels[0], pixels[2])
+    short = embeddings.short_hash(embeddings.get("demo-negative"))
+    assert f'TI hashes: "demo-negative: {short}"' in named.infotexts[0] and "TI hashes" not in before.infotexts[0]
+    from sd_app import infotext
+
+    pasted = infotext.read_params(named.infotexts[0])  # a paste takes the names back; the hashes only inform
+    assert pasted.params.negative_prompt == "blurry, demo-negative"
+    assert not any("TI hashes" in str(entry) for entry in pasted.not_applied)
+
+
+# ---- prompt editing and alternation ---------------------------------------------------------------------------
+
+def test_cond_at_follows_a1111s_schedule(engine):
+    enc = engine.pipelines.encoder
+    schedule = enc.encode_schedule("a [cat:dog:0.5]", "blurry", 10)
+    cat, dog = enc.encode("a cat", "blurry"), enc.encode("a dog", "blurry")
+    for step in range(10):
+        expected = cat if step <= 5 else dog  # A1111: the entry ending at step 5 serves steps 0 to 5
+        assert torch.equal(schedule.cond_at(step).embeds, expected.embeds), step
+        assert torch.equal(schedule.cond_at(step).pooled, expected.pooled), step
+    assert torch.equal(schedule.cond_at(7).negative_embeds, cat.negative_embeds)
+
+
+def test_alternation_changes_every_step_and_each_prompt_is_encoded_once(engine, monkeypatch):
+    enc = engine.pipelines.encoder
+    calls = []
+    original = enc._encode_one
+    monkeypatch.setattr(enc, "_encode_one", lambda text, weights=None, clip_l_layer=None:
+                        calls.append(text) or original(text, weights, clip_l_layer))
+    schedule = enc.encode_schedule("[cat|dog] photo", "[ugly|blurry]", 150)
+    assert sorted(calls) == ["blurry", "cat photo", "dog photo", "ugly"]
+    cat, dog = enc.encode("cat photo", "ugly"), enc.encode("dog photo", "blurry")
+    # A1111's steps: ends 1, 2, 3 ... take cat, dog, cat ...; step s takes the entry ending at max(s, 1).
+    assert [torch.equal(schedule.cond_at(s).embeds, cat.embeds) for s in range(5)] == [True, True, False, True, False]
+    assert torch.equal(schedule.cond_at(2).negative_embeds, dog.negative_embeds)
+
+
+def test_the_number_of_prompts_a_schedule_makes_is_limited(engine):
+    with pytest.raises(UserError, match="at most 3") as err:
+        engine.pipelines.encoder.encode_schedule("a", "[a|b|c|d] x", 20, most=3)
+    assert err.value.field == "negative_prompt"
+
+
+def test_the_sampler_receives_the_edited_prompt_at_the_right_step(engine, small):
+    """[cat:dog:0.5] over 4 steps: A1111 gives steps 0-2 "cat", step 3 "dog"; checked on the UNet's input."""
+    unet = engine.pipelines.base.pipe.unet
+    received = []
+    handle = unet.register_forward_pre_hook(
+        lambda module, args, kwargs: received.append(kwargs["encoder_hidden_states"].clone()), with_kwargs=True)
+    try:
+        engine.generate(small.replace(prompt="a photo of a [cat:dog:0.5]", steps=4))
+    finally:
+        handle.remove()
+    enc = engine.pipelines.encoder
+    cat, dog = enc.encode("a photo of a cat", small.negative_prompt), enc.encode("a photo of a dog",
+                                                                                 small.negative_prompt)
+    assert len(received) == 4
+    positives = [states[0] for states in received]  # the batch is [prompt, negative prompt]
+    assert [torch.equal(p, cat.embeds[0]) for p in positives] == [True, True, True, False]
+    assert torch.equal(positives[3], dog.embeds[0])
+    assert all(torch.equal(states[1], cat.negative_embeds[0]) for states in received)
+
+
+def test_the_refiner_goes_on_with_the_schedule_at_its_steps(engine, small):
+    """[cat:dog:0.5], 4 steps, refiner from 0.5: steps 0-2 "cat", step 3 "dog", whichever model runs them."""
+    from conftest import REFINER
+
+    engine.pipelines.load_refiner(REFINER)
+    received = []
+
+    def record(module, args, kwargs):
+        received.append((module, kwargs["encoder_hidden_states"][0].clone()))  # [prompt, negative prompt]
+
+    unets = [engine.pipelines.base.pipe.unet, engine.pipelines.refiner.pipe.unet]
+    handles = [unet.register_forward_pre_hook(record, with_kwargs=True) for unet in unets]
+    try:
+        engine.generate(small.replace(prompt="a [cat:dog:0.5]", steps=4, refiner_checkpoint=REFINER,
+                                      refiner_switch_at=0.5))
+    finally:
+        for handle in handles:
+            handle.remove()
+    enc = engine.pipelines.encoder
+    cat, dog = enc.encode("a cat", small.negative_prompt), enc.encode("a dog", small.negative_prompt)
+    refining = [module is unets[1] for module, _ in received]
+    assert len(received) == 4 and not refining[0] and refining[-1]  # the base, then the refiner
+    expected = [(dog if call == 3 else cat) for call in range(4)]  # A1111 counts calls across the switch
+    expected = [cond.for_refiner() if refined else cond for cond, refined in zip(expected, refining)]
+    assert [torch.equal(states, cond.embeds[0]) for (_, states), cond in zip(received, expected)] == [True] * 4
+
+
+def test_clamped_weights_anywhere_in_the_schedule_are_reported(engine):
+    schedule = engine.pipelines.encoder.encode_schedule("a [cat:(dog:50):0.5]", "", 10)
+    assert schedule.cond_at(0).notes and schedule.cond_at(0).notes == schedule.cond_at(9).notes
+    assert schedule.cond_at(0).largest_weight == 10.0
+
+
 def _pixels(result):
     import numpy as np
 

@@ -95,3 +95,96 @@ def test_lora_tag_is_set_once_and_words_are_not_repeated():
     assert insert_lora_tag(once, "demo-style", 0.8, WORDS) == once
     assert insert_lora_tag(once, "DEMO-STYLE", 0.6, WORDS) == "a castle, <lora:DEMO-STYLE:0.6> demostyle, painting"
     assert insert_lora_tag("a castle", "demo-style", 0.8) == "a castle, <lora:demo-style:0.8>"
+
+
+# ---- prompt editing and alternation: A1111's schedules (its prompt_parser doctests, 10 steps) ------------------
+
+from sd_app.prompts import prompt_schedule, schedule_index  # noqa: E402
+
+
+@pytest.mark.parametrize("prompt, expected", [
+    ("test", [(10, "test")]),
+    ("a [b:3]", [(3, "a "), (10, "a b")]),
+    ("a [b: 3]", [(3, "a "), (10, "a b")]),
+    ("a [[[b]]:2]", [(2, "a "), (10, "a [[b]]")]),
+    ("[(a:2):3]", [(3, ""), (10, "(a:2)")]),
+    ("a [b : c : 1] d", [(1, "a b  d"), (10, "a  c  d")]),
+    ("a[b:[c:d:2]:1]e", [(1, "abe"), (2, "ace"), (10, "ade")]),
+    ("a [unbalanced", [(10, "a [unbalanced")]),
+    ("a [b:.5] c", [(5, "a  c"), (10, "a b c")]),
+    ("((a][:b:c [d:3]", [(3, "((a][:b:c "), (10, "((a][:b:c d")]),
+    ("[a|(b:1.1)]", [(s, "a" if s % 2 else "(b:1.1)") for s in range(1, 11)]),
+    ("[fe|]male", [(s, "female" if s % 2 else "male") for s in range(1, 11)]),
+    ("[fe|||]male", [(s, "female" if s % 4 == 1 else "male") for s in range(1, 11)]),
+    ("a [b:c:0.5]", [(5, "a b"), (10, "a c")]),
+    ("[a::3] b", [(3, "a b"), (10, " b")]),
+    ("[a:b:c:3]", [(10, "[a:b:c:3]")]),  # no valid syntax: text
+    ("a | b", [(10, "a | b")]),  # a `|` outside brackets: A1111 reads no schedule at all
+    ("\\[a:3\\]", [(10, "\\[a:3\\]")]),  # escaped brackets are text
+])
+def test_schedules_equal_a1111s(prompt, expected):
+    assert prompt_schedule(prompt, 10) == expected
+
+
+def test_a1111s_documented_example_at_100_steps():
+    prompt = ("fantasy landscape with a [mountain:lake:0.25] and [an oak:a christmas tree:0.75][ in foreground::0.6]"
+              "[ in background:0.25] [shoddy:masterful:0.5]")
+    assert prompt_schedule(prompt, 100) == [
+        (25, "fantasy landscape with a mountain and an oak in foreground shoddy"),
+        (50, "fantasy landscape with a lake and an oak in foreground in background shoddy"),
+        (60, "fantasy landscape with a lake and an oak in foreground in background masterful"),
+        (75, "fantasy landscape with a lake and an oak in background masterful"),
+        (100, "fantasy landscape with a lake and a christmas tree in background masterful"),
+    ]
+
+
+def test_nested_editing_inside_alternation_and_weights():
+    assert prompt_schedule("[(red:1.2)|[blue:green:2]] cat", 4) == [
+        (1, "(red:1.2) cat"), (2, "blue cat"), (3, "(red:1.2) cat"), (4, "green cat")]
+
+
+def test_a_decimal_is_a_fraction_and_a_whole_number_a_step():
+    assert prompt_schedule("[a:b:2]", 20) == [(2, "a"), (20, "b")]
+    assert prompt_schedule("[a:b:2.0]", 20) == [(20, "a")]  # 2.0 of the steps: never switches
+    assert prompt_schedule("[a:b:0.25]", 20) == [(5, "a"), (20, "b")]
+    assert prompt_schedule("[a:b:0]", 20) == [(20, "b")]
+    assert prompt_schedule("[a:b:1e400]", 20) == [(20, "a")]  # no overflow
+
+
+def test_hires_pass_rule():
+    """A1111: in a hires pass a whole number counts the steps of both passes, a decimal the hires pass as 1 to 2."""
+    assert prompt_schedule("a [b:.5] c", 10, 10) == [(10, "a b c")]
+    assert prompt_schedule("a [b:1.5] c", 10, 10) == [(5, "a  c"), (10, "a b c")]
+    assert prompt_schedule("a [b:13] c", 10, 10) == [(3, "a  c"), (10, "a b c")]
+
+
+def test_schedule_index_is_a1111s_step_rule():
+    """Step s (0-based) takes the first entry ending at or after s: `[b:3]` is without b for steps 0 to 3."""
+    schedule = prompt_schedule("a [b:3]", 10)
+    assert [schedule_index(schedule, s) for s in range(10)] == [0, 0, 0, 0, 1, 1, 1, 1, 1, 1]
+    assert schedule_index(schedule, 12) == 1  # past the end: the last
+
+
+def test_deep_and_long_prompts_parse_without_recursion():
+    assert prompt_schedule("[" * 5000 + "a", 10) == [(10, "[" * 5000 + "a")]
+    nested = "[a:" * 300 + "x" + ":1]" * 300
+    assert prompt_schedule(nested, 10)[-1] == (10, "x")
+    assert len(prompt_schedule("[a|b] " * 3000, 150)) == 150
+
+
+def test_attention_reads_the_scheduled_text():
+    """The schedule takes editing out; weights stay for the attention parser."""
+    texts = [text for _, text in prompt_schedule("a [(red:1.5):blue:0.5] cat", 10)]
+    close(parse_attention(texts[0]), [("a ", 1.0), ("red", 1.5), (" cat", 1.0)])
+    assert plain_text(texts[1]) == "a blue cat"
+
+
+def test_an_embedding_card_toggles_its_name():
+    from sd_app.prompts import toggle_embedding
+
+    assert toggle_embedding("", "easyneg") == "easyneg"
+    assert toggle_embedding("blurry", "easyneg") == "blurry, easyneg"
+    assert toggle_embedding("blurry,", "easyneg") == "blurry, easyneg"
+    assert toggle_embedding("blurry, EasyNeg", "easyneg") == "blurry"
+    assert toggle_embedding("easyneg, blurry", "easyneg") == "blurry"
+    assert toggle_embedding("easyneg-v2, blurry", "easyneg") == "easyneg-v2, blurry, easyneg"

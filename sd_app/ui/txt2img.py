@@ -19,7 +19,7 @@ from ..params import LIMITS, SDXL_SIZES, GenerationParams, Limits
 from ..preview import enlarged
 from ..prompts import token_chunks
 from ..studio import Studio
-from . import xyz_panel
+from . import embedding_cards, xyz_panel
 from .components import form_slider
 from .handlers import bind, refused, shows_user_errors
 from .lora_cards import card_grid, list_cards
@@ -201,6 +201,7 @@ def build(studio: Studio, loading: bool = False) -> tuple[Form, dict]:
             negative_tokens = gr.Markdown(token_chunks(0))
             styles = _styles_picker(studio, defaults)
             _extra_networks(studio, prompt)
+            embedding_cards.extra_networks(studio, prompt, negative_prompt)
         with gr.Column(scale=1, min_width=200):
             generate = gr.Button("Generate", variant="primary", elem_id="generate", size="lg", interactive=not loading)
             with gr.Row():
