@@ -15,12 +15,14 @@ guidance `uncond + (cond - uncond) * scale`. Around that, A1111's hooks:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from .encoding import Conditioning
 from .sigmas import LcmSchedule, ModelSchedule
+
+if TYPE_CHECKING:  # the encoder (compel) is not needed to sample
+    from .encoding import Conditioning
 
 
 class Interrupted(Exception):

@@ -67,13 +67,14 @@ def img2img_steps(steps: int, strength: float) -> int:
 def denoise(request: Request, callback: Callable[[dict], None] | None = None) -> torch.Tensor:
     """Run the sampler; returns the final latents (float32), or the last prediction when stopped early."""
     kind = request.sampler.kind
+    if kind == "lcm":
+        for stage in request.stages:
+            stage.schedule = sigma_schedules.LcmSchedule(stage.schedule.alphas_cumprod)
+    model = request.stages[0].schedule  # the schedule is computed on the CPU, as A1111 hands it over (.cpu())
+    for stage in request.stages:
+        stage.schedule = stage.schedule.to(request.noise.device)
     if kind == "timesteps":
         return _run_timesteps(request, callback)
-    model = request.stages[0].schedule
-    if kind == "lcm":
-        model = sigma_schedules.LcmSchedule(model.alphas_cumprod)
-        for stage in request.stages:
-            stage.schedule = model
     sigmas = sigma_schedules.schedule_sigmas(request.schedule.api_name, request.steps, model, request.is_sdxl,
                                              request.sampler.discard_penultimate).to(request.noise.device)
     init = request.init

@@ -309,8 +309,8 @@ def _stand_in_request(model, sampler_name="Euler", **kwargs):
     """A loop.Request whose 'UNet' is the stand-in (through a Denoiser-compatible stage)."""
     sampler, schedule = samplers.resolve(sampler_name)
     x_shape = (1, 4, 8, 8)
-    return loop.Request(sampler, schedule, 10, 1.0, [], torch.randn(x_shape, generator=torch.Generator().manual_seed(6)),
-                        _rng(x_shape), [6], **kwargs)
+    start = torch.randn(x_shape, generator=torch.Generator().manual_seed(6))
+    return loop.Request(sampler, schedule, 10, 1.0, [], start, _rng(x_shape), [6], **kwargs)
 
 
 def test_img2img_starts_at_a1111s_index(monkeypatch, model):
