@@ -224,19 +224,42 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _diffusers_scheduler(sampler: str, schedule: str):
+    """diffusers' nearest scheduler for the samplers the speed cases use (same steps and spacing; the images
+    differ in the last bits, the work per step is the same)."""
+    import diffusers
+
+    choices = {
+        ("Euler", "Automatic"): (diffusers.EulerDiscreteScheduler, {}),
+        ("DPM++ 2M", "Karras"): (diffusers.DPMSolverMultistepScheduler,
+                                 {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True,
+                                  "final_sigmas_type": "zero"}),
+    }
+    if (sampler, schedule) not in choices:
+        raise ValueError(f"the bench compares with diffusers only for {sorted(choices)}")
+    cls, options = choices[(sampler, schedule)]
+
+    def make(config: dict):
+        base = {k: v for k, v in dict(config).items() if not k.startswith("_")}
+        return cls.from_config({**base, "timestep_spacing": "linspace", **options})
+
+    return make
+
+
 def plain_diffusers(pipelines, params, refiner=None):
     """A plain diffusers call on Homegrown's own loaded pipelines: the same prompt, starting latents, sampler and
     steps, with none of Homegrown's code in the loop (base alone, or base then refiner as diffusers documents)."""
     from . import samplers
 
     sampler, schedule = samplers.resolve(params.sampler_name, params.scheduler)
+    make_scheduler = _diffusers_scheduler(sampler.name, schedule.name)
     shape = (1, pipelines.base.pipe.unet.config.in_channels, params.height // 8, params.width // 8)
     common = dict(prompt=params.prompt, negative_prompt=params.negative_prompt, num_inference_steps=params.steps,
                   guidance_scale=params.cfg_scale)
 
     def run():
         base = pipelines.base.pipe
-        base.scheduler = samplers.make_scheduler(pipelines.base.scheduler_config, sampler, schedule)
+        base.scheduler = make_scheduler(pipelines.base.scheduler_config)
         latents = torch.randn(shape, generator=torch.Generator().manual_seed(params.seed))
         latents = latents.to(pipelines.device, pipelines.dtype)
         if refiner is None:
@@ -245,7 +268,7 @@ def plain_diffusers(pipelines, params, refiner=None):
             switch = params.refiner_switch_at
             latents = base(**common, width=params.width, height=params.height, latents=latents,
                            denoising_end=switch, output_type="latent").images
-            refiner.pipe.scheduler = samplers.make_scheduler(refiner.scheduler_config, sampler, schedule)
+            refiner.pipe.scheduler = make_scheduler(refiner.scheduler_config)
             refiner.pipe(**common, image=latents, denoising_start=switch, output_type="pil")
         _sync(pipelines.device)
 

@@ -15,12 +15,14 @@ guidance `uncond + (cond - uncond) * scale`. Around that, A1111's hooks:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from .encoding import Conditioning
 from .sigmas import LcmSchedule, ModelSchedule
+
+if TYPE_CHECKING:  # the encoder (compel) is not needed to sample
+    from .encoding import Conditioning
 
 
 class Interrupted(Exception):
@@ -61,7 +63,7 @@ class Denoiser:
     step: int = 0  # denoiser calls so far (A1111's CFGDenoiser.step)
     active: int = 0  # index of the stage in use
     last_denoised: torch.Tensor | None = field(default=None, repr=False)
-    on_switch: Callable[[Stage], None] | None = None
+    on_switch: Callable[[Stage, torch.Tensor | None], None] | None = None  # the new stage, the last prediction
 
     @property
     def stage(self) -> Stage:
@@ -136,7 +138,7 @@ class Denoiser:
             if (999 - int(timestep)) / 1000 >= self.stages[nxt].start:
                 self.active = nxt
                 if self.on_switch is not None:
-                    self.on_switch(self.stages[nxt])
+                    self.on_switch(self.stages[nxt], self.last_denoised)
 
     def _after_call(self, denoised: torch.Tensor) -> torch.Tensor:
         self.last_denoised = denoised
@@ -159,7 +161,8 @@ class Denoiser:
         cond = stage.cond_at(self.step)
         unet = stage.unet
         dtype = next(unet.parameters()).dtype
-        if self.inpainting is not None and self.inpainting.image_cond is not None:
+        if self.inpainting is not None and self.inpainting.image_cond is not None \
+                and unet.config.in_channels > x_in.shape[1]:  # a 9-channel inpainting UNet
             x_in = torch.cat([x_in, self.inpainting.image_cond.to(x_in)], dim=1)
         if cond.embeds.shape[1] == cond.negative_embeds.shape[1]:
             out = unet(torch.cat([x_in, x_in]).to(dtype), torch.cat([t, t]),

@@ -57,6 +57,7 @@ class Start:
     strength: float
     mask: torch.Tensor | None = None
     image_cond: torch.Tensor | None = None
+    from_noise: bool = False  # txt2img on an inpainting UNet: only image_cond is used
 
     def inpainting(self) -> Inpainting:
         return Inpainting(self.init_latent, self.mask, self.image_cond)
@@ -84,8 +85,10 @@ class Engine:
 
     # ---- generation -------------------------------------------------------------------------
 
-    def generate(self, params: GenerationParams, job: Job | None = None) -> GenerationResult:
-        """Run one request and return its images with their infotexts (saving them is the caller's step)."""
+    def generate(self, params: GenerationParams, job: Job | None = None,
+                 start_from: Callable[[list[int]], Start] | None = None) -> GenerationResult:
+        """Run one request and return its images with their infotexts (saving them is the caller's step).
+        `start_from(seeds)`, if given, is where each batch starts instead of noise (img2img, inpainting)."""
         params.check(self.limits)
         if params.styles:
             # The prompts as encoded (and as the infotext shows them), the styles still listed for the infotext.
@@ -108,7 +111,7 @@ class Engine:
                 return GenerationResult([], [], [], params, interrupted=True)
             try:
                 with seamless(self.pipelines, on=params.tiling):  # circular padding for this job only
-                    return self._run(params, prompt, active, sampler, schedule, job)
+                    return self._run(params, prompt, active, sampler, schedule, job, start_from)
             except (torch.OutOfMemoryError, MemoryError):
                 free_memory()
                 raise UserError("out of memory: lower the size or batch size, or choose a memory-saving mode in "
@@ -129,7 +132,7 @@ class Engine:
         return params.replace(seed=seed, subseed=subseed, randn_source=rng.check_source(
             params.randn_source or self.randn_source))
 
-    def _run(self, params, prompt, active, sampler, schedule, job: Job) -> GenerationResult:
+    def _run(self, params, prompt, active, sampler, schedule, job: Job, start_from=None) -> GenerationResult:
         pipes = self.pipelines
         timings = {"load": 0.0, "lora": 0.0, "encode": 0.0, "denoise": 0.0, "decode": 0.0}
         mark = time.perf_counter()
@@ -168,7 +171,8 @@ class Engine:
             mark = time.perf_counter()
             self._note_compiling(job)
             latents = pipes.eager_if_compile_fails(
-                lambda: self._denoise(params, passes, sampler, schedule, seeds, job), result.warnings)
+                lambda: self._denoise(params, passes, sampler, schedule, seeds, job,
+                                      start_from(seeds) if start_from else None), result.warnings)
             timings["denoise"] += time.perf_counter() - mark
             mark = time.perf_counter()
             job.note = "Decoding the image…" if params.batch_size == 1 else "Decoding the images…"
@@ -212,15 +216,46 @@ class Engine:
         base = passes[0].model
         shape = (base.pipe.vae.config.latent_channels, params.height // 8, params.width // 8)
         noise = self.make_rng(shape, seeds, params)
+        if base.pipe.unet.config.in_channels == 9 and (start is None or start.image_cond is None):
+            start = self._whole_image_inpainting(base, params, len(seeds), start)
         stages = [self._stage(step, params) for step in passes]
+        refined = []
+
+        def switch(stage: Stage, last_denoised) -> None:
+            """The base's share ends here: a NaN so far is the base model's (A1111 checks every UNet output)."""
+            if last_denoised is not None:
+                self._check_latents(last_denoised, passes[0])
+            refined.append(stage)
+            self._note_compiling(job)
+
         request = loop.Request(
-            sampler, schedule, params.steps, params.cfg_scale, stages, noise.next(), noise.next, seeds, init=start.inpainting() if start else None,
-            strength=start.strength if start else 1.0, cfg_rescale=float(base.scheduler_config.get("cfg_rescale", 0.0)),
-            should_stop=lambda: job.interrupted or job.skipped, on_switch=lambda stage: self._note_compiling(job))
+            sampler, schedule, params.steps, params.cfg_scale, stages, noise.next(), noise.next, seeds,
+            init=start.inpainting() if start else None,
+            strength=start.strength if start else 1.0, from_noise=start is None or start.from_noise,
+            cfg_rescale=float(base.scheduler_config.get("cfg_rescale", 0.0)),
+            should_stop=lambda: job.interrupted or job.skipped, on_switch=switch)
         latents = loop.denoise(request, self._progress_callback(job, params))
-        nonfinite.check([latents], "the denoising", passes[-1].model if len(passes) > 1 else base, ("unet",),
-                        "refiner_checkpoint" if len(passes) > 1 else "checkpoint", passes[0].cond.largest_weight)
+        self._check_latents(latents, passes[-1] if refined else passes[0])
         return latents.to(self.pipelines.dtype)
+
+    @staticmethod
+    def _check_latents(latents, step: Pass) -> None:
+        refining = step.start > 0
+        nonfinite.check([latents], "the refiner's pass" if refining else "the base model's denoising", step.model,
+                        ("unet",), "refiner_checkpoint" if refining else "checkpoint", step.cond.largest_weight)
+
+    def _whole_image_inpainting(self, model: LoadedModel, params, batch: int, start: Start | None) -> Start:
+        """A 9-channel inpainting UNet without a mask (txt2img) repaints everything, as A1111 gives it: a mask of
+        ones and the latents of a mid-grey image (the mean of the VAE's encoding; A1111 samples it)."""
+        vae = model.pipe.vae
+        grey = torch.zeros((1, 3, params.height, params.width), device=self.pipelines.device, dtype=vae.dtype)
+        with torch.no_grad():
+            latents = vae.encode(grey).latent_dist.mode().float() * vae.config.scaling_factor
+        ones = torch.ones_like(latents[:, :1])
+        image_cond = torch.cat([ones, latents], dim=1).repeat(batch, 1, 1, 1)
+        if start is None:
+            return Start(torch.zeros_like(latents.repeat(batch, 1, 1, 1)), 1.0, None, image_cond, from_noise=True)
+        return Start(start.init_latent, start.strength, start.mask, image_cond)
 
     def make_rng(self, shape: tuple[int, ...], seeds: list[int], params: GenerationParams) -> rng.ImageRNG:
         """The batch's noise as A1111 draws it (rng.py: its source, variation seed and seed resize): the starting

@@ -32,9 +32,11 @@ class Request:
     is_sdxl: bool = True
     init: Inpainting | None = None  # img2img / inpainting: start from init.init_latent ...
     strength: float = 1.0  # ... at this denoising strength
+    from_noise: bool | None = None  # None: from noise when there is no `init`; True: from noise even with one
+    # (txt2img on a 9-channel inpainting UNet, which needs init.image_cond)
     cfg_rescale: float = 0.0
     should_stop: Callable[[], bool] = lambda: False
-    on_switch: Callable[[Stage], None] | None = None
+    on_switch: Callable[[Stage, torch.Tensor | None], None] | None = None
     options: dict = field(default_factory=dict)  # extra sampler options (eta, s_noise) at A1111's defaults if absent
 
 
@@ -47,17 +49,18 @@ def img2img_steps(steps: int, strength: float) -> int:
 def denoise(request: Request, callback: Callable[[dict], None] | None = None) -> torch.Tensor:
     """Run the sampler; returns the final latents (float32), or the last prediction when stopped early."""
     kind = request.sampler.kind
+    if kind == "lcm":
+        for stage in request.stages:
+            stage.schedule = sigma_schedules.LcmSchedule(stage.schedule.alphas_cumprod)
+    model = request.stages[0].schedule  # the schedule is computed on the CPU, as A1111 hands it over (.cpu())
+    for stage in request.stages:
+        stage.schedule = stage.schedule.to(request.noise.device)
     if kind == "timesteps":
         return _run_timesteps(request, callback)
-    model = request.stages[0].schedule
-    if kind == "lcm":
-        model = sigma_schedules.LcmSchedule(model.alphas_cumprod)
-        for stage in request.stages:
-            stage.schedule = model
     sigmas = sigma_schedules.schedule_sigmas(request.schedule.api_name, request.steps, model, request.is_sdxl,
                                              request.sampler.discard_penultimate).to(request.noise.device)
     init = request.init
-    if init is None:
+    if _from_noise(request):
         x = request.noise * sigmas[0]
         run_sigmas = sigmas
         fast_range = (model.sigma_min, model.sigma_max, request.steps)
@@ -90,7 +93,7 @@ def _run_timesteps(request: Request, callback) -> torch.Tensor:
     timesteps = sampling.a1111_timesteps(request.steps).to(request.noise.device)
     alphas_cumprod = request.stages[0].schedule.alphas_cumprod.to(request.noise.device)
     init = request.init
-    if init is None:
+    if _from_noise(request):
         x, run = request.noise, timesteps
     else:
         t_enc = img2img_steps(request.steps, request.strength)
@@ -103,10 +106,14 @@ def _run_timesteps(request: Request, callback) -> torch.Tensor:
     function = sampling.SAMPLE_FUNCTIONS[request.sampler.function]
     try:
         result = function(denoiser.eps_at_timestep, x, run, noise, step, alphas_cumprod=alphas_cumprod,
-                          **({"is_img2img": init is not None} if request.sampler.function == "unipc" else {}))
+                          **({"is_img2img": not _from_noise(request)} if request.sampler.function == "unipc" else {}))
     except Interrupted:
         result = denoiser.last_denoised if denoiser.last_denoised is not None else x
     return _final_blend(request, result)
+
+
+def _from_noise(request: Request) -> bool:
+    return request.init is None if request.from_noise is None else request.from_noise
 
 
 def _denoiser(request: Request) -> Denoiser:

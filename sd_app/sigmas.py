@@ -70,6 +70,12 @@ class ModelSchedule:
     def from_config(cls, config: dict) -> "ModelSchedule":
         return cls(alphas_cumprod(config))
 
+    def to(self, device) -> "ModelSchedule":
+        """The same schedule with its tables on `device` (the denoiser indexes them with the latents' sigmas)."""
+        moved = object.__new__(type(self))
+        moved.__dict__.update({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.__dict__.items()})
+        return moved
+
     @property
     def sigma_min(self) -> float:
         return self.sigmas[0].item()

@@ -3,6 +3,7 @@
 import pytest
 
 from sd_app import bench
+from sd_app import engine as engine_module
 
 from conftest import BASE, REFINER, make_engine, make_studio
 
@@ -34,6 +35,13 @@ def test_plain_diffusers_starts_from_the_same_noise_as_the_engine(ckpt_dir, tmp_
 
     monkeypatch.setattr(type(engine.pipelines.base.pipe), "__call__", spy)
     bench.plain_diffusers(engine.pipelines, small)()
+    real_denoise = engine_module.loop.denoise
+
+    def spy_loop(request, callback=None):
+        seen.append(request.noise.clone())
+        return real_denoise(request, callback)
+
+    monkeypatch.setattr(engine_module.loop, "denoise", spy_loop)
     engine.generate(small)
     assert len(seen) == 2 and seen[0].shape == seen[1].shape and bool((seen[0] == seen[1]).all())
 
