@@ -7,6 +7,7 @@ writes, in A1111's folder layout:
     DIR/models/Stable-diffusion/homegrown-demo-refiner.safetensors   (single-file SDXL refiner layout)
     DIR/models/Lora/demo-style.safetensors, demo-detail.safetensors  (kohya-style SDXL LoRAs)
     DIR/models/VAE/homegrown-demo-vae.safetensors                    (a standalone VAE, sdxl_vae layout)
+    DIR/models/Stable-diffusion/homegrown-demo-inpaint.safetensors   (SDXL inpainting base: a 9-channel UNet)
 
 The key names, nesting and 8x VAE downscale are those of the released SDXL files; only widths and
 depths shrink (see sd_app/configs/tiny-sdxl-*). The weights are random: the images are noise.
@@ -26,6 +27,7 @@ from .loading import CONFIGS_DIR
 BASE_FILE = "homegrown-demo-base.safetensors"
 REFINER_FILE = "homegrown-demo-refiner.safetensors"
 VAE_FILE = "homegrown-demo-vae.safetensors"
+INPAINT_FILE = "homegrown-demo-inpaint.safetensors"
 LORA_FILES = {
     # name: (seed, rank, alpha, trigger tags)
     "demo-style": (11, 4, 2.0, {"demostyle": 40, "painting": 12, "bold colors": 7}),
@@ -79,6 +81,25 @@ def refiner_state_dict(parts: dict[str, torch.nn.Module]) -> dict[str, torch.Ten
     return _half(state)
 
 
+def inpaint_state_dict(parts: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """An SDXL inpainting base (as sd_xl_base_1.0_inpainting_0.1): the base's encoders and VAE, a UNet whose first
+    convolution takes 9 channels (latents, mask, masked-image latents)."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(3)
+    unet = UNet2DConditionModel.from_config(_read_config("tiny-sdxl-base-inpaint", "unet"))
+    state = dict(base_state_dict(parts))
+    state.update(_half(ldm_format.unet_to_ldm(unet.state_dict(), dict(unet.config))))
+    return state
+
+
+def write_demo_inpaint(path: Path, parts: dict[str, torch.nn.Module]) -> None:
+    meta = {"modelspec.sai_model_spec": "1.0.0", "homegrown.note": "random weights: images are noise",
+            "modelspec.architecture": "stable-diffusion-xl-v1-base/inpainting",
+            "modelspec.title": "Homegrown demo SDXL inpainting base", "homegrown.config": "tiny-sdxl-base-inpaint"}
+    _atomic_save(inpaint_state_dict(parts), path, meta)
+
+
 def vae_state_dict(parts: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
     """A standalone VAE file, keyed like sdxl_vae.safetensors (the LDM names without a prefix)."""
     state = ldm_format.vae_to_ldm(parts["other_vae"].state_dict(), dict(parts["other_vae"].config))
@@ -123,7 +144,8 @@ def write_demo(root: str | Path, overwrite: bool = False) -> dict[str, Path]:
     ckpt_dir = root / "models" / "Stable-diffusion"
     lora_dir = root / "models" / "Lora"
     vae_dir = root / "models" / "VAE"
-    paths = {"base": ckpt_dir / BASE_FILE, "refiner": ckpt_dir / REFINER_FILE, "vae": vae_dir / VAE_FILE}
+    paths = {"base": ckpt_dir / BASE_FILE, "refiner": ckpt_dir / REFINER_FILE, "vae": vae_dir / VAE_FILE,
+             "inpaint": ckpt_dir / INPAINT_FILE}
     paths.update({name: lora_dir / f"{name}.safetensors" for name in LORA_FILES})
     if not overwrite and all(p.exists() for p in paths.values()):
         return paths
@@ -138,6 +160,7 @@ def write_demo(root: str | Path, overwrite: bool = False) -> dict[str, Path]:
     _atomic_save(refiner_state_dict(parts), paths["refiner"], {
         **meta, "modelspec.architecture": "stable-diffusion-xl-v1-refiner",
         "modelspec.title": "Homegrown demo SDXL refiner", "homegrown.config": "tiny-sdxl-refiner"})
+    write_demo_inpaint(paths["inpaint"], parts)
     _atomic_save(vae_state_dict(parts), paths["vae"], {"homegrown.config": "tiny-sdxl-base",
                                                         "homegrown.note": "random weights"})
     for name, (seed, rank, alpha, tags) in LORA_FILES.items():

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from . import __version__, infotext, nonfinite, samplers
+from . import __version__, hires, img2img_run, infotext, nonfinite, samplers
 from .encoding import Conditioning
 from .errors import UserError
 from .jobs import GenerationResult, Job
@@ -36,6 +36,11 @@ class Pass:
     cond: Conditioning  # already repeated for the batch
     start: float
     end: float
+    strength: float = 1.0  # below 1: from the latents it is given, noised to this strength (the hires pass)
+    steps: int | None = None  # None: the request's steps
+    sampling: tuple | None = None  # (Sampler, Schedule) when not the request's
+    upscale: hires.Target | None = None  # the latents are upscaled to this size first (the hires pass)
+    progress: tuple[float, float] = (0.0, 1.0)  # the share of the image's progress bar this pass fills
 
 
 class Engine:
@@ -46,6 +51,7 @@ class Engine:
         self.styles = styles
         self.preview_every = preview_every  # steps between live previews; 0 turns them off
         self.limits = limits or Limits()  # what one request may ask for (Settings → Limits)
+        self.variants = img2img_run.Variants()  # the base's img2img / inpaint pipelines, on its own modules
 
     def use_libraries(self, loras: LoraLibrary | None) -> None:
         """A new LoRA folder (from Settings): tags resolve there from the next job on."""
@@ -116,6 +122,7 @@ class Engine:
         mark = time.perf_counter()
         job.note = "Encoding the prompt…"
         passes = self._plan(params, prompt, base, refiner)
+        prepared = img2img_run.prepare_images(params) if params.img2img else None
         timings["encode"] = time.perf_counter() - mark
         job.note, job.sampling_steps = None, params.steps  # "Step 0/N" from here: the first step is running
 
@@ -123,7 +130,7 @@ class Engine:
         result = GenerationResult([], [], [], params, sampler=sampler.name, schedule=schedule.name,
                                   model_name=base.checkpoint.short_name, model_hash=base.short_hash or None,
                                   vae_name=vae_name, vae_hash=vae_hash, timings=timings,
-                                  warnings=list(passes[0].cond.notes))
+                                  warnings=list(passes[0].cond.notes) + (prepared[0].notes if prepared else []))
         for batch_no in range(params.n_iter):
             if job.interrupted:
                 break
@@ -132,13 +139,14 @@ class Engine:
             seeds = [params.seed + batch_no * params.batch_size + i for i in range(params.batch_size)]
             mark = time.perf_counter()
             self._note_compiling(job)
-            latents = pipes.eager_if_compile_fails(
-                lambda: self._denoise(params, passes, sampler, schedule, seeds, job), result.warnings)
+            latents, init = pipes.eager_if_compile_fails(
+                lambda: self._denoise(params, passes, sampler, schedule, seeds, job, prepared), result.warnings)
             timings["denoise"] += time.perf_counter() - mark
             mark = time.perf_counter()
             job.note = "Decoding the image…" if params.batch_size == 1 else "Decoding the images…"
             self._note_compiling(job)
             images = pipes.eager_if_compile_fails(lambda: decode_latents(base.pipe.vae, latents), result.warnings)
+            images = img2img_run.finish(images, init)  # inpainting: pasted back through the blurred mask
             job.note = None
             timings["decode"] += time.perf_counter() - mark
             for image, seed in zip(images, seeds):
@@ -158,44 +166,107 @@ class Engine:
         nonfinite.check(cond.tensors(), "the prompt's conditioning", base, ("text_encoder", "text_encoder_2"),
                         largest_weight=cond.largest_weight)
         cond = cond.repeat(params.batch_size)
+        share = (0.0, 0.5) if params.hires else (0.0, 1.0)  # the hires pass fills the second half of the bar
         if refiner is None:
-            return [Pass(base, cond, 0.0, 1.0)]
-        switch = params.refiner_switch_at
-        return [Pass(base, cond, 0.0, switch), Pass(refiner, cond.for_refiner(), switch, 1.0)]
+            passes = [Pass(base, cond, 0.0, 1.0, progress=share)]
+        else:
+            switch = params.refiner_switch_at
+            passes = [Pass(base, cond, 0.0, switch, progress=share),
+                      Pass(refiner, cond.for_refiner(), switch, 1.0, progress=share)]
+        if params.hires:
+            passes.append(self._hires_pass(params, prompt, base, cond))
+        return passes
 
-    def _denoise(self, params, passes: list[Pass], sampler, schedule, seeds: list[int], job: Job):
-        latents, generators = self._start_latents(params, passes[0].model, seeds)
+    def _hires_pass(self, params: GenerationParams, prompt: str, base: LoadedModel, cond: Conditioning) -> Pass:
+        """A1111's hires fix: one more pass on the base, from the upscaled latents, at its denoising strength."""
+        spec = params.hires
+        if spec.checkpoint not in (None, "", params.checkpoint, base.checkpoint.name):
+            raise UserError("a second checkpoint for the hires pass is not supported yet: leave it empty to use the "
+                            "same checkpoint", field="hr_checkpoint_name")
+        if (spec.prompt and spec.prompt != params.prompt) or (spec.negative_prompt and
+                                                              spec.negative_prompt != params.negative_prompt):
+            hr_prompt = extract_lora_tags(spec.prompt)[0] if spec.prompt else prompt  # the LoRAs are the prompt's
+            cond = self.pipelines.encoder.encode(hr_prompt, spec.negative_prompt or params.negative_prompt)
+            cond = cond.repeat(params.batch_size)
+        sampling = samplers.resolve(spec.sampler_name or params.sampler_name, spec.scheduler or params.scheduler)
+        return Pass(base, cond, 0.0, 1.0, strength=min(spec.denoising_strength, img2img_run.MAX_STRENGTH),
+                    steps=spec.steps(params.steps), sampling=sampling, upscale=spec.target(params.width, params.height),
+                    progress=(0.5, 1.0))
+
+    def _denoise(self, params, passes: list[Pass], sampler, schedule, seeds: list[int], job: Job, prepared=None):
+        latents, generators, init = self._start_latents(params, passes[0].model, seeds, prepared)
+        first_init = init
         for number, step in enumerate(passes):
             if number:
                 if job.interrupted or job.skipped:
                     break
                 self._note_compiling(job)
-            latents = self._run_pass(step, latents, generators, params, sampler, schedule, seeds, job)
+            if step.upscale is not None:
+                job.note = "Upscaling for the hires pass…"
+                vae = step.model.pipe.vae
+                latents = img2img_run.upscale(latents, params.hires, step.upscale, vae, decode_latents,
+                                              self.pipelines.device, self.pipelines.dtype)
+                generators, init = [torch.Generator("cpu").manual_seed(seed) for seed in seeds], None
+            latents = self._run_pass(step, latents, generators, params, sampler, schedule, seeds, job, init)
+            if step.upscale is not None:
+                latents = hires.truncate(latents, step.upscale)
             refining = step.model is not passes[0].model
             nonfinite.check([latents], "the refiner's pass" if refining else "the base model's denoising", step.model,
                             ("unet",), "refiner_checkpoint" if refining else "checkpoint", step.cond.largest_weight)
-        return latents
+        return latents, first_init
 
-    def _start_latents(self, params, model: LoadedModel, seeds: list[int]):
+    def _start_latents(self, params, model: LoadedModel, seeds: list[int], prepared=None):
         """txt2img starts from noise, drawn on the CPU from each image's seed: the same picture on any GPU,
-        and on the CPU. Returns the latents and the generators the samplers go on drawing from."""
+        and on the CPU; img2img and inpainting from the encoded init images (an `img2img_run.Init`), as does
+        txt2img on an inpainting base. Returns the latents, the generators the samplers go on drawing from,
+        and the Init (or None)."""
         generators, noise = [], []
         height, width = params.height // 8, params.width // 8
-        channels = model.pipe.unet.config.in_channels
+        unet_channels = model.pipe.unet.config.in_channels
+        channels = 4 if unet_channels == 9 else unet_channels  # an inpainting UNet takes mask + image besides
         for seed in seeds:
             generator = torch.Generator("cpu").manual_seed(seed)
             noise.append(torch.randn((channels, height, width), generator=generator, dtype=torch.float32))
             generators.append(generator)
-        return torch.stack(noise).to(self.pipelines.device, self.pipelines.dtype), generators
+        noise = torch.stack(noise).to(self.pipelines.device, self.pipelines.dtype)
+        device, dtype, vae = self.pipelines.device, self.pipelines.dtype, model.pipe.vae
+        if prepared is not None:
+            init = img2img_run.make_init(params, prepared, vae, unet_channels, seeds, device, dtype)
+            return init.latents, generators, init
+        if unet_channels == 9:
+            return noise, generators, img2img_run.txt2img_init(params, vae, seeds, device, dtype)
+        return noise, generators, None
 
-    def _run_pass(self, step: Pass, latents, generators, params, sampler, schedule, seeds, job):
+    def _run_pass(self, step: Pass, latents, generators, params, sampler, schedule, seeds, job, init=None):
         pipe, cond = step.model.pipe, step.cond
-        pipe.scheduler = samplers.make_scheduler(step.model.scheduler_config, sampler, schedule, seeds[0])
+        sampler, schedule = step.sampling or (sampler, schedule)
+        steps = step.steps or params.steps
+        scheduler = samplers.make_scheduler(step.model.scheduler_config, sampler, schedule, seeds[0])
         common = dict(
             prompt_embeds=cond.embeds, pooled_prompt_embeds=cond.pooled, negative_prompt_embeds=cond.negative_embeds,
-            negative_pooled_prompt_embeds=cond.negative_pooled, num_inference_steps=params.steps,
+            negative_pooled_prompt_embeds=cond.negative_pooled, num_inference_steps=steps,
             guidance_scale=params.cfg_scale, generator=generators, output_type="latent",
-            callback_on_step_end=self._progress_callback(job, params, step.start, step.end))
+            callback_on_step_end=self._progress_callback(job, params, step.start, step.end, steps, step.progress))
+        end = step.end if step.end < 1.0 else None
+        strength = init.strength if init is not None and step.start == 0.0 else step.strength
+        if strength < 1.0 and int(strength * steps) < 1:
+            return latents  # A1111: int(strength * steps) steps run; none here (strength 0 gives the image back)
+        if init is not None and step.start == 0.0:
+            if init.inpainting:
+                variant = self.variants.get(pipe, "inpaint")
+                variant.scheduler = img2img_run.scaled_noise(scheduler, init.noise_multiplier)
+                extra = {"latents": latents} if strength >= 1.0 else {}  # txt2img on an inpainting base: the seed's noise
+                return variant(**common, image=init.latents, mask_image=init.mask, masked_image_latents=init.masked_latents,
+                               strength=strength, width=params.width, height=params.height, denoising_end=end,
+                               **extra).images
+            variant = self.variants.get(pipe, "img2img")
+            variant.scheduler = img2img_run.scaled_noise(scheduler, init.noise_multiplier)
+            return variant(**common, image=latents, strength=strength, denoising_end=end).images
+        if step.strength < 1.0:  # the hires pass: img2img from the upscaled latents
+            variant = self.variants.get(pipe, "img2img")
+            variant.scheduler = scheduler
+            return variant(**common, image=latents, strength=step.strength, denoising_end=end).images
+        pipe.scheduler = scheduler
         if step.start == 0.0:  # from noise: the text-to-image pipeline, stopping where the next pass begins
             return pipe(**common, width=params.width, height=params.height, latents=latents,
                         denoising_end=step.end if step.end < 1.0 else None).images
@@ -216,16 +287,18 @@ class Engine:
         if self.pipelines.compiled():
             job.note = "Fast path: compiling first if the image size or model is new here (tens of seconds)…"
 
-    def _progress_callback(self, job: Job, params: GenerationParams, start: float, end: float):
+    def _progress_callback(self, job: Job, params: GenerationParams, start: float, end: float, steps: int | None = None,
+                           share: tuple[float, float] = (0.0, 1.0)):
         every = self.preview_every
+        steps = steps or params.steps
 
         def callback(pipe, step_index, timestep, kwargs):
             job.note = None
-            total = max(1, getattr(pipe, "num_timesteps", 0) or params.steps)
+            total = max(1, getattr(pipe, "num_timesteps", 0) or steps)
             stage = start + (end - start) * (step_index + 1) / total
-            job.sampling_steps = params.steps
-            job.sampling_step = min(params.steps, round(stage * params.steps))
-            job.set_progress((job.job_no + stage) / job.job_count)
+            job.sampling_steps = steps
+            job.sampling_step = min(steps, round(stage * steps))
+            job.set_progress((job.job_no + share[0] + (share[1] - share[0]) * stage) / job.job_count)
             if every and (step_index % every == 0 or step_index + 1 == total):
                 job.preview = latent_preview(kwargs["latents"][0])
                 job.preview_step = job.sampling_step
@@ -249,6 +322,7 @@ class Engine:
             "Model": base.checkpoint.short_name,
             "VAE hash": vae[1] if vae else None,
             "VAE": vae[0] if vae else None,
+            **self._mode_fields(params),
             "Refiner": refiner.title if refiner else None,
             "Refiner switch at": params.refiner_switch_at if refiner else None,
             "Lora hashes": lora_hashes,
@@ -256,6 +330,16 @@ class Engine:
             "Version": f"Homegrown {__version__}",
         }
         return infotext.build(params.prompt, params.negative_prompt, fields)
+
+    @staticmethod
+    def _mode_fields(params: GenerationParams) -> dict:
+        """`Denoising strength` and A1111's img2img / hires keys after it (none for plain txt2img)."""
+        if params.img2img is not None:
+            return {"Denoising strength": params.img2img.denoising_strength, **params.img2img.infotext_fields()}
+        if params.hires is not None:
+            return {"Denoising strength": params.hires.denoising_strength, **params.hires.infotext_fields(
+                params.prompt, params.negative_prompt, params.sampler_name, params.scheduler)}
+        return {}
 
 
 def decode_latents(vae, latents: torch.Tensor) -> list[Image.Image]:

@@ -15,6 +15,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
+from .errors import UserError
+
 RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
 LATENT_RESIZE = 3  # the mode that resizes the encoded latents instead of the image
 MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")  # A1111's inpainting_fill 0..3
@@ -234,7 +236,7 @@ def prepare(init: Image.Image, mask: Image.Image | None, width: int, height: int
     overlay = overlay.convert("RGBA")
     if region is not None:
         image = resize_image(2, image.crop(region), width, height, resize)
-    if options.inpainting_fill == 0:
+    if options.inpainting_fill != 1:  # A1111 fills for the latent modes too (their latents are then replaced)
         image = fill(image, work_mask)
     return Prepared(image, work_mask, overlay, paste_to, notes)
 
@@ -253,3 +255,112 @@ def apply_overlay(result: Image.Image, prepared: Prepared) -> Image.Image:
     image = image.convert("RGBA")
     image.alpha_composite(prepared.overlay)
     return image.convert("RGB")
+
+
+# ---- the request ----------------------------------------------------------------------------
+
+MAX_INIT_PIXELS = 4096 * 4096  # an init image or mask larger than this is refused before any work
+NOISE_MULTIPLIER_RANGE = (0.0, 1.5)  # A1111's slider for initial_noise_multiplier
+
+
+@dataclass(frozen=True)
+class Img2ImgParams:
+    """A1111's img2img fields; the rest of the request (prompt, size, sampler...) is the GenerationParams
+    that holds this one. Without a mask it is img2img; with one, inpainting."""
+
+    init_images: tuple = ()  # PIL images: one (repeated for the batch) or one per image of the batch
+    mask: Image.Image | None = None
+    resize_mode: int = 0  # index into RESIZE_MODES
+    denoising_strength: float = 0.75
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
+    inpainting_fill: int = 1  # index into MASKED_CONTENT (the page's default, "original")
+    inpaint_full_res: bool = False
+    inpaint_full_res_padding: int = 32
+    inpainting_mask_invert: bool = False
+    initial_noise_multiplier: float = 1.0
+
+    def replace(self, **changes) -> "Img2ImgParams":
+        import dataclasses
+
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def options(self) -> InpaintOptions:
+        return InpaintOptions(self.mask_blur_x, self.mask_blur_y, self.inpainting_fill, self.inpaint_full_res,
+                              self.inpaint_full_res_padding, self.inpainting_mask_invert)
+
+    def check(self, batch_size: int) -> "Img2ImgParams":
+        from .hires import _number, _whole
+
+        images = self.init_images
+        if not isinstance(images, (tuple, list)) or not images:
+            raise UserError("send at least one image", field="init_images")
+        for image in list(images) + ([self.mask] if self.mask is not None else []):
+            name = "mask" if image is self.mask else "init_images"
+            if not isinstance(image, Image.Image):
+                raise UserError(f"must be an image, got {type(image).__name__}", field=name)
+            if image.width * image.height > MAX_INIT_PIXELS or min(image.size) < 1:
+                raise UserError(f"is {image.width}x{image.height}; at most {MAX_INIT_PIXELS:,} pixels are allowed",
+                                field=name)
+        if len(images) not in (1, batch_size):
+            raise UserError(f"has {len(images)} images: send one (used for the whole batch) or batch_size "
+                            f"({batch_size})", field="init_images")
+        _whole("resize_mode", self.resize_mode, 0, len(RESIZE_MODES) - 1)
+        _number("denoising_strength", self.denoising_strength, 0.0, 1.0)
+        _whole("mask_blur_x", self.mask_blur_x, 0, 64)
+        _whole("mask_blur_y", self.mask_blur_y, 0, 64)
+        _whole("inpainting_fill", self.inpainting_fill, 0, len(MASKED_CONTENT) - 1)
+        _whole("inpaint_full_res_padding", self.inpaint_full_res_padding, 0, 256)
+        for name in ("inpaint_full_res", "inpainting_mask_invert"):
+            if not isinstance(getattr(self, name), bool):
+                raise UserError(f"must be true or false, got {getattr(self, name)!r}", field=name)
+        _number("initial_noise_multiplier", self.initial_noise_multiplier, *NOISE_MULTIPLIER_RANGE)
+        return self
+
+    def infotext_fields(self) -> dict:
+        """A1111's img2img keys after `Denoising strength`, in the order its init writes them."""
+        if self.mask is None:
+            return {"Noise multiplier": self.initial_noise_multiplier if self.initial_noise_multiplier != 1 else None}
+        return {
+            "Mask mode": "Inpaint not masked" if self.inpainting_mask_invert else None,
+            "Mask blur": self.mask_blur_x if self.mask_blur_x == self.mask_blur_y and self.mask_blur_x else None,
+            "Mask blur x": self.mask_blur_x if self.mask_blur_x != self.mask_blur_y else None,
+            "Mask blur y": self.mask_blur_y if self.mask_blur_x != self.mask_blur_y else None,
+            "Inpaint area": "Only masked" if self.inpaint_full_res else None,
+            "Masked area padding": self.inpaint_full_res_padding if self.inpaint_full_res else None,
+            "Masked content": MASKED_CONTENT[self.inpainting_fill] if self.inpainting_fill != 1 else None,
+            "Noise multiplier": self.initial_noise_multiplier if self.initial_noise_multiplier != 1 else None,
+        }
+
+
+def from_infotext(fields: dict[str, str], current: Img2ImgParams) -> tuple[Img2ImgParams, list[str], list]:
+    """The img2img settings an infotext holds (its `Mask ...` keys and `Denoising strength`) on `current`."""
+    readers = {
+        "Denoising strength": ("denoising_strength", float), "Mask blur": ("mask_blur_x", int),
+        "Mask blur x": ("mask_blur_x", int), "Mask blur y": ("mask_blur_y", int),
+        "Masked area padding": ("inpaint_full_res_padding", int), "Noise multiplier": ("initial_noise_multiplier", float),
+    }
+    choices = {"Inpaint area": ("inpaint_full_res", {"Only masked": True, "Whole picture": False}),
+               "Mask mode": ("inpainting_mask_invert", {"Inpaint masked": False, "Inpaint not masked": True}),
+               "Masked content": ("inpainting_fill", {name: i for i, name in enumerate(MASKED_CONTENT)})}
+    params, applied, refused = current, [], []
+    for key, value in fields.items():
+        if key in readers:
+            name, kind = readers[key]
+            try:
+                number = kind(float(value)) if kind is int else kind(value)
+            except ValueError:
+                refused.append((f"{key}: {value}", "not a number"))
+                continue
+            params = params.replace(**{name: number}, **({"mask_blur_y": number} if key == "Mask blur" else {}))
+        elif key in choices:
+            name, table = choices[key]
+            if value not in table:
+                refused.append((f"{key}: {value}", f"must be one of {', '.join(table)}"))
+                continue
+            params = params.replace(**{name: table[value]})
+        else:
+            continue
+        applied.append(f"{key}: {value}")
+    return params, applied, refused

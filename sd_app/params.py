@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from . import samplers
 from .errors import UserError
+from .hires import HiresParams
+from .img2img import Img2ImgParams
 from .prompts import prompt_chunks, prompt_nesting
 
 # Limits: A1111's slider ranges where they exist, wide enough for API clients, small enough that a
@@ -87,6 +89,8 @@ class GenerationParams:
     refiner_checkpoint: str | None = None
     refiner_switch_at: float = 0.8
     styles: tuple[str, ...] = ()  # applied to the prompts when the image is made (styles.py), in this order
+    img2img: Img2ImgParams | None = None  # img2img / inpainting: the init image(s) and mask (img2img.py)
+    hires: HiresParams | None = None  # txt2img's hires fix second pass (hires.py); A1111's enable_hr
 
     def replace(self, **changes) -> "GenerationParams":
         return dataclasses.replace(self, **changes)
@@ -128,6 +132,12 @@ class GenerationParams:
             if value is not None and not isinstance(value, str):
                 raise UserError(f"must be a checkpoint name, got {type(value).__name__}", field=name)
         _check_styles(self.styles)
+        if self.img2img is not None:
+            if self.hires is not None:
+                raise UserError("hires fix is a txt2img option; img2img upscales with its own size", field="enable_hr")
+            self.img2img.check(self.batch_size)
+        if self.hires is not None:
+            self.hires.check(self.width, self.height, limits.max_steps, limits.max_pixels)
         return self
 
     def _check_job_size(self, limits: Limits) -> None:
