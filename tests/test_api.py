@@ -80,7 +80,7 @@ def test_override_checkpoint_refiner_and_styles(client):
     ({"width": 100}, 422, "width"),
     ({"batch_size": 1000}, 422, "batch_size"),
     ({"sampler_name": "Nope"}, 422, "sampler_name"),
-    ({"enable_hr": True}, 422, "enable_hr"),
+    ({"enable_hr": True, "hr_upscaler": "No such upscaler"}, 422, "hr_upscaler"),
     ({"restore_faces": True}, 422, "restore_faces"),
     ({"alwayson_scripts": {"controlnet": {"args": []}}}, 422, "alwayson_scripts"),
     ({"override_settings": {"sd_model_checkpoint": "missing-model"}}, 404, "checkpoint"),

@@ -32,7 +32,7 @@ from ..errors import UserError
 from ..logs import user_error
 from ..startup import RETRY_AFTER_SECONDS, Startup
 from ..studio import API_OWNER, Studio
-from . import convert
+from . import convert, img2img_routes
 from .schemas import OptionsRequest, PngInfoRequest, Txt2ImgRequest
 
 PREFIX = "/sdapi/v1"
@@ -77,6 +77,7 @@ def build_api(studio: Studio, throttle: SignInThrottle | None = None, startup: S
         return JSONResponse({"error": type(err).__name__, "detail": f"internal error: {err}"}, status_code=500)
 
     _job_routes(api, studio)
+    img2img_routes.register(api, studio)
     _model_routes(api, studio)
     _other_routes(api, studio)
     _docs_routes(api)
@@ -214,7 +215,7 @@ def _other_routes(api: FastAPI, studio: Studio) -> None:
 
     @api.get("/scripts")
     def scripts():
-        return {"txt2img": [xyz.TITLE.lower()], "img2img": []}  # A1111 lists script titles in lower case
+        return {"txt2img": [xyz.TITLE.lower()], "img2img": []}  # "sd upscale" is not there yet  # A1111 lists script titles in lower case
 
     @api.get("/memory")
     def memory():
