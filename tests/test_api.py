@@ -111,7 +111,8 @@ def test_malformed_json_and_wrong_content(client):
 
 def test_listing_endpoints(client):
     models = client.get(f"{API}/sd-models").json()
-    assert {m["model_name"] for m in models} == {"homegrown-demo-base", "homegrown-demo-refiner"}
+    assert {m["model_name"] for m in models} == {"homegrown-demo-base", "homegrown-demo-refiner",
+                                                 "homegrown-demo-inpaint"}
     base = next(m for m in models if m["model_name"] == "homegrown-demo-base")
     assert base["title"] == f"homegrown-demo-base.safetensors [{base['hash']}]" and len(base["sha256"]) == 64
     loras = client.get(f"{API}/loras").json()
