@@ -41,7 +41,7 @@ from . import ldm_format
 from .loading import CONFIGS_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
-ALL_CASES = ("overhead", "fastpath", "load", "lora-demo", "lora", "coldstart", "limits", "gpu")
+ALL_CASES = ("overhead", "fastpath", "load", "lora-demo", "lora", "coldstart", "limits", "gpu", "img2img")
 
 
 # ---- measuring ---------------------------------------------------------------------------------
@@ -738,7 +738,14 @@ def _free_port() -> int:
 
 
 CASES = {"overhead": case_overhead, "fastpath": case_fastpath, "load": case_load, "lora-demo": case_lora_demo,
-         "lora": case_lora, "coldstart": case_coldstart, "limits": case_limits, "gpu": case_gpu}
+         "lora": case_lora, "coldstart": case_coldstart, "limits": case_limits, "gpu": case_gpu,
+         "img2img": lambda report, work, runs: _img2img_case(report, work, runs)}
+
+
+def _img2img_case(report: Report, work: Path, runs: int) -> None:
+    from .bench_img2img import case_img2img  # its own module: it imports this one's helpers
+
+    case_img2img(report, work, runs)
 
 
 def main(argv: list[str] | None = None) -> int:
