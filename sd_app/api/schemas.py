@@ -90,9 +90,6 @@ class Txt2ImgRequest(_Request):
 UNSUPPORTED = {
     "restore_faces": ((None, False), "face restoration is not available in Homegrown"),
     "tiling": ((None, False), "tiling is not supported"),
-    "subseed_strength": ((0, 0.0), "variation seeds are not supported"),
-    "seed_resize_from_h": ((-1, 0), "seed resize is not supported"),
-    "seed_resize_from_w": ((-1, 0), "seed resize is not supported"),
     "script_name": ((None, ""), "the one script Homegrown has is \"x/y/z plot\""),
     "script_args": (([],), "script_args belong to a script: send script_name \"x/y/z plot\""),
     "alwayson_scripts": (({},), "extensions (alwayson_scripts) are not supported"),
