@@ -261,21 +261,10 @@ class Engine:
         strength = init.strength if init is not None and step.start == 0.0 else step.strength
         if strength < 1.0 and int(strength * steps) < 1:
             return latents  # A1111: int(strength * steps) steps run; none here (strength 0 gives the image back)
-        if init is not None and step.start == 0.0:
-            if init.inpainting:
-                variant = self.variants.get(pipe, "inpaint")
-                variant.scheduler = img2img_run.scaled_noise(scheduler, init.noise_multiplier)
-                extra = {"latents": latents} if strength >= 1.0 else {}  # txt2img on an inpainting base: the seed's noise
-                return variant(**common, image=init.latents, mask_image=init.mask, masked_image_latents=init.masked_latents,
-                               strength=strength, width=params.width, height=params.height, denoising_end=end,
-                               **extra).images
-            variant = self.variants.get(pipe, "img2img")
-            variant.scheduler = img2img_run.scaled_noise(scheduler, init.noise_multiplier)
-            return variant(**common, image=latents, strength=strength, denoising_end=end).images
-        if step.strength < 1.0:  # the hires pass: img2img from the upscaled latents
-            variant = self.variants.get(pipe, "img2img")
-            variant.scheduler = scheduler
-            return variant(**common, image=latents, strength=step.strength, denoising_end=end).images
+        if (init is not None and step.start == 0.0) or step.strength < 1.0:  # img2img, inpaint, the hires pass
+            return img2img_run.run_from(self.variants.get(pipe, "inpaint" if init and init.inpainting else "img2img"),
+                                        scheduler, common, latents, init if step.start == 0.0 else None, strength,
+                                        end, params.width, params.height)
         pipe.scheduler = scheduler
         if step.start == 0.0:  # from noise: the text-to-image pipeline, stopping where the next pass begins
             return pipe(**common, width=params.width, height=params.height, latents=latents,
@@ -336,7 +325,7 @@ class Engine:
             "Variation seed strength": params.subseed_strength or None,
             "Seed resize from": (f"{params.seed_resize_from_w}x{params.seed_resize_from_h}"
                                  if params.seed_resize_from_w > 0 and params.seed_resize_from_h > 0 else None),
-            **self._mode_fields(params),
+            **img2img_run.infotext_fields(params),
             "Refiner": refiner.title if refiner else None,
             "Refiner switch at": params.refiner_switch_at if refiner else None,
             "Lora hashes": lora_hashes,
@@ -345,16 +334,6 @@ class Engine:
             "Version": f"Homegrown {__version__}",
         }
         return infotext.build(params.prompt, params.negative_prompt, fields)
-
-    @staticmethod
-    def _mode_fields(params: GenerationParams) -> dict:
-        """`Denoising strength` and A1111's img2img / hires keys after it (none for plain txt2img)."""
-        if params.img2img is not None:
-            return {"Denoising strength": params.img2img.denoising_strength, **params.img2img.infotext_fields()}
-        if params.hires is not None:
-            return {"Denoising strength": params.hires.denoising_strength, **params.hires.infotext_fields(
-                params.prompt, params.negative_prompt, params.sampler_name, params.scheduler)}
-        return {}
 
 
 def decode_latents(vae, latents: torch.Tensor) -> list[Image.Image]:

@@ -160,6 +160,28 @@ class Variants:
         return self._made[kind]
 
 
+def run_from(pipe, scheduler, common: dict, latents, init: Init | None, strength: float, end, width: int,
+             height: int):
+    """One pass from given latents on an img2img or inpaint pipeline (`Variants`): `init` for img2img and
+    inpainting (its mask, masked-image latents and noise multiplier), None for the hires pass."""
+    pipe.scheduler = scaled_noise(scheduler, init.noise_multiplier if init is not None else 1.0)
+    if init is not None and init.inpainting:
+        extra = {"latents": latents} if strength >= 1.0 else {}  # txt2img on an inpainting base: the seed's noise
+        return pipe(**common, image=init.latents, mask_image=init.mask, masked_image_latents=init.masked_latents,
+                    strength=strength, width=width, height=height, denoising_end=end, **extra).images
+    return pipe(**common, image=latents, strength=strength, denoising_end=end).images
+
+
+def infotext_fields(params) -> dict:
+    """`Denoising strength` and A1111's img2img / hires keys after it (none for plain txt2img)."""
+    if params.img2img is not None:
+        return {"Denoising strength": params.img2img.denoising_strength, **params.img2img.infotext_fields()}
+    if params.hires is not None:
+        return {"Denoising strength": params.hires.denoising_strength, **params.hires.infotext_fields(
+            params.prompt, params.negative_prompt, params.sampler_name, params.scheduler)}
+    return {}
+
+
 def scaled_noise(scheduler, multiplier: float):
     """A1111's initial_noise_multiplier: the noise added to the init latents, scaled."""
     if multiplier == 1.0:

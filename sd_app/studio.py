@@ -152,6 +152,16 @@ class Studio:
         spec = (params.img2img or Img2ImgParams()).replace(init_images=images, mask=mask, **options)
         return self.start(params.replace(img2img=spec, hires=None), owner, save, output_format)
 
+    def start_sd_upscale(self, params: GenerationParams, script, owner: str, save: bool | None = None,
+                         output_format: str | None = None) -> Job:
+        """A1111's "SD upscale" img2img script (`sd_upscale.SdUpscale`) as one job in a thread."""
+        from . import sd_upscale
+
+        params.check(self.limits())
+        self._stack()
+        job = Job(params, owner)
+        return self._in_thread(job, lambda: sd_upscale.run(self, params, script, owner, job, save, output_format))
+
     def generate_grid(self, plan: xyz.GridPlan, owner: str = API_OWNER, job: Job | None = None,
                       save: bool | None = None, output_format: str | None = None) -> xyz.GridResult:
         """Run an X/Y/Z plot as ONE job: each cell through `generate` (so saving, progress and interrupt work as

@@ -122,7 +122,7 @@ def test_listing_endpoints(client):
     assert {"DPM++ 2M", "Euler a", "UniPC"} <= {s["name"] for s in samplers}
     assert {"automatic", "karras"} <= {s["name"] for s in client.get(f"{API}/schedulers").json()}
     assert [v["model_name"] for v in client.get(f"{API}/sd-vae").json()] == ["homegrown-demo-vae.safetensors"]
-    assert client.get(f"{API}/scripts").json() == {"txt2img": ["x/y/z plot"], "img2img": []}
+    assert client.get(f"{API}/scripts").json() == {"txt2img": ["x/y/z plot"], "img2img": ["sd upscale"]}
     assert "ram" in client.get(f"{API}/memory").json()
     assert client.get(f"{API}/cmd-flags").json()["demo"] is True
     assert any(s["name"] == "Photo" for s in client.get(f"{API}/prompt-styles").json())

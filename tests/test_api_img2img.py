@@ -113,7 +113,8 @@ def test_lora_changes_img2img_and_removing_it_restores_it(client, init_b64):
     ({"inpainting_fill": 7}, "inpainting_fill"),
     ({"resize_mode": 4}, "resize_mode"),
     ({"batch_size": 3, "init_images": None}, "init_images"),
-    ({"script_name": "sd upscale"}, "script_name"),
+    ({"script_name": "prompt matrix"}, "script_name"),
+    ({"script_name": "sd upscale", "script_args": ["", 64, "4x-Nope", 2]}, "script_args"),
 ])
 def test_bad_requests_are_refused_naming_the_field(client, init_b64, change, field):
     payload = {**SMALL, "init_images": [init_b64], **change}
@@ -130,3 +131,15 @@ def test_truncated_init_image_is_refused(client, init_b64):
     cut = base64.b64encode(base64.b64decode(init_b64)[:200]).decode()
     r = client.post(f"{API}/img2img", json={**SMALL, "init_images": [cut]})
     assert r.status_code == 422 and r.json()["field"] == "init_images"
+
+
+def test_sd_upscale_script_tiles_and_blends(client, init_b64):
+    payload = {**SMALL, "init_images": [init_b64], "denoising_strength": 0.3, "script_name": "SD upscale",
+               "script_args": ["", 16, 1, 2]}  # Lanczos x2: 128x128 in 64x64 tiles overlapping by 16
+    r = client.post(f"{API}/img2img", json=payload)
+    assert r.status_code == 200, r.text
+    assert pixels(r.json()["images"][0]).shape == (128, 128, 3)
+    text = json.loads(r.json()["info"])["infotexts"][0]
+    assert "SD upscale overlap: 16, SD upscale upscaler: Lanczos" in text
+    again = client.post(f"{API}/img2img", json=payload).json()["images"][0]
+    assert again == r.json()["images"][0]

@@ -66,7 +66,10 @@ def img2img_plan(request: Img2ImgRequest, current_vae: str, default_format: str,
                    for i, data in enumerate(request.init_images))
     mask = decode_image(request.mask, "mask") if request.mask else None
     # Hires fix is a txt2img field: img2img requests ignore it, as A1111's img2img request has none.
-    plan = convert.txt2img_plan(request.model_copy(update={"enable_hr": False}), current_vae, default_format,
+    # Hires fix is a txt2img field: img2img requests ignore it, as A1111's img2img request has none. The script
+    # "sd upscale" is read by `script`; the txt2img plan sees none.
+    update = {"enable_hr": False, **({"script_name": None, "script_args": []} if script(request) else {})}
+    plan = convert.txt2img_plan(request.model_copy(update=update), current_vae, default_format,
                                 loras=loras, styles=styles)
     blur_x, blur_y = request.mask_blur_x, request.mask_blur_y
     if request.mask_blur is not None:
@@ -83,6 +86,16 @@ def img2img_plan(request: Img2ImgRequest, current_vae: str, default_format: str,
         initial_noise_multiplier=1.0 if request.initial_noise_multiplier is None else request.initial_noise_multiplier)
     params = plan.params.replace(img2img=spec, hires=None)
     return convert.Txt2ImgPlan(params, plan.output_format, plan.save, plan.restore_checkpoint)
+
+
+def script(request: Img2ImgRequest):
+    """A1111's "SD upscale" script (`script_name: "sd upscale"`) as an SdUpscale, or None."""
+    from ..sd_upscale import TITLE, from_script_args
+
+    name = request.script_name
+    if not isinstance(name, str) or name.strip().lower() != TITLE.lower():
+        return None
+    return from_script_args(request.script_args)
 
 
 def hires_from_request(request: Txt2ImgRequest) -> HiresParams | None:

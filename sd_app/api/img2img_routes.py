@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from ..studio import API_OWNER, Studio
 from . import convert, routes
-from .img2img_convert import Img2ImgRequest, answer_parameters, img2img_plan
+from .img2img_convert import Img2ImgRequest, answer_parameters, img2img_plan, script
 
 
 def register(api: FastAPI, studio: Studio) -> None:
@@ -26,7 +26,11 @@ async def _img2img(studio: Studio, request: Img2ImgRequest, http: Request) -> di
                                    studio.settings.get("output_format"), loras=studio.loras, styles=studio.styles)
     previous = studio.current_checkpoint()
     started = time.time()
-    job = studio.start(plan.params, API_OWNER, save=plan.save, output_format=plan.output_format)
+    upscale = script(request)
+    if upscale is not None:
+        job = studio.start_sd_upscale(plan.params, upscale, API_OWNER, save=plan.save, output_format=plan.output_format)
+    else:
+        job = studio.start(plan.params, API_OWNER, save=plan.save, output_format=plan.output_format)
     try:
         await routes._until_done(job, http)
     finally:

@@ -215,7 +215,7 @@ def _other_routes(api: FastAPI, studio: Studio) -> None:
 
     @api.get("/scripts")
     def scripts():
-        return {"txt2img": [xyz.TITLE.lower()], "img2img": []}  # "sd upscale" is not there yet  # A1111 lists script titles in lower case
+        return {"txt2img": [xyz.TITLE.lower()], "img2img": ["sd upscale"]}  # A1111 lists script titles in lower case
 
     @api.get("/memory")
     def memory():
