@@ -11,11 +11,13 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from PIL import Image
 
-from . import __version__, hires, img2img_run, infotext, nonfinite, rng, samplers
+from . import __version__, hires, img2img_run, infotext, loop, nonfinite, rng, samplers
+from .denoiser import Inpainting, Stage, size_time_ids
 from .encoding import Conditioning
 from .errors import UserError
 from .jobs import GenerationResult, Job
@@ -24,23 +26,38 @@ from .nonfinite import NotFinite
 from .params import GenerationParams, Limits
 from .pipelines import LoadedModel, Pipelines, free_memory
 from .preview import latent_preview
+from .sigmas import ModelSchedule
 from .prompts import extract_lora_tags
 from .styles import StyleLibrary
 
 
 @dataclass(frozen=True)
 class Pass:
-    """One stretch of the schedule on one model: from `start` to `end`, as fractions of the steps."""
+    """One model's stretch of the run: from `start` to `end`, as A1111's completed ratio of the schedule
+    (the refiner takes over from `refiner_switch_at`)."""
 
     model: LoadedModel
     cond: Conditioning  # already repeated for the batch
     start: float
     end: float
-    strength: float = 1.0  # below 1: from the latents it is given, noised to this strength (the hires pass)
-    steps: int | None = None  # None: the request's steps
-    sampling: tuple | None = None  # (Sampler, Schedule) when not the request's
-    upscale: hires.Target | None = None  # the latents are upscaled to this size first (the hires pass)
-    progress: tuple[float, float] = (0.0, 1.0)  # the share of the image's progress bar this pass fills
+    # Conditioning that changes during sampling (prompt editing): the n-th denoiser call's conditioning,
+    # batch-sized. None: `cond` throughout.
+    cond_at: Callable[[int], Conditioning] | None = None
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where a pass starts other than from noise (img2img, inpainting): the clean latents (scaled as the UNet
+    sees them, batch-sized), the denoising strength, and for inpainting the latent mask (1: repaint, 0: keep)
+    and a 9-channel inpainting UNet's extra input (cat of mask and masked-image latents, (batch, 5, h, w))."""
+
+    init_latent: torch.Tensor
+    strength: float
+    mask: torch.Tensor | None = None
+    image_cond: torch.Tensor | None = None
+
+    def inpainting(self) -> Inpainting:
+        return Inpainting(self.init_latent, self.mask, self.image_cond)
 
 
 class Engine:
@@ -51,7 +68,6 @@ class Engine:
         self.styles = styles
         self.preview_every = preview_every  # steps between live previews; 0 turns them off
         self.limits = limits or Limits()  # what one request may ask for (Settings → Limits)
-        self.variants = img2img_run.Variants()  # the base's img2img / inpaint pipelines, on its own modules
         self.randn_source = randn_source  # where seeds' noise is drawn, unless a request says (rng.py)
 
     def use_libraries(self, loras: LoraLibrary | None) -> None:
@@ -131,6 +147,7 @@ class Engine:
         mark = time.perf_counter()
         job.note = "Encoding the prompt…"
         passes = self._plan(params, prompt, base, refiner)
+        hires_pass = self._hires_pass(params, prompt, base, passes[0].cond) if params.hires else None
         prepared = img2img_run.prepare_images(params) if params.img2img else None
         timings["encode"] = time.perf_counter() - mark
         job.note, job.sampling_steps = None, params.steps  # "Step 0/N" from here: the first step is running
@@ -149,7 +166,8 @@ class Engine:
             mark = time.perf_counter()
             self._note_compiling(job)
             latents, init = pipes.eager_if_compile_fails(
-                lambda: self._denoise(params, passes, sampler, schedule, seeds, job, prepared), result.warnings)
+                lambda: self._denoise_all(params, passes, sampler, schedule, seeds, job, prepared, hires_pass),
+                result.warnings)
             timings["denoise"] += time.perf_counter() - mark
             mark = time.perf_counter()
             job.note = "Decoding the image…" if params.batch_size == 1 else "Decoding the images…"
@@ -175,101 +193,98 @@ class Engine:
         nonfinite.check(cond.tensors(), "the prompt's conditioning", base, ("text_encoder", "text_encoder_2"),
                         largest_weight=cond.largest_weight)
         cond = cond.repeat(params.batch_size)
-        share = (0.0, 0.5) if params.hires else (0.0, 1.0)  # the hires pass fills the second half of the bar
         if refiner is None:
-            passes = [Pass(base, cond, 0.0, 1.0, progress=share)]
-        else:
-            switch = params.refiner_switch_at
-            passes = [Pass(base, cond, 0.0, switch, progress=share),
-                      Pass(refiner, cond.for_refiner(), switch, 1.0, progress=share)]
-        if params.hires:
-            passes.append(self._hires_pass(params, prompt, base, cond))
-        return passes
+            return [Pass(base, cond, 0.0, 1.0)]
+        switch = params.refiner_switch_at
+        return [Pass(base, cond, 0.0, switch), Pass(refiner, cond.for_refiner(), switch, 1.0)]
 
-    def _hires_pass(self, params: GenerationParams, prompt: str, base: LoadedModel, cond: Conditioning) -> Pass:
-        """A1111's hires fix: one more pass on the base, from the upscaled latents, at its denoising strength."""
+    def _hires_pass(self, params: GenerationParams, prompt: str, base: LoadedModel, cond: Conditioning):
+        """A1111's hires fix: the request of the second pass (size, steps, sampler), its pass (own conditioning when
+        hr_prompt differs; the LoRAs are the prompt's) and its target."""
         spec = params.hires
         if spec.checkpoint not in (None, "", params.checkpoint, base.checkpoint.name):
             raise UserError("a second checkpoint for the hires pass is not supported yet: leave it empty to use the "
                             "same checkpoint", field="hr_checkpoint_name")
         if (spec.prompt and spec.prompt != params.prompt) or (spec.negative_prompt and
                                                               spec.negative_prompt != params.negative_prompt):
-            hr_prompt = extract_lora_tags(spec.prompt)[0] if spec.prompt else prompt  # the LoRAs are the prompt's
+            hr_prompt = extract_lora_tags(spec.prompt)[0] if spec.prompt else prompt
             cond = self.pipelines.encoder.encode(hr_prompt, spec.negative_prompt or params.negative_prompt)
             cond = cond.repeat(params.batch_size)
-        sampling = samplers.resolve(spec.sampler_name or params.sampler_name, spec.scheduler or params.scheduler)
-        return Pass(base, cond, 0.0, 1.0, strength=min(spec.denoising_strength, img2img_run.MAX_STRENGTH),
-                    steps=spec.steps(params.steps), sampling=sampling, upscale=spec.target(params.width, params.height),
-                    progress=(0.5, 1.0))
+        target = spec.target(params.width, params.height)
+        hr_params = params.replace(width=target.width, height=target.height, steps=spec.steps(params.steps),
+                                   sampler_name=spec.sampler_name or params.sampler_name,
+                                   scheduler=spec.scheduler or params.scheduler, hires=None, img2img=None)
+        sampling = samplers.resolve(hr_params.sampler_name, hr_params.scheduler)
+        return hr_params, [Pass(base, cond, 0.0, 1.0)], sampling, target
 
-    def _denoise(self, params, passes: list[Pass], sampler, schedule, seeds: list[int], job: Job, prepared=None):
-        latents, generators, init = self._start_latents(params, passes[0].model, seeds, prepared)
-        first_init = init
-        for number, step in enumerate(passes):
-            if number:
-                if job.interrupted or job.skipped:
-                    break
-                self._note_compiling(job)
-            if step.upscale is not None:
-                job.note = "Upscaling for the hires pass…"
-                vae = step.model.pipe.vae
-                latents = img2img_run.upscale(latents, params.hires, step.upscale, vae, decode_latents,
-                                              self.pipelines.device, self.pipelines.dtype)
-                generators, init = [torch.Generator("cpu").manual_seed(seed) for seed in seeds], None
-            latents = self._run_pass(step, latents, generators, params, sampler, schedule, seeds, job, init)
-            if step.upscale is not None:
-                latents = hires.truncate(latents, step.upscale)
-            refining = step.model is not passes[0].model
-            nonfinite.check([latents], "the refiner's pass" if refining else "the base model's denoising", step.model,
-                            ("unet",), "refiner_checkpoint" if refining else "checkpoint", step.cond.largest_weight)
-        return latents, first_init
-
-    def _start_latents(self, params, model: LoadedModel, seeds: list[int], prepared=None):
-        """txt2img starts from noise drawn from each image's seed as A1111 draws it (rng.py: its source,
-        variation seed and seed resize); img2img and inpainting from the encoded init images (an
-        `img2img_run.Init`), as does txt2img on an inpainting base. Returns the latents, the generators the
-        samplers go on drawing from, and the Init (or None)."""
-        height, width = params.height // 8, params.width // 8
-        channels = model.pipe.vae.config.latent_channels  # an inpainting UNet takes more: the mask and image
-        first = params.seed
-        subseeds = [params.subseed + (seed - first) for seed in seeds]
-        noise = rng.ImageRNG((channels, height, width), seeds, subseeds=subseeds,
-                             subseed_strength=params.subseed_strength, seed_resize_from_h=params.seed_resize_from_h,
-                             seed_resize_from_w=params.seed_resize_from_w, source=params.randn_source).next()
-        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-        noise = noise.to(self.pipelines.device, self.pipelines.dtype)
-        device, dtype, vae = self.pipelines.device, self.pipelines.dtype, model.pipe.vae
-        unet_channels = model.pipe.unet.config.in_channels
+    def _denoise_all(self, params, passes: list[Pass], sampler, schedule, seeds: list[int], job: Job, prepared,
+                     hires_pass):
+        """The first pass (from noise, or from the init images: img2img, inpainting), then the hires pass: the
+        latents upscaled and denoised again from the hires denoising strength. Returns the latents and the Init."""
+        base = passes[0].model
+        device, dtype, vae = self.pipelines.device, self.pipelines.dtype, base.pipe.vae
+        unet_channels = base.pipe.unet.config.in_channels
+        init = None
         if prepared is not None:
             init = img2img_run.make_init(params, prepared, vae, unet_channels, seeds, device, dtype)
-            return init.latents, generators, init
-        if unet_channels == 9:
-            return noise, generators, img2img_run.txt2img_init(params, vae, seeds, device, dtype)
-        return noise, generators, None
+        elif unet_channels == 9:  # txt2img on an inpainting base: a grey image, all of it masked
+            init = img2img_run.txt2img_init(params, vae, seeds, device, dtype)
+        if init is not None and loop.img2img_steps(params.steps, init.strength) < 1:
+            latents = init.latents  # A1111: int(strength * steps) steps run; none here gives the image back
+        else:
+            start = Start(init.latents, init.strength, init.latent_mask, init.image_cond) if init else None
+            latents = self._denoise(params, passes, sampler, schedule, seeds, job, start,
+                                    init.noise_multiplier if init else 1.0)
+        if hires_pass is not None and not (job.interrupted or job.skipped):
+            hr_params, hr_passes, (hr_sampler, hr_schedule), target = hires_pass
+            job.note = "Upscaling for the hires pass…"
+            latents = img2img_run.upscale(latents, params.hires, target, vae, decode_latents, device, dtype)
+            strength = params.hires.denoising_strength
+            if loop.img2img_steps(hr_params.steps, strength) >= 1:
+                latents = self._denoise(hr_params, hr_passes, hr_sampler, hr_schedule, seeds, job,
+                                        Start(latents, strength))
+            latents = hires.truncate(latents, target)
+        return latents, init
 
-    def _run_pass(self, step: Pass, latents, generators, params, sampler, schedule, seeds, job, init=None):
-        pipe, cond = step.model.pipe, step.cond
-        sampler, schedule = step.sampling or (sampler, schedule)
-        steps = step.steps or params.steps
-        scheduler = samplers.make_scheduler(step.model.scheduler_config, sampler, schedule, seeds[0])
-        common = dict(
-            prompt_embeds=cond.embeds, pooled_prompt_embeds=cond.pooled, negative_prompt_embeds=cond.negative_embeds,
-            negative_pooled_prompt_embeds=cond.negative_pooled, num_inference_steps=steps,
-            guidance_scale=params.cfg_scale, generator=generators, output_type="latent",
-            callback_on_step_end=self._progress_callback(job, params, step.start, step.end, steps, step.progress))
-        end = step.end if step.end < 1.0 else None
-        strength = init.strength if init is not None and step.start == 0.0 else step.strength
-        if strength < 1.0 and int(strength * steps) < 1:
-            return latents  # A1111: int(strength * steps) steps run; none here (strength 0 gives the image back)
-        if (init is not None and step.start == 0.0) or step.strength < 1.0:  # img2img, inpaint, the hires pass
-            return img2img_run.run_from(self.variants.get(pipe, "inpaint" if init and init.inpainting else "img2img"),
-                                        scheduler, common, latents, init if step.start == 0.0 else None, strength,
-                                        end, params.width, params.height)
-        pipe.scheduler = scheduler
-        if step.start == 0.0:  # from noise: the text-to-image pipeline, stopping where the next pass begins
-            return pipe(**common, width=params.width, height=params.height, latents=latents,
-                        denoising_end=step.end if step.end < 1.0 else None).images
-        return pipe(**common, image=latents, denoising_start=step.start).images
+    def _denoise(self, params, passes: list[Pass], sampler, schedule, seeds: list[int], job: Job,
+                 start: Start | None = None, noise_multiplier: float = 1.0):
+        """The one denoise loop (`loop.denoise`) over the plan's passes: the base model from noise or from
+        `start`, the refiner taking over where A1111 switches. Returns the final latents in the model's dtype."""
+        base = passes[0].model
+        shape = (base.pipe.vae.config.latent_channels, params.height // 8, params.width // 8)
+        noise = self.make_rng(shape, seeds, params)
+        stages = [self._stage(step, params) for step in passes]
+        request = loop.Request(
+            sampler, schedule, params.steps, params.cfg_scale, stages, noise.next() * noise_multiplier, noise.next, seeds,
+            init=start.inpainting() if start else None,
+            strength=start.strength if start else 1.0, cfg_rescale=float(base.scheduler_config.get("cfg_rescale", 0.0)),
+            should_stop=lambda: job.interrupted or job.skipped, on_switch=lambda stage: self._note_compiling(job))
+        latents = loop.denoise(request, self._progress_callback(job, params))
+        nonfinite.check([latents], "the denoising", passes[-1].model if len(passes) > 1 else base, ("unet",),
+                        "refiner_checkpoint" if len(passes) > 1 else "checkpoint", passes[0].cond.largest_weight)
+        return latents.to(self.pipelines.dtype)
+
+    def make_rng(self, shape: tuple[int, ...], seeds: list[int], params: GenerationParams) -> rng.ImageRNG:
+        """The batch's noise as A1111 draws it (rng.py: its source, variation seed and seed resize): the starting
+        noise is its first `next()`, each later call the noise an ancestral or SDE step adds."""
+        subseeds = [params.subseed + (seed - params.seed) for seed in seeds]
+        return rng.ImageRNG(shape, seeds, subseeds=subseeds, subseed_strength=params.subseed_strength,
+                            seed_resize_from_h=params.seed_resize_from_h, seed_resize_from_w=params.seed_resize_from_w,
+                            source=params.randn_source, device=self.pipelines.device)
+
+    def _stage(self, step: Pass, params: GenerationParams) -> Stage:
+        model, cond = step.model, step.cond
+        device = self.pipelines.device
+        batch = cond.embeds.shape[0]
+        if getattr(model.pipe.config, "requires_aesthetics_score", False):  # the refiner: A1111's 6.0 and 2.5
+            ids = size_time_ids(batch, params.height, params.width, device, 6.0)
+            negative = size_time_ids(batch, params.height, params.width, device, 2.5)
+        else:
+            ids = negative = size_time_ids(batch, params.height, params.width, device)
+        return Stage(model.pipe.unet, step.cond_at or (lambda _call: cond), ids, negative,
+                     ModelSchedule.from_config(model.scheduler_config),
+                     v_prediction=model.scheduler_config.get("prediction_type") == "v_prediction",
+                     start=step.start, name=model.checkpoint.short_name)
 
     def _note_loading(self, job: Job, name: str | None, loaded: LoadedModel | None, what: str) -> None:
         """Loading a checkpoint takes seconds to minutes before any step: say so, unless it is loaded already."""
@@ -286,24 +301,20 @@ class Engine:
         if self.pipelines.compiled():
             job.note = "Fast path: compiling first if the image size or model is new here (tens of seconds)…"
 
-    def _progress_callback(self, job: Job, params: GenerationParams, start: float, end: float, steps: int | None = None,
-                           share: tuple[float, float] = (0.0, 1.0)):
+    def _progress_callback(self, job: Job, params: GenerationParams):
         every = self.preview_every
-        steps = steps or params.steps
 
-        def callback(pipe, step_index, timestep, kwargs):
+        def callback(info: dict) -> None:
             job.note = None
-            total = max(1, getattr(pipe, "num_timesteps", 0) or steps)
-            stage = start + (end - start) * (step_index + 1) / total
-            job.sampling_steps = steps
-            job.sampling_step = min(steps, round(stage * steps))
-            job.set_progress((job.job_no + share[0] + (share[1] - share[0]) * stage) / job.job_count)
-            if every and (step_index % every == 0 or step_index + 1 == total):
-                job.preview = latent_preview(kwargs["latents"][0])
+            total = max(1, info["total"])
+            done = min(total, info["i"] + 1)
+            job.sampling_steps = total
+            job.sampling_step = done
+            job.set_progress((job.job_no + done / total) / job.job_count)
+            if every and (info["i"] % every == 0 or done == total):
+                shown = info["denoised"] if info["denoised"] is not None else info["x"]
+                job.preview = latent_preview(shown[0])
                 job.preview_step = job.sampling_step
-            if job.interrupted or job.skipped:
-                pipe._interrupt = True  # diffusers skips the remaining steps and returns the latents
-            return kwargs
 
         return callback
 
@@ -321,11 +332,11 @@ class Engine:
             "Model": base.checkpoint.short_name,
             "VAE hash": vae[1] if vae else None,
             "VAE": vae[0] if vae else None,
+            **img2img_run.infotext_fields(params),
             "Variation seed": params.subseed + (seed - params.seed) if params.subseed_strength else None,
             "Variation seed strength": params.subseed_strength or None,
             "Seed resize from": (f"{params.seed_resize_from_w}x{params.seed_resize_from_h}"
                                  if params.seed_resize_from_w > 0 and params.seed_resize_from_h > 0 else None),
-            **img2img_run.infotext_fields(params),
             "Refiner": refiner.title if refiner else None,
             "Refiner switch at": params.refiner_switch_at if refiner else None,
             "Lora hashes": lora_hashes,

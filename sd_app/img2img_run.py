@@ -1,9 +1,8 @@
 """img2img, inpainting and the hires pass on the model side: the init images as latents, the latent mask, the
 upscale between passes, and the pipelines that run a pass from given latents.
 
-The engine's plan stays one list of passes; this module gives a pass its starting point (`Init`) and turns
-latents into images and back. The denoise itself is the engine's `_run_pass` (today diffusers' SDXL
-img2img / inpaint pipelines, made from the loaded pipeline's own modules: no second copy of any weight).
+The engine's plan stays one list of passes; this module gives a pass its starting point (`Init`, handed to the
+denoise loop as an `engine.Start`) and turns latents into images and back.
 """
 
 from __future__ import annotations
@@ -28,12 +27,20 @@ class Init:
     latents: torch.Tensor  # the init images encoded (B, 4, h, w), with masked content applied
     mask: torch.Tensor | None = None  # (B, 1, H, W) 0/1 at pixel size, exactly the latent mask scaled by 8
     masked_latents: torch.Tensor | None = None  # a 9-channel UNet's masked-image conditioning
+    latent_mask: torch.Tensor | None = None  # (B, 1, h, w): A1111's nmask, 1 where the image is repainted
     strength: float = MAX_STRENGTH
     noise_multiplier: float = 1.0
 
     @property
     def inpainting(self) -> bool:
         return self.mask is not None
+
+    @property
+    def image_cond(self) -> torch.Tensor | None:
+        """A 9-channel UNet's extra input: cat(mask, masked-image latents), (B, 5, h, w)."""
+        if self.masked_latents is None:
+            return None
+        return torch.cat([self.latent_mask.to(self.masked_latents), self.masked_latents], dim=1)
 
 
 def prepare_images(params) -> list[Prepared]:
@@ -89,6 +96,7 @@ def make_init(params, prepared: list[Prepared], vae, unet_channels: int, seeds: 
         init.latents = latents * (1 - small) + noise * small
     elif spec.inpainting_fill == 3:  # latent nothing: zeros
         init.latents = latents * (1 - small)
+    init.latent_mask = small
     init.mask = torch.nn.functional.interpolate(small.float(), scale_factor=8, mode="nearest").to(dtype)
     if unet_channels == 9:
         init.masked_latents = _masked_latents(vae, prepared, init.mask, device, dtype)
@@ -101,7 +109,9 @@ def txt2img_init(params, vae, seeds, device, dtype) -> Init:
     prepared = [Prepared(grey, None, None, None, [])] * len(seeds)
     latents = encode(vae, [grey], device, dtype).repeat(len(seeds), 1, 1, 1)
     mask = torch.ones((len(seeds), 1, params.height, params.width), device=device, dtype=dtype)
-    return Init(prepared, latents, mask, _masked_latents(vae, prepared, mask, device, dtype), strength=1.0)
+    init = Init(prepared, latents, None, _masked_latents(vae, prepared, mask, device, dtype), strength=1.0)
+    init.latent_mask = torch.ones((len(seeds), 1, params.height // 8, params.width // 8), device=device, dtype=dtype)
+    return init  # no `mask`: nothing to keep or paste back, the whole image is drawn
 
 
 def _masked_latents(vae, prepared: list[Prepared], mask: torch.Tensor, device, dtype) -> torch.Tensor:
@@ -132,46 +142,6 @@ def upscale(latents: torch.Tensor, spec: hires.HiresParams, target: hires.Target
     return encode(vae, images, device, dtype)
 
 
-class Variants:
-    """The img2img and inpaint pipelines of the loaded base, made from its own modules (diffusers' from_pipe):
-    LoRAs, the fast path and the VAE choice apply to them as to the base. Remade when the base changes."""
-
-    def __init__(self):
-        self._pipe = None
-        self._made: dict[str, object] = {}
-
-    def get(self, pipe, kind: str):
-        if pipe is not self._pipe:
-            self._pipe, self._made = pipe, {}
-        if kind not in self._made:
-            from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline
-
-            cls = StableDiffusionXLInpaintPipeline if kind == "inpaint" else StableDiffusionXLImg2ImgPipeline
-            from diffusers.utils import logging as diffusers_logging
-
-            level = diffusers_logging.get_verbosity()
-            diffusers_logging.set_verbosity_error()  # from_pipe's note about float32 modules: none here
-            try:
-                made = cls.from_pipe(pipe)
-            finally:
-                diffusers_logging.set_verbosity(level)
-            made.set_progress_bar_config(disable=True)
-            self._made[kind] = made
-        return self._made[kind]
-
-
-def run_from(pipe, scheduler, common: dict, latents, init: Init | None, strength: float, end, width: int,
-             height: int):
-    """One pass from given latents on an img2img or inpaint pipeline (`Variants`): `init` for img2img and
-    inpainting (its mask, masked-image latents and noise multiplier), None for the hires pass."""
-    pipe.scheduler = scaled_noise(scheduler, init.noise_multiplier if init is not None else 1.0)
-    if init is not None and init.inpainting:
-        extra = {"latents": latents} if strength >= 1.0 else {}  # txt2img on an inpainting base: the seed's noise
-        return pipe(**common, image=init.latents, mask_image=init.mask, masked_image_latents=init.masked_latents,
-                    strength=strength, width=width, height=height, denoising_end=end, **extra).images
-    return pipe(**common, image=latents, strength=strength, denoising_end=end).images
-
-
 def infotext_fields(params) -> dict:
     """`Denoising strength` and A1111's img2img / hires keys after it (none for plain txt2img)."""
     if params.img2img is not None:
@@ -180,12 +150,3 @@ def infotext_fields(params) -> dict:
         return {"Denoising strength": params.hires.denoising_strength, **params.hires.infotext_fields(
             params.prompt, params.negative_prompt, params.sampler_name, params.scheduler)}
     return {}
-
-
-def scaled_noise(scheduler, multiplier: float):
-    """A1111's initial_noise_multiplier: the noise added to the init latents, scaled."""
-    if multiplier == 1.0:
-        return scheduler
-    add_noise = scheduler.add_noise
-    scheduler.add_noise = lambda original, noise, timesteps: add_noise(original, noise * multiplier, timesteps)
-    return scheduler

@@ -148,12 +148,12 @@ def test_skip_moves_to_the_next_batch(engine, small):
     params = small.replace(steps=10, n_iter=2)
     original = engine._progress_callback
 
-    def patched(j, p, start, end):
-        inner = original(j, p, start, end)
+    def patched(j, p):
+        inner = original(j, p)
 
-        def callback(pipe, i, t, kwargs):
+        def callback(info):
             skip_first_batch()
-            return inner(pipe, i, t, kwargs)
+            return inner(info)
         return callback
 
     with pytest.MonkeyPatch.context() as mp:
@@ -170,11 +170,11 @@ def test_progress_and_previews(ckpt_dir, tmp_path, small):
     snapshots = []
     original = engine._progress_callback
 
-    def patched(j, p, start, end):
-        inner = original(j, p, start, end)
+    def patched(j, p):
+        inner = original(j, p)
 
-        def callback(pipe, i, t, kwargs):
-            out = inner(pipe, i, t, kwargs)
+        def callback(info):
+            out = inner(info)
             snapshots.append((j.sampling_step, j.sampling_steps, j.progress, j.preview))
             return out
         return callback

@@ -111,7 +111,8 @@ def test_paste_says_what_was_applied_and_what_not_and_why(demo_root):
 
 
 def test_paste_finds_models_by_hash_and_refuses_bad_values():
-    text = ("a fox\nSteps: 500, Sampler: Restart, CFG scale: 7, Seed: 1, Size: 1000x1001, Model hash: abcdef0123, "
+    text = ("a fox\nSteps: 500, Sampler: Ancestral Warp, CFG scale: 7, Seed: 1, Size: 1000x1001, "
+            "Model hash: abcdef0123, "
             "Model: renamed_base, Refiner: my_refiner [7440042bbd], Refiner switch at: 0.7")
     base = GenerationParams(steps=25, sampler_name="Euler a", checkpoint="b")
     pasted = infotext.read_params(text, base, checkpoints=[_model("b"), _model("sub/base", "abcdef0123")],
@@ -122,7 +123,7 @@ def test_paste_finds_models_by_hash_and_refuses_bad_values():
     why = dict(pasted.not_applied)
     assert (p.steps, p.sampler_name, p.width, p.height) == (25, "Euler a", 1024, 1024)
     assert why["Steps: 500"] == "must be between 1 and 150, got 500"
-    assert "unknown sampler 'Restart'" in why["Sampler: Restart"] and "multiple of 8" in why["Size: 1000x1001"]
+    assert "unknown sampler 'Ancestral Warp'" in why["Sampler: Ancestral Warp"] and "multiple of 8" in why["Size: 1000x1001"]
     schedule = infotext.read_params("x\nSteps: 20, Sampler: Euler, Schedule type: Bogus, Seed: 1, Size: 64x64")
     assert schedule.params.sampler_name == "Euler" and "Sampler: Euler" in schedule.applied
     assert "unknown schedule type 'Bogus'" in dict(schedule.not_applied)["Schedule type: Bogus"]
