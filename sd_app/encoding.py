@@ -8,6 +8,7 @@ weighted fragments, since compel's own parser reads `(red:1.3)` as literal text.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,7 @@ from compel import Compel, ReturnedEmbeddingsType
 from compel.prompt_parser import Blend, Conjunction, FlattenedPrompt, Fragment
 
 from . import prompts
+from .errors import UserError
 from .prompts import SYNTAXES
 
 
@@ -53,6 +55,27 @@ class PromptEncoder:
         self.compel_2 = Compel(tokenizer=pipe.tokenizer_2, text_encoder=pipe.text_encoder_2,
                                returned_embeddings_type=kind, truncate_long_prompts=False, requires_pooled=True)
         self.te2_width = pipe.text_encoder_2.config.hidden_size
+        self._clip_l_layers: dict[int, Compel] = {}  # clip skip -> a CLIP-L compel that returns that layer
+
+    def _clip_l(self, layer: int | None) -> Compel:
+        """CLIP-L's compel for A1111's SDXL clip skip (`hidden_states[-layer]`); None, or 2, is SDXL's own
+        penultimate layer."""
+        if layer in (None, 2):
+            return self.compel_1
+        if layer not in self._clip_l_layers:
+            encoder = self.compel_1.conditioning_provider.text_encoder
+            most = encoder.config.num_hidden_layers
+            if not isinstance(layer, int) or not 1 <= layer <= most:
+                raise UserError(f"must be between 1 and {most} with Clip skip SDXL (this checkpoint's CLIP-L text "
+                                f"encoder has {most} layers), got {layer!r}", field="clip_skip")
+            compel = Compel(tokenizer=self.compel_1.conditioning_provider.tokenizer, text_encoder=encoder,
+                            returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
+                            truncate_long_prompts=False)
+            provider = compel.conditioning_provider
+            # compel picks the penultimate layer in this one method: the provider's own, for this layer
+            provider._encode_token_ids_to_embeddings = functools.partial(_hidden_state, provider.text_encoder, layer)
+            self._clip_l_layers[layer] = compel
+        return self._clip_l_layers[layer]
 
     def _parse(self, text: str, weights: "_Weights") -> list[tuple[Conjunction, str]]:
         """compel's structure for each BREAK part of the text, with its plain words (for the pooled embedding),
@@ -73,12 +96,14 @@ class PromptEncoder:
         return parts[:-1] if len(parts) > 1 and not parts[-1][1] else parts
 
     @torch.no_grad()
-    def _encode_one(self, text: str, weights: "_Weights | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode_one(self, text: str, weights: "_Weights | None" = None,
+                    clip_l_layer: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Each BREAK part in chunks of its own, side by side; the pooled embedding is the first part's,
         as A1111 takes it from the first chunk."""
         embeds, pooled = [], None
+        clip_l = self._clip_l(clip_l_layer)
         for conjunction, plain in self._parse(text, weights or _Weights("prompt")):
-            left, _, _ = self.compel_1.build_conditioning_tensor_for_conjunction(conjunction, return_tokenization=True)
+            left, _, _ = clip_l.build_conditioning_tensor_for_conjunction(conjunction, return_tokenization=True)
             right, _, _ = self.compel_2.build_conditioning_tensor_for_conjunction(conjunction,
                                                                                   return_tokenization=True)
             embeds.append(torch.cat([left, right], dim=-1))
@@ -87,13 +112,15 @@ class PromptEncoder:
         return torch.cat(embeds, dim=1), pooled
 
     @torch.no_grad()
-    def encode(self, prompt: str, negative_prompt: str) -> Conditioning:
+    def encode(self, prompt: str, negative_prompt: str, clip_l_layer: int | None = None) -> Conditioning:
+        """`clip_l_layer`: A1111's clip skip on SDXL with its "Clip skip SDXL" option (CLIP-L's
+        hidden_states[-clip_l_layer]); None: SDXL's penultimate layer (A1111's default, whatever Clip skip says)."""
         weights = _Weights("prompt"), _Weights("negative_prompt")
-        embeds, pooled = self._encode_one(prompt, weights[0])
-        negative, negative_pooled = self._encode_one(negative_prompt, weights[1])
+        embeds, pooled = self._encode_one(prompt, weights[0], clip_l_layer)
+        negative, negative_pooled = self._encode_one(negative_prompt, weights[1], clip_l_layer)
         # Long prompts are chunked by 77 tokens; the shorter side is padded with empty chunks.
         if embeds.shape[1] != negative.shape[1]:
-            empty, _ = self._encode_one("")
+            empty, _ = self._encode_one("", clip_l_layer=clip_l_layer)
             target = max(embeds.shape[1], negative.shape[1])
             embeds, negative = _pad(embeds, empty, target), _pad(negative, empty, target)
         return Conditioning(embeds, pooled, negative, negative_pooled, self.te2_width,
@@ -102,6 +129,13 @@ class PromptEncoder:
 
     def count_tokens(self, text: str) -> int:
         return count_tokens(self.compel_1.conditioning_provider.tokenizer, text, self.syntax)
+
+
+def _hidden_state(text_encoder, layer: int, token_ids: torch.Tensor,
+                  attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """CLIP-L's output `layer` layers from the end, without the final norm (A1111's sdxl_clip_l_skip)."""
+    output = text_encoder(token_ids, attention_mask, output_hidden_states=True, return_dict=True)
+    return output.hidden_states[-layer]
 
 
 def count_tokens(tokenizer, text: str, syntax: str = "a1111") -> int:

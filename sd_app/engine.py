@@ -189,7 +189,8 @@ class Engine:
     def _plan(self, params: GenerationParams, prompt: str, base: LoadedModel,
               refiner: LoadedModel | None) -> list[Pass]:
         """The passes this request runs, with their conditioning (the prompt is encoded once)."""
-        cond = self.pipelines.encoder.encode(prompt, params.negative_prompt)
+        cond = self.pipelines.encoder.encode(prompt, params.negative_prompt,
+                                             clip_l_layer=params.clip_skip if params.sdxl_clip_l_skip else None)
         nonfinite.check(cond.tensors(), "the prompt's conditioning", base, ("text_encoder", "text_encoder_2"),
                         largest_weight=cond.largest_weight)
         cond = cond.repeat(params.batch_size)
@@ -337,6 +338,8 @@ class Engine:
             "Variation seed strength": params.subseed_strength or None,
             "Seed resize from": (f"{params.seed_resize_from_w}x{params.seed_resize_from_h}"
                                  if params.seed_resize_from_w > 0 and params.seed_resize_from_h > 0 else None),
+            "Clip skip": params.clip_skip if params.clip_skip != 1 else None,  # written when not 1, as A1111
+            "Clip skip SDXL": True if params.sdxl_clip_l_skip else None,
             "Refiner": refiner.title if refiner else None,
             "Refiner switch at": params.refiner_switch_at if refiner else None,
             "Lora hashes": lora_hashes,

@@ -4,9 +4,11 @@ Format, as A1111 writes it, so civitai, A1111's PNG Info and other readers under
 
     a photo of a cat
     Negative prompt: blurry
-    Steps: 30, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1234, Size: 1024x1024, ...
+    Steps: 30, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.0, Seed: 1234, Size: 1024x1024, ...
 
-A value is JSON-quoted only when it holds ",", ":" or a newline.
+A value is JSON-quoted only when it holds ",", ":" or a newline. Keys come in A1111's order (`KEY_ORDER`,
+from its processing.create_infotext: its own fields, then the extensions' fields as they are added while the
+image is made, then `Version`), whatever order the caller's dict has.
 """
 
 from __future__ import annotations
@@ -47,15 +49,35 @@ def unquote(text: str) -> str:
         return text
 
 
+# A1111's create_infotext: its fields in this order, then `extra_generation_params` in the order they are set
+# (LoRA hashes when the networks activate, the refiner's when sampling switches to it), then Version and User.
+KEY_ORDER = (
+    "Steps", "Sampler", "Schedule type", "CFG scale", "Image CFG scale", "Seed", "Face restoration", "Size",
+    "Model hash", "Model", "FP8 weight", "Cache FP16 weight for LoRA", "VAE hash", "VAE", "Variation seed",
+    "Variation seed strength", "Seed resize from", "Denoising strength", "Conditional mask weight", "Clip skip",
+    "Clip skip SDXL",  # Homegrown's: A1111 applies its global option without writing it, so its images lack it
+    "ENSD", "Init image hash", "RNG", "Tiling", "Lora hashes", "TI hashes", "Styles", "Refiner", "Refiner switch at",
+)
+LAST_KEYS = ("Version", "User")
+FLOAT_KEYS = ("CFG scale", "Refiner switch at", "Denoising strength", "Variation seed strength")
+
+
 def format_value(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))  # "CFG scale: 7", as in A1111's own examples
-    return str(value)
+    return str(value)  # as A1111: floats keep their decimal ("CFG scale: 7.0"), numbers are never rounded
+
+
+def ordered(fields: dict[str, Any]) -> dict[str, Any]:
+    """The fields in A1111's order (KEY_ORDER, then other keys as given, then LAST_KEYS); floats as floats."""
+    rank = {key: number for number, key in enumerate(KEY_ORDER)}
+    last = {key: len(KEY_ORDER) + 1 + number for number, key in enumerate(LAST_KEYS)}
+    keys = sorted(fields, key=lambda key: rank.get(key, last.get(key, len(KEY_ORDER))))
+    return {key: float(fields[key]) if key in FLOAT_KEYS and isinstance(fields[key], int)
+            and not isinstance(fields[key], bool) else fields[key] for key in keys}
 
 
 def build(prompt: str, negative_prompt: str, fields: dict[str, Any]) -> str:
     """The infotext; fields in A1111's order, None values left out."""
-    params = ", ".join(f"{k}: {quote(v)}" for k, v in fields.items() if v is not None)
+    params = ", ".join(f"{k}: {quote(v)}" for k, v in ordered(fields).items() if v is not None)
     negative = f"\nNegative prompt: {negative_prompt}" if negative_prompt else ""
     return f"{prompt}{negative}\n{params}".strip()
 
@@ -79,6 +101,81 @@ def parse(text: str) -> tuple[str, str, dict[str, str]]:
     return "\n".join(prompt_lines), "\n".join(negative_lines), fields
 
 
+# What A1111's parse_generation_parameters adds when the text lacks a key: the value A1111 then assumes.
+A1111_ASSUMED = (
+    ("Clip skip", "1"), ("Hires resize-1", 0), ("Hires resize-2", 0), ("Hires sampler", "Use same sampler"),
+    ("Hires schedule type", "Use same scheduler"), ("Hires checkpoint", "Use same checkpoint"), ("Hires prompt", ""),
+    ("Hires negative prompt", ""), ("Mask mode", "Inpaint masked"), ("Masked content", "original"),
+    ("Inpaint area", "Whole picture"), ("Masked area padding", 32), ("RNG", "GPU"), ("Schedule type", "Automatic"),
+    ("Schedule max sigma", 0), ("Schedule min sigma", 0), ("Schedule rho", 0), ("VAE Encoder", "Full"),
+    ("VAE Decoder", "Full"), ("FP8 weight", "Disable"),
+)
+_A1111_VERSION = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)")
+
+
+def a1111_parameters(text: str, styles=None) -> dict[str, Any]:
+    """The infotext as A1111's parse_generation_parameters returns it (its API's png-info `parameters`): values as
+    text, `WxH` values split into `Key-1`/`Key-2`, the styles found in the prompts taken out (`Styles array`, as its
+    default "Apply if any"), Prompt and Negative prompt after the fields, then the defaults A1111 assumes for what
+    the text lacks, and its back-compatibility flags for older A1111 versions."""
+    prompt, negative, fields = parse(text)
+    res: dict[str, Any] = {}
+    for key, value in fields.items():
+        size = _SIZE.match(value)
+        if size is not None:
+            res[f"{key}-1"], res[f"{key}-2"] = size.group(1), size.group(2)
+        else:
+            res[key] = value
+    found = []
+    if styles is not None:
+        prompt, negative, found = _find_styles(prompt, negative, styles)
+    if found:
+        res["Styles array"] = found
+    res["Prompt"], res["Negative prompt"] = prompt, negative
+    for key, value in A1111_ASSUMED:
+        res.setdefault(key, value)
+    if "Cache FP16 weight for LoRA" not in res and res["FP8 weight"] != "Disable":
+        res["Cache FP16 weight for LoRA"] = False
+    if "Emphasis" not in res and re.search(r"[(\[]", prompt + negative):  # A1111: when a weight is not 1
+        res["Emphasis"] = "Original"
+    res.setdefault("Refiner switch by sampling steps", False)
+    _backcompat(res)
+    return res
+
+
+def _find_styles(prompt: str, negative: str, styles) -> tuple[str, str, list[str]]:
+    """A1111's extract_styles_from_prompt: take out every style whose text the prompts hold, until none is left."""
+    known, _ = styles.load()
+    found: list[str] = []
+    while True:
+        for name, style in known.items():
+            if name in found:
+                continue
+            inner = style.take_out(prompt, negative)
+            if inner is not None and (style.prompt or style.negative_prompt):
+                prompt, negative = inner
+                found.append(name)
+                break
+        else:
+            return prompt, negative, list(reversed(found))
+
+
+def _backcompat(res: dict[str, Any]) -> None:
+    """A1111's infotext_versions.backcompat: an image made by an older A1111 was made with the old behaviour."""
+    version = _A1111_VERSION.match(str(res.get("Version", "")))
+    if version is None:
+        return
+    number = tuple(int(part) for part in version.groups())
+    if number < (1, 6, 0) and "[" in res.get("Prompt", ""):
+        res["Old prompt editing timelines"] = True
+    if number < (1, 6, 0) and res.get("Sampler", "") in ("DDIM", "PLMS"):
+        res["Pad conds v0"] = True
+    if number <= (1, 7, 0):  # A1111: before v1.7.0-225
+        res["Downcast alphas_cumprod"] = True
+    if number < (1, 8, 0) and res.get("Refiner"):
+        res["Refiner switch by sampling steps"] = True
+
+
 @dataclass
 class Pasted:
     """A request read from an infotext, and what of the text it holds and what not (with why)."""
@@ -91,8 +188,6 @@ class Pasted:
 
 # Fields Homegrown reads but cannot use, and why (a paste says so instead of dropping them without a word).
 NOT_SUPPORTED = {
-    "Clip skip": "SDXL always uses the penultimate CLIP layer, here as in A1111 (where Clip skip does not change "
-                 "SDXL images)",
     "VAE": "the VAE is a setting here (Settings → VAE)",
     "Denoising strength": "it belongs to img2img (paste there) or to a hires fix",
     "Face restoration": "face restoration is not supported",
@@ -131,6 +226,7 @@ def read_params(text: str, base: GenerationParams | None = None, loras=None, sty
     pasted.applied += ["Prompt"] + (["Negative prompt"] if negative else [])
     _read_styles(pasted, fields, styles)
     _read_numbers(pasted, fields)
+    _read_clip_skip(pasted, fields)
     _read_noise(pasted, fields)
     _read_sampler(pasted, fields)
     _read_models(pasted, fields, checkpoints, refiners)
@@ -156,7 +252,7 @@ def _try(pasted: Pasted, label: str, **changes) -> bool:
 
 def _read_numbers(pasted: Pasted, fields: dict[str, str]) -> None:
     for key, attr, kind in (("Steps", "steps", int), ("CFG scale", "cfg_scale", float), ("Seed", "seed", int),
-                            ("Refiner switch at", "refiner_switch_at", float)):
+                            ("Refiner switch at", "refiner_switch_at", float), ("Clip skip", "clip_skip", int)):
         if key not in fields:
             continue
         try:
@@ -200,6 +296,20 @@ def _read_noise(pasted: Pasted, fields: dict[str, str]) -> None:
         else:
             _try(pasted, f"Seed resize from: {fields['Seed resize from']}", seed_resize_from_w=int(size.group(1)),
                  seed_resize_from_h=int(size.group(2)))
+
+
+def _read_clip_skip(pasted: Pasted, fields: dict[str, str]) -> None:
+    """A text without "Clip skip" was made with 1 (A1111's parser says so too); without "Clip skip SDXL" with
+    A1111's default, off."""
+    if "Clip skip" not in fields:
+        pasted.params = pasted.params.replace(clip_skip=1)
+    value = fields.get("Clip skip SDXL", "False")
+    if value not in ("True", "False"):
+        pasted.not_applied.append((f"Clip skip SDXL: {value}", "must be True or False"))
+        return
+    pasted.params = pasted.params.replace(sdxl_clip_l_skip=value == "True")
+    if "Clip skip SDXL" in fields:
+        pasted.applied.append(f"Clip skip SDXL: {value}")
 
 
 def _read_sampler(pasted: Pasted, fields: dict[str, str]) -> None:
@@ -311,7 +421,7 @@ MODE_KEYS = {"Denoising strength", "Mask blur", "Mask blur x", "Mask blur y", "I
 
 def _not_supported(pasted: Pasted, fields: dict[str, str]) -> None:
     used = {"Steps", "CFG scale", "Seed", "Refiner switch at", "Size", "Sampler", "Schedule type", "Model",
-            "Refiner", *NOISE_KEYS} | INFORMATIONAL
+            "Refiner", "Clip skip", "Clip skip SDXL", *NOISE_KEYS} | INFORMATIONAL
     if any(key.startswith("Hires ") for key in fields):
         used |= {key for key in fields if key.startswith("Hires ")} | {"Denoising strength"}
     elif pasted.params.img2img is not None:

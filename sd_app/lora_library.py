@@ -10,6 +10,7 @@ import base64
 import difflib
 import json
 import math
+import re
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -213,13 +214,22 @@ class LoraLibrary:
         raise UserError(f"no LoRA named {name!r}; {hint}", field="prompt", status=404)
 
     def short_hash(self, info: LoraInfo) -> str:
-        """What A1111 writes in "Lora hashes": 12 hex digits of the file's sha256."""
-        return self.hashes.sha256(info.path)[:12]
+        """What A1111 writes in "Lora hashes": the file's `sshs_model_hash` metadata when it has one, else its
+        "addnet" hash (the sha256 of the tensor data after the header), 12 hex digits."""
+        stored = str(info.metadata.get("sshs_model_hash") or "").strip().lower()
+        if re.fullmatch(r"[0-9a-f]{12,64}", stored):
+            return stored[:12]
+        return self.hashes.addnet(info.path)[:12]
 
     def find_by_hash(self, short_hash: str) -> LoraInfo | None:
-        for info in self.list():
-            if info.problem is None and self.short_hash(info).startswith(short_hash.lower()):
-                return info
+        """The LoRA an infotext's "Lora hashes" entry means: by A1111's hash; else by the whole file's sha256,
+        which Homegrown wrote before it used A1111's."""
+        wanted = short_hash.lower()
+        usable = [info for info in self.list() if info.problem is None]
+        for hash_of in (self.short_hash, lambda info: self.hashes.sha256(info.path)):
+            for info in usable:
+                if hash_of(info).startswith(wanted):
+                    return info
         return None
 
     def cover(self, info: LoraInfo) -> bytes | None:

@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import reprlib
 import struct
 import threading
@@ -243,31 +244,48 @@ class HashCache:
             self._data = data if isinstance(data, dict) else {}  # a damaged cache only costs a rehash
 
     def sha256(self, file: str | Path) -> str:
+        """The sha256 of the whole file (A1111's checkpoint hash)."""
+        return self._hash(file, "sha256", 0)
+
+    def addnet(self, file: str | Path) -> str:
+        """A1111's "addnet" hash of a .safetensors file (its LoRA hash): the sha256 of the bytes after the header
+        (the 8-byte header length and the JSON header), so editing the metadata keeps the hash."""
+        def data_start(f) -> int:
+            head = f.read(8)
+            return 8 + int.from_bytes(head, "little") if len(head) == 8 else len(head)
+        return self._hash(file, "addnet", data_start)
+
+    def _hash(self, file: str | Path, kind: str, start) -> str:
         file = Path(file).resolve()
-        known = self.cached(file)
+        known = self.cached(file, kind)
         if known:
             return known
         stat = file.stat()
         key = str(file)
         digest = hashlib.sha256()
         with open(file, "rb") as f:
+            f.seek(start if isinstance(start, int) else start(f))
             for block in iter(lambda: f.read(16 * 1024 * 1024), b""):
                 digest.update(block)
         value = digest.hexdigest()
         with self._lock:
-            self._data[key] = {"size": stat.st_size, "mtime": stat.st_mtime, "sha256": value}
+            entry = self._data.get(key)
+            if not (isinstance(entry, dict) and entry.get("size") == stat.st_size
+                    and entry.get("mtime") == stat.st_mtime):
+                entry = {"size": stat.st_size, "mtime": stat.st_mtime}  # the file changed: its other hash too
+            self._data[key] = {**entry, kind: value}
             self._save()
         return value
 
-    def cached(self, file: str | Path) -> str | None:
-        """The sha256 if it is already known for this exact file; never reads the file."""
+    def cached(self, file: str | Path, kind: str = "sha256") -> str | None:
+        """The hash (`sha256` or `addnet`) if it is already known for this exact file; never reads the file."""
         file = Path(file).resolve()
         stat = file.stat()
         with self._lock:
             entry = self._data.get(str(file))
         if isinstance(entry, dict) and entry.get("size") == stat.st_size and entry.get("mtime") == stat.st_mtime \
-                and isinstance(entry.get("sha256"), str):
-            return entry["sha256"]
+                and isinstance(entry.get(kind), str):
+            return entry[kind]
         return None
 
     def _save(self) -> None:
@@ -336,7 +354,8 @@ class CheckpointLibrary:
         return path.relative_to(self.folder).as_posix()
 
     def get(self, name: str) -> Checkpoint:
-        """Find a checkpoint by name, file name, A1111 title ("name.safetensors [hash]") or short name."""
+        """Find a checkpoint by name, file name, A1111 title ("name.safetensors [hash]"), short name, or A1111's
+        10-hex short hash or the full sha256 (hashing the files not hashed yet)."""
         if not isinstance(name, str) or not name.strip():
             raise UserError("no checkpoint named", field="checkpoint")
         wanted = name.strip()
@@ -347,10 +366,15 @@ class CheckpointLibrary:
             raise UserError(pickle_message(Path(wanted)), field="checkpoint", status=415)
         checkpoints = self.list()
         for match in (lambda c: c.name == wanted, lambda c: c.short_name == wanted,
+                      lambda c: c.name.replace("/", "_") == wanted,  # A1111's model_name of a subfolder's file
                       lambda c: c.name.lower() == wanted.lower()):
             hits = [c for c in checkpoints if match(c)]
             if hits:
                 return hits[0]
+        if re.fullmatch(r"[0-9a-fA-F]{10}|[0-9a-fA-F]{64}", wanted):  # A1111's short hash, or the full sha256
+            for checkpoint in checkpoints:
+                if not checkpoint.is_folder and self.hashes.sha256(checkpoint.path).startswith(wanted.lower()):
+                    return checkpoint
         for suffix in PICKLE_SUFFIXES:
             if (self.folder / (wanted + suffix)).is_file():
                 raise UserError(pickle_message(self.folder / (wanted + suffix)), field="checkpoint", status=415)

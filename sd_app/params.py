@@ -31,6 +31,7 @@ LIMITS = {
     "subseed_strength": (0.0, 1.0),
     "seed_resize_from_w": (-1, 4096),  # 0 or -1: off (A1111 sends -1)
     "seed_resize_from_h": (-1, 4096),
+    "clip_skip": (1, 12),  # A1111's CLIP_stop_at_last_layers slider; the encoder's layer count may allow fewer
 }
 MAX_PIXELS_PER_BATCH = 4 * 2048 * 2048  # width * height * batch_size
 SIZE_MULTIPLE = 8  # the VAE downscales by 8
@@ -101,6 +102,10 @@ class GenerationParams:
     seed_resize_from_w: int = 0
     seed_resize_from_h: int = 0
     randn_source: str | None = None  # None: the setting's ("Random number generator source")
+    # A1111's "Clip skip" (CLIP_stop_at_last_layers). On SDXL A1111 applies it only with its "Clip skip SDXL"
+    # option (sdxl_clip_l_skip), and then to CLIP-L alone (hidden_states[-clip_skip]); encoding.py does the same.
+    clip_skip: int = 1
+    sdxl_clip_l_skip: bool = False
 
     def replace(self, **changes) -> "GenerationParams":
         return dataclasses.replace(self, **changes)
@@ -117,7 +122,7 @@ class GenerationParams:
             if (problem := text_problem(value)) is not None:
                 raise UserError(problem, field=name)
         for name in ("steps", "width", "height", "batch_size", "n_iter", "seed", "subseed", "seed_resize_from_w",
-                     "seed_resize_from_h"):
+                     "seed_resize_from_h", "clip_skip"):
             _check_int(name, getattr(self, name))
         for name in ("cfg_scale", "refiner_switch_at", "subseed_strength"):
             _check_number(name, getattr(self, name))
@@ -145,6 +150,8 @@ class GenerationParams:
             if value is not None and not isinstance(value, str):
                 raise UserError(f"must be a checkpoint name, got {type(value).__name__}", field=name)
         _check_styles(self.styles)
+        if not isinstance(self.sdxl_clip_l_skip, bool):
+            raise UserError(f"must be true or false, got {self.sdxl_clip_l_skip!r}", field="sdxl_clip_l_skip")
         if self.img2img is not None:
             if self.hires is not None:
                 raise UserError("hires fix is a txt2img option; img2img upscales with its own size", field="enable_hr")

@@ -24,6 +24,7 @@ from .auth import Credentials
 from .errors import UserError
 from .history import History
 from .jobs import GenerationResult, Job, JobBoard
+from .kept_options import KeptOptions
 from .lora_library import LoraLibrary
 from .models import AUTOMATIC_VAE, CheckpointLibrary, HashCache, VaeLibrary
 from .outputs import OutputOptions, OutputWriter
@@ -54,12 +55,22 @@ class ModelInfo:
     problem: str | None = None  # why the file cannot be used (a damaged header), or None
 
 
+@dataclass(frozen=True)
+class EmbeddingList:
+    """The textual-inversion embeddings as A1111's API lists them: name -> details, for the usable ones and the
+    skipped ones. Empty until Homegrown has an embeddings library."""
+
+    loaded: dict = dataclasses.field(default_factory=dict)
+    skipped: dict = dataclasses.field(default_factory=dict)
+
+
 class Studio:
     def __init__(self, settings: SettingsStore, pipelines: Pipelines | None, engine: Engine | None,
                  outputs: OutputWriter, loras: LoraLibrary, presets: PresetLibrary,
                  credentials: Credentials | None = None, offline: bool = False, demo: bool = False,
                  start_preset: str | None = None, styles: StyleLibrary | None = None,
-                 checkpoint_library: CheckpointLibrary | None = None, vae_library: VaeLibrary | None = None):
+                 checkpoint_library: CheckpointLibrary | None = None, vae_library: VaeLibrary | None = None,
+                 kept_options: KeptOptions | None = None):
         self.settings = settings
         self.pipelines = pipelines  # None until `attach_stack`
         self.engine = engine
@@ -77,6 +88,7 @@ class Studio:
         self.demo = demo
         self.start_preset = start_preset
         self.jobs = JobBoard()  # every job in flight, from the page and the API alike
+        self.kept_options = kept_options or KeptOptions()  # other programs' options clients store (A1111's)
         self._tokenizer = None
         self._history: History | None = None
         self._lock = threading.Lock()
@@ -91,7 +103,9 @@ class Studio:
                      LoraLibrary(settings.folder("lora"), hashes), presets, credentials, offline, demo,
                      styles=styles or StyleLibrary(),
                      checkpoint_library=CheckpointLibrary(settings.folder("ckpt"), hashes),
-                     vae_library=VaeLibrary(settings.folder("vae"), hashes))
+                     vae_library=VaeLibrary(settings.folder("vae"), hashes),
+                     # beside the settings file: --demo's stay in its own folder, as its settings do
+                     kept_options=KeptOptions(settings.path.with_name("a1111-options.json") if settings.path else None))
         if stack:
             studio.attach_stack()
         return studio
@@ -284,8 +298,12 @@ class Studio:
         if loaded is None:
             return None
         checkpoint = loaded.checkpoint
+        try:  # known once the short hash is (the same sha256); never hashes here
+            sha = None if checkpoint.is_folder else self.checkpoint_library.hashes.cached(checkpoint.path)
+        except OSError:
+            sha = None
         return ModelInfo(checkpoint.name, checkpoint.title(loaded.short_hash), checkpoint.short_name,
-                         loaded.short_hash or None, None, str(checkpoint.path.resolve()))
+                         loaded.short_hash or None, sha, str(checkpoint.path.resolve()))
 
     def current_checkpoint(self) -> str | None:
         loaded = self.loaded_model()
@@ -339,6 +357,16 @@ class Studio:
                               randn_source=self.settings.get("randn_source"))
         self.outputs.configure(output_options(self.settings))
         return message
+
+    def embeddings(self) -> EmbeddingList:
+        """The embeddings a prompt can name (none yet: Homegrown has no embeddings library)."""
+        return EmbeddingList()
+
+    def memory(self) -> dict:
+        """RAM and GPU memory, in A1111's shape (`{"ram": ..., "cuda": ...}`)."""
+        from .memory_report import memory_report
+
+        return memory_report()
 
     # ---- prompts ------------------------------------------------------------------------------
 

@@ -84,7 +84,7 @@ def test_override_checkpoint_refiner_and_styles(client):
     ({"restore_faces": True}, 422, "restore_faces"),
     ({"alwayson_scripts": {"controlnet": {"args": []}}}, 422, "alwayson_scripts"),
     ({"override_settings": {"sd_model_checkpoint": "missing-model"}}, 404, "checkpoint"),
-    ({"override_settings": {"unknown_option": 1}}, 422, "override_settings"),
+    ({"override_settings": {"CLIP_stop_at_last_layers": 0}}, 422, "CLIP_stop_at_last_layers"),
     ({"prompt": "x <lora:no-such-lora:1>"}, 404, "prompt"),
     ({"prompt": "x <lora:../../etc/passwd:1>"}, 404, "prompt"),
     ({"styles": ["No such style"]}, 404, "styles"),
@@ -140,7 +140,7 @@ def test_options(client):
     assert client.post(f"{API}/options", json={"samples_format": "png"}).status_code == 200
     r = client.post(f"{API}/options", json={"sd_model_checkpoint": "nope"})
     assert r.status_code == 404 and "homegrown-demo-base" in r.json()["detail"]
-    assert client.post(f"{API}/options", json={"show_progressbar": True}).status_code == 422
+    assert client.post(f"{API}/options", json={"CLIP_stop_at_last_layers": 13}).status_code == 422
 
 
 def test_vae_option(client):
@@ -148,7 +148,7 @@ def test_vae_option(client):
     plain = client.post(f"{API}/txt2img", json=payload).json()
     assert client.post(f"{API}/options", json={"sd_vae": "homegrown-demo-vae.safetensors"}).status_code == 200
     try:
-        assert client.get(f"{API}/options").json()["sd_vae"] == "homegrown-demo-vae"
+        assert client.get(f"{API}/options").json()["sd_vae"] == "homegrown-demo-vae.safetensors"  # as /sd-vae lists it
         other = client.post(f"{API}/txt2img", json=payload).json()
         info = json.loads(other["info"])
         assert info["sd_vae_name"] == "homegrown-demo-vae" and "VAE: homegrown-demo-vae" in info["infotexts"][0]

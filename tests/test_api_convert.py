@@ -39,8 +39,8 @@ def test_infotext_is_the_base_and_only_sent_fields_override_it():
 @pytest.mark.parametrize("fields, field", [
     ({"enable_hr": True, "firstphase_width": 512}, "firstphase_width"), ({"script_name": "prompt matrix"}, "script_name"),
     ({"script_args": [1, "2"]}, "script_args"),
-    ({"s_churn": 0.5}, "s_churn"), ({"override_settings": {"sd_hypernetwork": "x"}}, "override_settings"),
-    ({"override_settings": {"CLIP_stop_at_last_layers": 5}}, "CLIP_stop_at_last_layers"),
+    ({"s_churn": 0.5}, "s_churn"),
+    ({"override_settings": {"CLIP_stop_at_last_layers": 13}}, "CLIP_stop_at_last_layers"),
     ({"override_settings": {"sd_vae": "other-vae"}}, "sd_vae"),
     ({"override_settings": {"samples_format": "gif"}}, "samples_format"),
 ])
@@ -76,17 +76,60 @@ def test_info_is_a1111s_shape_from_the_result():
 
 
 def test_options_and_option_changes():
-    model = ModelInfo("sub/m", "sub/m.safetensors [0123456789]", "m", "0123456789", None, "/x")
-    settings = {"output_format": "jpeg", "vae": "Automatic", "outputs_dir": "outputs", "save_images": True}
-    shown = options(model, settings)
+    model = ModelInfo("sub/m", "sub/m.safetensors [0123456789]", "m", "0123456789", "0123456789" + "a" * 54, "/x")
+    settings = {"output_format": "jpeg", "vae": "sub/fix", "outputs_dir": "outputs", "save_images": True,
+                "embed_metadata": False, "randn_source": "NV"}
+    shown = options(model, settings, {"CLIP_stop_at_last_layers": 2, "eta_noise_seed_delta": 31337, "x": 1})
     assert shown["sd_model_checkpoint"] == "sub/m.safetensors [0123456789]" and shown["samples_format"] == "jpg"
-    assert options(None, settings)["sd_model_checkpoint"] is None
-    assert option_changes({"samples_format": "JPG", "sd_vae": "x.safetensors", "CLIP_stop_at_last_layers": 2}) == \
-        (None, {"output_format": "jpeg", "vae": "x"})
-    assert option_changes({"sd_model_checkpoint": "m [0123456789]"}) == ("m [0123456789]", {})
+    assert shown["sd_checkpoint_hash"] == "0123456789" + "a" * 54 and shown["sd_vae"] == "sub/fix.safetensors"
+    assert (shown["CLIP_stop_at_last_layers"], shown["eta_noise_seed_delta"], shown["enable_pnginfo"]) == \
+        (2, 31337, False)
+    assert "x" not in shown and shown["randn_source"] == "NV" and shown["jpeg_quality"] == 80  # A1111's default
+    assert options(None, settings, {})["sd_model_checkpoint"] is None
+    changes = option_changes({"samples_format": "JPG", "sd_vae": "x.safetensors", "CLIP_stop_at_last_layers": 2,
+                              "eta_noise_seed_delta": 31337, "control_net_max_models_num": 3,
+                              "sd_checkpoint_hash": "abc"})
+    assert (changes.checkpoint, changes.settings) == (None, {"output_format": "jpeg", "vae": "x"})
+    assert changes.kept == {"CLIP_stop_at_last_layers": 2, "eta_noise_seed_delta": 31337}
+    assert changes.unknown == ["control_net_max_models_num"] and set(changes.no_effect) == {
+        "eta_noise_seed_delta", "sd_checkpoint_hash"}
+    assert changes.answer()["applied"] == ["sd_vae", "samples_format", "CLIP_stop_at_last_layers"]
+    assert option_changes({"sd_model_checkpoint": "m [0123456789]"}).checkpoint == "m [0123456789]"
+    for bad in ({"CLIP_stop_at_last_layers": 13}, {"CLIP_stop_at_last_layers": "2"}, {"samples_format": "bmp"},
+                {"sdxl_clip_l_skip": "yes"}, {"samples_save": 1}):
+        with pytest.raises(UserError) as err:
+            option_changes({"eta_noise_seed_delta": 1, **bad})  # nothing is applied if one value is wrong
+        assert err.value.field == next(iter(bad)) and err.value.status == 422
+
+
+def test_clip_skip_from_the_options_the_override_and_the_infotext():
+    assert plan(prompt="x").params.clip_skip == 1
+    kept = {"CLIP_stop_at_last_layers": 3, "sdxl_clip_l_skip": True}
+    made = txt2img_plan(Txt2ImgRequest(prompt="x"), "Automatic", "png", kept=kept)
+    assert (made.params.clip_skip, made.params.sdxl_clip_l_skip, made.warnings) == (3, True, ())
+    made = txt2img_plan(Txt2ImgRequest(prompt="x", override_settings={"CLIP_stop_at_last_layers": 2,
+                                                                      "randn_source": "cpu"}), "Automatic",
+                        "png", kept=kept)
+    assert (made.params.clip_skip, made.params.randn_source, made.warnings) == (2, "CPU", ())
+    text = "a fox\nSteps: 3, Sampler: Euler, CFG scale: 7.0, Seed: 1, Size: 64x64, Clip skip: 4"
+    made = txt2img_plan(Txt2ImgRequest(infotext=text), "Automatic", "png", kept=kept)
+    assert (made.params.clip_skip, made.params.sdxl_clip_l_skip) == (4, True)  # the option holds SDXL's switch
     with pytest.raises(UserError) as err:
-        option_changes({"samples_format": "png", "sd_hypernetwork": "x"})  # nothing is applied if one key is bad
-    assert err.value.field == "sd_hypernetwork"
+        txt2img_plan(Txt2ImgRequest(override_settings={"CLIP_stop_at_last_layers": 0}), "Automatic", "png")
+    assert err.value.field == "CLIP_stop_at_last_layers" and err.value.status == 422
+
+
+def test_override_settings_say_what_had_no_effect():
+    made = plan(prompt="x", override_settings={"eta_noise_seed_delta": 31337, "randn_source": "GPU",
+                                               "my_extension_option": 1, "samples_save": False,
+                                               "sd_checkpoint_hash": "abc"})
+    text = " | ".join(made.warnings)
+    assert "override_settings.eta_noise_seed_delta had no effect" in text
+    assert "randn_source" not in text  # A1111's default: it changes nothing in A1111 either
+    assert "my_extension_option: not an option A1111 knows" in text
+    assert "samples_save had no effect" in text and "sd_checkpoint_hash had no effect" in text
+    result = GenerationResult(images=[], infotexts=[], seeds=[], params=made.params, warnings=["engine"])
+    assert txt2img_info(Txt2ImgRequest(), result, 0.0, made.warnings)["warnings"] == [*made.warnings, "engine"]
 
 
 def xyz(*script_args, checkpoints=("homegrown-demo-base",), **fields):

@@ -86,7 +86,7 @@ def test_hires_fix_upscales_and_writes_a1111_keys(client):
     assert pixels(r.json()["images"][0]).shape == (128, 128, 3)
     text = json.loads(r.json()["info"])["infotexts"][0]
     assert "Size: 64x64" in text  # the first pass's size, as A1111 writes it
-    assert "Denoising strength: 0.6, Hires upscale: 2, Hires steps: 2, Hires upscaler: Latent (nearest)" in text
+    assert "Denoising strength: 0.6, Hires upscale: 2.0, Hires steps: 2, Hires upscaler: Latent (nearest)" in text
     resized = client.post(f"{API}/txt2img", json={**SMALL, "enable_hr": True, "hr_resize_x": 96, "hr_resize_y": 96,
                                                    "hr_upscaler": "Lanczos"})
     assert resized.status_code == 200, resized.text

@@ -88,3 +88,48 @@ def test_token_counter_fills_the_chunk_a_break_ends(engine):
     assert count("a cat BREAK a dog") == 75 + 2
     assert count("a cat BREAK") == 75  # A1111 shows 75/75
     assert count("(a cat:1.2) BREAK (a dog:0.5) <lora:x:1>") == 75 + 2
+
+
+def _pixels(result):
+    import numpy as np
+
+    return np.asarray(result.images[0])
+
+
+def test_clip_skip_is_a1111s_meaning_on_sdxl(engine, small):
+    """A1111 applies Clip skip to SDXL only with its "Clip skip SDXL" option, and then to CLIP-L alone, as
+    hidden_states[-clip_skip] (2 is SDXL's own penultimate layer)."""
+    import numpy as np
+    import pytest
+
+    from sd_app.errors import UserError
+
+    enc = engine.pipelines.encoder
+    today = enc.encode("a photo of a cat", "blurry")
+    text = engine.pipelines.base.pipe.text_encoder
+    with torch.no_grad():
+        ids = engine.pipelines.base.pipe.tokenizer("a photo of a cat", padding="max_length", max_length=77,
+                                                   return_tensors="pt").input_ids
+        last = text(ids, output_hidden_states=True).hidden_states[-1]
+    skip_1 = enc.encode("a photo of a cat", "blurry", clip_l_layer=1)
+    te1 = today.embeds.shape[-1] - today.te2_width
+    assert torch.allclose(skip_1.embeds[0, :, :te1], last[0], atol=1e-5)  # CLIP-L's last layer, no final norm
+    assert torch.equal(skip_1.embeds[..., te1:], today.embeds[..., te1:])  # OpenCLIP untouched, as in A1111
+    assert torch.equal(skip_1.pooled, today.pooled)
+    assert torch.equal(enc.encode("a photo of a cat", "blurry", clip_l_layer=2).embeds, today.embeds)
+
+    plain = engine.generate(small)
+    assert np.array_equal(_pixels(engine.generate(small.replace(clip_skip=1))), _pixels(plain))
+    # Without "Clip skip SDXL" A1111's Clip skip leaves SDXL images as they are; with it, it changes them.
+    assert np.array_equal(_pixels(engine.generate(small.replace(clip_skip=3))), _pixels(plain))
+    skipped = engine.generate(small.replace(clip_skip=1, sdxl_clip_l_skip=True))
+    assert not np.array_equal(_pixels(skipped), _pixels(plain))
+    assert np.array_equal(_pixels(engine.generate(small.replace(clip_skip=2, sdxl_clip_l_skip=True))), _pixels(plain))
+    assert "Clip skip:" not in skipped.infotexts[0] and "Clip skip SDXL: True" in skipped.infotexts[0]
+    layers = text.config.num_hidden_layers
+    with pytest.raises(UserError) as err:
+        engine.generate(small.replace(clip_skip=layers + 1, sdxl_clip_l_skip=True))
+    assert err.value.field == "clip_skip" and f"has {layers} layers" in err.value.message
+    with pytest.raises(UserError) as err:
+        small.replace(clip_skip=13).check()
+    assert err.value.field == "clip_skip"

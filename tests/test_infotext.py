@@ -34,9 +34,9 @@ def test_quoting_like_a1111():
     assert infotext.quote("plain") == "plain"
     assert infotext.quote("a, b") == '"a, b"'
     assert infotext.quote('say "hi": now') == '"say \\"hi\\": now"'
-    assert infotext.quote(7.0) == "7" and infotext.quote(7.5) == "7.5"
+    assert infotext.quote(7.0) == "7.0" and infotext.quote(7.5) == "7.5"  # A1111 keeps a float's decimal
     text = infotext.build("p", "", {"Steps": 20, "Lora hashes": "a: 123, b: 456", "Seed": 5, "Size": "64x64"})
-    assert text == 'p\nSteps: 20, Lora hashes: "a: 123, b: 456", Seed: 5, Size: 64x64'
+    assert text == 'p\nSteps: 20, Seed: 5, Size: 64x64, Lora hashes: "a: 123, b: 456"'  # A1111's key order
     assert infotext.parse(text)[2]["Lora hashes"] == "a: 123, b: 456"
 
 
@@ -65,7 +65,7 @@ def test_odd_infotext_never_fails(text):
     infotext.to_params(text)
 
 
-# A real A1111 infotext with what Homegrown cannot do (hires fix, Clip skip), a model and a LoRA not here.
+# A real A1111 infotext with what Homegrown cannot do (hires fix), a model and a LoRA not here.
 A1111_HIRES = """masterpiece, a red fox in the snow <lora:missing:0.5> <lora:demo-style:0.8>
 Negative prompt: lowres, blurry
 Steps: 28, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, Seed: 3890114117, Size: 832x1216, \
@@ -101,13 +101,13 @@ def test_paste_says_what_was_applied_and_what_not_and_why(demo_root):
     assert hires in pasted.applied  # the hires fix is pasted back
     assert (p.hires.scale, p.hires.second_pass_steps, p.hires.upscaler, p.hires.denoising_strength) == \
         (2.0, 10, "Latent", 0.45)
-    assert "penultimate" in why["Clip skip: 2"]
+    assert "Clip skip: 2" in pasted.applied and p.clip_skip == 2  # the form's field (on SDXL: A1111's meaning)
     assert "not in your checkpoint folder" in why["Model: unknown_model"] and "homegrown-demo-base" in \
         why["Model: unknown_model"]
     assert "no LoRA named 'missing'" in why["<lora:missing:0.5>"] and "Generate refuses" in why["<lora:missing:0.5>"]
     assert why["ADetailer model: face_yolov8n.pt"] == "not a setting Homegrown has"
     assert "<lora:demo-style:0.8>" not in why and "Version: v1.10.1" not in why
-    assert len(pasted.not_applied) == 4
+    assert len(pasted.not_applied) == 3
 
 
 def test_paste_finds_models_by_hash_and_refuses_bad_values():
@@ -157,3 +157,64 @@ def test_paste_reports_a_bad_variation_strength():
     pasted = infotext.read_params("a cat\nSteps: 20, Seed: 5, Variation seed: 3, Variation seed strength: 4")
     assert pasted.params.subseed_strength == 0.0
     assert any("Variation seed strength" in label and "between 0.0 and 1.0" in why for label, why in pasted.not_applied)
+
+
+# As A1111 v1.10 writes it: floats with their decimal, Clip skip after the VAE, the extensions' fields (Lora hashes
+# when the networks activate, then the refiner's when sampling switches to it), Version last.
+A1111_V110 = """a red fox <lora:fox:0.8>, (snow:1.2)
+Negative prompt: lowres, "bad"
+Steps: 28, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.0, Seed: 3890114117, Size: 832x1216, \
+Model hash: 31e35c80fc, Model: sd_xl_base_1.0, VAE hash: 235745af8d, VAE: sdxl_vae.safetensors, Clip skip: 2, \
+Lora hashes: "fox: 0123456789ab", Refiner: sd_xl_refiner_1.0 [7440042bbd], Refiner switch at: 0.8, \
+Version: v1.10.1"""
+
+
+def test_a1111_text_round_trips_byte_for_byte():
+    prompt, negative, fields = infotext.parse(A1111_V110)
+    assert fields["CFG scale"] == "7.0" and fields["Clip skip"] == "2"
+    assert infotext.build(prompt, negative, fields) == A1111_V110
+    shuffled = dict(reversed(list(fields.items())))  # the engine's dict has its own order: the text has A1111's
+    assert infotext.build(prompt, negative, shuffled) == A1111_V110
+
+
+def test_engine_fields_come_out_in_a1111s_order_and_format():
+    fields = {"Steps": 20, "Sampler": "Euler", "Schedule type": "Karras", "CFG scale": 7, "Seed": 1,
+              "Size": "64x64", "Model hash": "abc", "Model": "m", "VAE": None, "Clip skip": 2,
+              "Refiner": "r [0123456789]", "Refiner switch at": 0.8, "Lora hashes": "x: 1", "Styles": "Photo",
+              "Version": "Homegrown 0.1.0"}
+    text = infotext.build("p", "", fields)
+    assert text == ('p\nSteps: 20, Sampler: Euler, Schedule type: Karras, CFG scale: 7.0, Seed: 1, Size: 64x64, '
+                    'Model hash: abc, Model: m, Clip skip: 2, Lora hashes: "x: 1", Styles: Photo, '
+                    'Refiner: r [0123456789], Refiner switch at: 0.8, Version: Homegrown 0.1.0')
+
+
+def test_pasting_clip_skip_fills_the_field_and_its_absence_means_1():
+    params = infotext.to_params(A1111_V110, GenerationParams(clip_skip=5, sdxl_clip_l_skip=True))
+    assert (params.clip_skip, params.sdxl_clip_l_skip) == (2, False)  # A1111 writes no SDXL switch: its default
+    without = infotext.to_params("a fox\nSteps: 3, Sampler: Euler, CFG scale: 7.0, Seed: 1, Size: 64x64",
+                                 GenerationParams(clip_skip=5))
+    assert without.clip_skip == 1  # A1111's parser: a missing Clip skip was 1
+    ours = infotext.to_params("a fox\nSteps: 3, Seed: 1, Size: 64x64, Clip skip: 3, Clip skip SDXL: True")
+    assert (ours.clip_skip, ours.sdxl_clip_l_skip) == (3, True)
+    bad = infotext.read_params("a fox\nSteps: 3, Seed: 1, Size: 64x64, Clip skip: 40")
+    assert bad.params.clip_skip == 1 and "between 1 and 12" in dict(bad.not_applied)["Clip skip: 40"]
+
+
+def test_a1111_parameters_are_what_a1111s_parser_returns():
+    from server import ROOT
+    from sd_app.styles import StyleLibrary
+
+    p = infotext.a1111_parameters(A1111_V110)
+    assert (p["Size-1"], p["Size-2"], p["Clip skip"], p["CFG scale"]) == ("832", "1216", "2", "7.0") and "Size" not in p
+    assert p["Prompt"] == "a red fox <lora:fox:0.8>, (snow:1.2)" and p["Negative prompt"] == 'lowres, "bad"'
+    assert (p["RNG"], p["Hires resize-1"], p["Hires checkpoint"], p["Masked area padding"], p["Emphasis"]) == \
+        ("GPU", 0, "Use same checkpoint", 32, "Original")
+    assert "Downcast alphas_cumprod" not in p and p["Refiner switch by sampling steps"] is False  # made by v1.10
+    plain = infotext.a1111_parameters("a fox\nSteps: 3, Sampler: Euler, Seed: 1")
+    assert plain["Clip skip"] == "1" and plain["Schedule type"] == "Automatic" and "Emphasis" not in plain
+    styles = StyleLibrary(ROOT / "presets" / "styles")
+    photo = styles.get("Photo")
+    styled, negative = photo.apply_to("a fox", "")
+    found = infotext.a1111_parameters(infotext.build(styled, negative, {"Steps": 3, "Sampler": "Euler", "Seed": 1}),
+                                      styles)
+    assert found["Styles array"] == ["Photo"] and (found["Prompt"], found["Negative prompt"]) == ("a fox", "")

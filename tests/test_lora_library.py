@@ -75,11 +75,57 @@ def test_tags_are_removed_from_the_text(lora_engine, small):
     assert np.array_equal(pixels(plain), pixels(tagged))
 
 
+def addnet_hash(data: bytes) -> str:
+    """A1111's LoRA hash (modules/hashes.py addnet_hash_safetensors), written out here from its definition."""
+    header_length = int.from_bytes(data[:8], "little")
+    return hashlib.sha256(data[8 + header_length:]).hexdigest()
+
+
+def _lora_file(path, metadata=None, value=1.0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"lora_unet_input_blocks_4_1_proj_in.lora_down.weight": torch.full((4, 8), value)}, str(path),
+              metadata=metadata)
+    return path
+
+
+def test_lora_hash_is_a1111s_addnet_hash_and_survives_a_metadata_edit(tmp_path):
+    folder = tmp_path / "Lora"
+    path = _lora_file(folder / "mine.safetensors", {"ss_output_name": "mine"})
+    library = LoraLibrary(folder, HashCache(tmp_path / "hashes.json"))
+    expected = addnet_hash(path.read_bytes())[:12]
+    assert library.short_hash(library.get("mine")) == expected
+    assert expected != hashlib.sha256(path.read_bytes()).hexdigest()[:12]  # not the whole file's
+    _lora_file(path, {"ss_output_name": "mine", "modelspec.title": "a much longer header than before"})
+    again = LoraLibrary(folder, HashCache(tmp_path / "hashes.json"))  # the cache sees a changed file
+    assert again.short_hash(again.get("mine")) == expected  # the same tensors: the same hash, as in A1111
+    cached = json.loads((tmp_path / "hashes.json").read_text())[str(path.resolve())]
+    assert cached["addnet"].startswith(expected)
+    assert again.find_by_hash(expected).name == "mine"
+
+
+def test_sshs_model_hash_metadata_is_the_lora_hash(tmp_path):
+    folder = tmp_path / "Lora"
+    stored = "ABCDEF0123456789" * 4
+    _lora_file(folder / "tagged.safetensors", {"sshs_model_hash": stored})
+    library = LoraLibrary(folder, HashCache(None))
+    assert library.short_hash(library.get("tagged")) == stored[:12].lower()
+    text = f'a fox <lora:renamed:0.5>\nSteps: 3, Seed: 1, Size: 64x64, Lora hashes: "renamed: {stored[:12]}"'
+    assert "<lora:tagged:0.5>" in infotext.to_params(text, loras=library).prompt
+
+
+def test_pasted_lora_found_by_the_old_whole_file_hash_too(tmp_path):
+    folder = tmp_path / "Lora"
+    path = _lora_file(folder / "old.safetensors")
+    library = LoraLibrary(folder, HashCache(None))
+    whole = hashlib.sha256(path.read_bytes()).hexdigest()[:12]  # what Homegrown wrote before it used A1111's hash
+    assert library.find_by_hash(whole).name == "old" and library.find_by_hash("0" * 12) is None
+
+
 def test_infotext_records_lora_hashes_and_paste_restores_names(lora_engine, small):
     result = lora_engine.generate(small.replace(prompt="cat <lora:demo-style:0.7> <lora:chars/hero:1>"))
     text = result.infotexts[0]
-    style_sha = hashlib.sha256((lora_engine.loras.folder / "demo-style.safetensors").read_bytes()).hexdigest()
-    hero_sha = hashlib.sha256((lora_engine.loras.folder / "chars" / "hero.safetensors").read_bytes()).hexdigest()
+    style_sha = addnet_hash((lora_engine.loras.folder / "demo-style.safetensors").read_bytes())
+    hero_sha = addnet_hash((lora_engine.loras.folder / "chars" / "hero.safetensors").read_bytes())
     assert f'Lora hashes: "demo-style: {style_sha[:12]}, hero: {hero_sha[:12]}"' in text
     assert "<lora:demo-style:0.7>" in infotext.to_params(text).prompt
     # Someone else's infotext names the file differently; the hash finds our copy.

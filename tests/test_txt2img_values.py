@@ -42,3 +42,12 @@ def test_form_slider_passes_the_typed_value():
     config = slider.get_config()
     assert UNCLAMPED in config["elem_classes"]
     assert (config["minimum"], config["maximum"], config["label"], config["elem_id"]) == (1, 150, "Steps", "steps")
+
+
+def test_clip_skip_fields_come_last_and_are_checked():
+    params = values_to_params(GOOD + [2.0, True])
+    assert (params.clip_skip, params.sdxl_clip_l_skip) == (2, True)
+    assert values_to_params(GOOD).clip_skip == 1  # a form without them (older callers): A1111's default
+    with pytest.raises(UserError) as err:
+        values_to_params(GOOD + [0, False])
+    assert err.value.field == "clip_skip"

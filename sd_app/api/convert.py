@@ -7,7 +7,7 @@ how options are named) are tested in-process, without a server.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .. import __version__, infotext, xyz
@@ -15,8 +15,9 @@ from ..errors import UserError
 from ..jobs import GenerationResult
 from ..outputs import output_format
 from ..params import GenerationParams
+from . import a1111_options as opts
 from . import img2img_convert
-from .schemas import OPTION_KEYS, UNSUPPORTED, Txt2ImgRequest
+from .schemas import UNSUPPORTED, Txt2ImgRequest
 
 
 @dataclass(frozen=True)
@@ -27,25 +28,27 @@ class Txt2ImgPlan:
     output_format: str  # one of outputs.OUTPUT_FORMATS
     save: bool
     restore_checkpoint: bool  # load the previous checkpoint back afterwards (override_settings_restore_afterwards)
+    warnings: tuple[str, ...] = ()  # override_settings that had no effect, for info.warnings
 
 
 def txt2img_plan(request: Txt2ImgRequest, current_vae: str, default_format: str, loras=None,
-                 styles=None) -> Txt2ImgPlan:
+                 styles=None, kept: dict[str, Any] | None = None) -> Txt2ImgPlan:
     """The request as Homegrown runs it; UserError naming the field for what Homegrown cannot do.
 
     `loras` renames infotext LoRA tags by hash; `styles` (a StyleLibrary) checks the `styles` names (the engine
-    applies them) and takes the infotext's styles back out of its prompts."""
+    applies them) and takes the infotext's styles back out of its prompts. `kept` are the options stored with
+    POST /options: those of opts.REQUEST_OPTIONS apply to this request as A1111's global options do."""
     check_supported(request)
-    base = GenerationParams()
+    kept = kept or {}
+    base = GenerationParams(**{attr: opts.check_request_option(key, kept[key])
+                               for key, attr in opts.REQUEST_OPTIONS.items() if key in kept})
     if request.infotext:
-        base = infotext.to_params(request.infotext, loras=loras, styles=styles)
+        pasted = infotext.to_params(request.infotext, loras=loras, styles=styles)
+        if "Clip skip SDXL" not in infotext.parse(request.infotext)[2]:  # A1111 writes no such key: its option holds
+            pasted = pasted.replace(sdxl_clip_l_skip=base.sdxl_clip_l_skip)
+        base = pasted
     overrides = dict(request.override_settings or {})
-    unknown = [k for k in overrides if k not in OPTION_KEYS]
-    if unknown:
-        raise UserError(f"override_settings.{unknown[0]} is not supported; supported: {', '.join(OPTION_KEYS)}",
-                        field="override_settings")
-    if "CLIP_stop_at_last_layers" in overrides:
-        check_option("CLIP_stop_at_last_layers", overrides["CLIP_stop_at_last_layers"])
+    warnings = override_warnings(overrides)
     if "sd_vae" in overrides and vae_name(overrides["sd_vae"]) != vae_name(current_vae):
         raise UserError("a per-request VAE is not supported: set it with POST /sdapi/v1/options "
                         f"{{\"sd_vae\": ...}} (now: {current_vae!r})", field="sd_vae")
@@ -68,6 +71,10 @@ def txt2img_plan(request: Txt2ImgRequest, current_vae: str, default_format: str,
     aliases = {"sampler_name": ("sampler_name", "sampler_index")}
     changes = {name: value for name, value in fields.items()
                if any(field in sent for field in aliases.get(name, (name,)))}
+    changes.update({attr: opts.check_request_option(key, overrides[key])
+                    for key, attr in opts.REQUEST_OPTIONS.items() if key in overrides})
+    changes.update({key: opts.to_setting(key, overrides[key])[1] for key in opts.PER_REQUEST_SETTINGS
+                    if key in overrides})
     changes["checkpoint"] = checkpoint_name(overrides.get("sd_model_checkpoint")) or (
         base.checkpoint if request.infotext else None)
     changes["hires"] = img2img_convert.hires_from_request(request) or (base.hires if request.infotext else None)
@@ -75,7 +82,29 @@ def txt2img_plan(request: Txt2ImgRequest, current_vae: str, default_format: str,
     for name in params.styles if styles is not None else ():
         styles.get(name)  # an unknown style is a 404 naming the styles there are, before any work
     return Txt2ImgPlan(params, fmt, save=request.save_images and not request.do_not_save_samples,
-                       restore_checkpoint=request.override_settings_restore_afterwards and bool(params.checkpoint))
+                       restore_checkpoint=request.override_settings_restore_afterwards and bool(params.checkpoint),
+                       warnings=tuple(warnings))
+
+
+def override_warnings(overrides: dict[str, Any]) -> list[str]:
+    """What of `override_settings` has no effect on one request here, in words. A value equal to A1111's default
+    changes nothing in A1111 either: no warning for it."""
+    warnings = []
+    for key, value in overrides.items():
+        if key in ("sd_model_checkpoint", "sd_vae", "samples_format", *opts.PER_REQUEST_SETTINGS) or \
+                key in opts.REQUEST_OPTIONS:
+            continue  # applied (or refused) by txt2img_plan
+        if key not in opts.A1111_DEFAULTS:
+            warnings.append(f"override_settings.{key}: not an option A1111 knows (an extension's?): ignored")
+        elif key in opts.READ_ONLY:
+            warnings.append(f"override_settings.{key} had no effect: {opts.READ_ONLY[key]}")
+        elif key in opts.SETTING_OPTIONS:
+            warnings.append(f"override_settings.{key} had no effect on this request: it is Homegrown's "
+                            f"{opts.SETTING_OPTIONS[key]!r} setting, set with POST /sdapi/v1/options"
+                            + (" (this request's saving follows save_images)" if key == "samples_save" else ""))
+        elif value != opts.A1111_DEFAULTS[key]:
+            warnings.append(f"override_settings.{key} had no effect: Homegrown has no use for it")
+    return warnings
 
 
 def check_supported(request: Txt2ImgRequest) -> None:
@@ -86,7 +115,8 @@ def check_supported(request: Txt2ImgRequest) -> None:
             raise UserError(f"{why} (got {getattr(request, name)!r})", field=name)
 
 
-def txt2img_info(request: Txt2ImgRequest, result: GenerationResult, started: float) -> dict:
+def txt2img_info(request: Txt2ImgRequest, result: GenerationResult, started: float,
+                 warnings: tuple[str, ...] = ()) -> dict:
     """A1111's `info` for a txt2img answer (a JSON object; the route sends it as a string, as A1111 does)."""
     params = result.params
     count = len(result.images)
@@ -105,39 +135,68 @@ def txt2img_info(request: Txt2ImgRequest, result: GenerationResult, started: flo
         "denoising_strength": request.denoising_strength,
         "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": result.infotexts,
         "styles": list(params.styles), "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(started)),
-        "clip_skip": 1, "is_using_inpainting_conditioning": False, "version": f"Homegrown {__version__}",
+        "clip_skip": params.clip_skip, "is_using_inpainting_conditioning": False, "version": f"Homegrown {__version__}",
         "interrupted": result.interrupted, "saved_files": [str(p) for p in result.paths],
-        "warnings": result.warnings,
+        "warnings": [*warnings, *result.warnings],
     }
 
 
-def options(model, settings: dict[str, Any]) -> dict:
-    """A1111's `GET /options` from the loaded model (a studio.ModelInfo, or None) and the settings."""
-    fmt = settings["output_format"]
-    return {"sd_model_checkpoint": model.title if model else None,
-            "sd_checkpoint_hash": model.short_hash if model else None,
-            "sd_vae": settings["vae"], "CLIP_stop_at_last_layers": 1,
-            "samples_format": "jpg" if fmt == "jpeg" else fmt, "outdir_samples": settings["outputs_dir"],
-            "samples_save": settings["save_images"]}
+def options(model, settings: dict[str, Any], kept: dict[str, Any]) -> dict:
+    """A1111's `GET /options`: every option A1111 knows, with what Homegrown has loaded and set, the values kept
+    by POST /options, and A1111's defaults for the rest. `model` is a studio.ModelInfo, or None."""
+    values = {**opts.A1111_DEFAULTS, **{k: v for k, v in kept.items() if k in opts.A1111_DEFAULTS}}
+    values.update({key: opts.from_setting(key, settings[name]) for key, name in opts.SETTING_OPTIONS.items()})
+    values.update({"sd_model_checkpoint": model.title if model else None,
+                   "sd_checkpoint_hash": (model.sha256 or "") if model else "",
+                   "outdir_samples": str(settings["outputs_dir"])})
+    return values
 
 
-def option_changes(changes: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-    """`POST /options` -> (checkpoint to load or None, settings to apply). Refuses what Homegrown lacks."""
-    unknown = [k for k in changes if k not in OPTION_KEYS]
-    if unknown:
-        raise UserError(f"option {unknown[0]!r} is not supported; supported: {', '.join(OPTION_KEYS)}",
-                        field=unknown[0])
-    checkpoint, settings = None, {}
+@dataclass
+class OptionChanges:
+    """What a POST /options asks for, sorted by what Homegrown does with each key."""
+
+    checkpoint: str | None = None  # to load
+    settings: dict[str, Any] = field(default_factory=dict)  # Homegrown settings to apply
+    kept: dict[str, Any] = field(default_factory=dict)  # to store and echo (REQUEST_OPTIONS among them act)
+    no_effect: dict[str, str] = field(default_factory=dict)  # key -> why it changes nothing
+    unknown: list[str] = field(default_factory=list)  # keys A1111 does not know: not stored
+
+    def answer(self) -> dict:
+        applied = ([] if self.checkpoint is None else ["sd_model_checkpoint"]) + [
+            key for key, name in opts.SETTING_OPTIONS.items() if name in self.settings] + [
+            key for key in self.kept if key in opts.REQUEST_OPTIONS]
+        return {"applied": applied, "stored": [key for key in self.kept if key not in opts.REQUEST_OPTIONS],
+                "no_effect": self.no_effect, "unknown": self.unknown}
+
+
+def option_changes(changes: dict[str, Any]) -> OptionChanges:
+    """`POST /options` sorted; UserError (422) naming the option for a wrong value of an option Homegrown uses,
+    before anything is applied.
+
+    A key A1111 does not know either is not refused: A1111 itself only stores options of its own table, and
+    clients made for an A1111 with extensions send the extensions' options (controlnet's, adetailer's) along with
+    the rest, which must not cost them the rest. It is not stored (a typo cannot grow the file) and the answer
+    names it under "unknown"."""
+    out = OptionChanges()
     for key, value in changes.items():
         if key == "sd_model_checkpoint":
-            checkpoint = checkpoint_name(value) or ""
-        elif key == "samples_format":
-            settings["output_format"] = output_format(value, field="samples_format")
-        elif key == "sd_vae":
-            settings["vae"] = vae_name(value)
+            out.checkpoint = checkpoint_name(value) or ""
+        elif key in opts.SETTING_OPTIONS:
+            name, setting = opts.to_setting(key, value)
+            out.settings[name] = setting
+        elif key in opts.REQUEST_OPTIONS:
+            out.kept[key] = opts.check_request_option(key, value)
+        elif key in opts.READ_ONLY:
+            out.no_effect[key] = opts.READ_ONLY[key]
+        elif key in opts.A1111_DEFAULTS:
+            if not opts.is_json_value(value):
+                raise UserError(f"must be a JSON value (no NaN or infinity), got {value!r}", field=key, status=422)
+            out.kept[key] = value
+            out.no_effect[key] = opts.NO_EFFECT
         else:
-            check_option(key, value)
-    return checkpoint, settings
+            out.unknown.append(key)
+    return out
 
 
 def checkpoint_name(value: Any) -> str | None:
@@ -149,17 +208,7 @@ def checkpoint_name(value: Any) -> str | None:
 
 
 def vae_name(value: Any) -> str:
-    if value in (None, "", "None", "Automatic"):
-        return "Automatic"
-    if not isinstance(value, str):
-        raise UserError("must be a VAE name", field="sd_vae")
-    return value.removesuffix(".safetensors")
-
-
-def check_option(key: str, value: Any) -> None:
-    if key == "CLIP_stop_at_last_layers" and value not in (1, 2):
-        raise UserError("must be 1 or 2 (SDXL always uses the penultimate layer, as A1111 does)",
-                        field="CLIP_stop_at_last_layers")
+    return opts.to_setting("sd_vae", value)[1]
 
 
 # ---- X/Y/Z plot (A1111's scripts/xyz_grid.py) ---------------------------------------------------

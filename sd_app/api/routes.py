@@ -14,9 +14,7 @@ import io
 import json
 import logging
 import math
-import os
 import time
-from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
@@ -36,6 +34,9 @@ from . import convert, img2img_routes
 from .schemas import OptionsRequest, PngInfoRequest, Txt2ImgRequest
 
 PREFIX = "/sdapi/v1"
+# What A1111's PNG Info leaves out of `items` (images.IGNORED_INFO_KEYS): PIL's own keys, not text chunks.
+IGNORED_INFO_KEYS = {"jfif", "jfif_version", "jfif_unit", "jfif_density", "dpi", "exif", "loop", "background",
+                     "timestamp", "duration", "progressive", "progression", "icc_profile", "chromaticity", "photoshop"}
 CLIENT_POLL_SECONDS = 0.5  # how often a waiting txt2img looks whether its client is still there
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ def mount(app: FastAPI, studio: Studio, throttle: SignInThrottle | None = None,
     api = build_api(studio, throttle, startup)
     app.mount(PREFIX, api)
     app.add_api_route("/docs", lambda: RedirectResponse(f"{PREFIX}/docs"), include_in_schema=False)
+    app.add_api_route("/internal/ping", lambda: {}, methods=["GET"], include_in_schema=False)  # A1111's "alive?"
     return api
 
 
@@ -137,7 +139,8 @@ def _model_routes(api: FastAPI, studio: Studio) -> None:
     # Damaged files are listed with a "problem" (A1111 clients ignore the extra field); using one is a 4xx.
     @api.get("/sd-models")
     def sd_models():
-        return [{"title": m.title, "model_name": m.name, "hash": m.short_hash, "sha256": m.sha256,
+        # model_name as A1111 makes it: the path below the folder, "/" as "_", no extension
+        return [{"title": m.title, "model_name": m.name.replace("/", "_"), "hash": m.short_hash, "sha256": m.sha256,
                  "filename": m.filename, "config": None, "problem": m.problem} for m in studio.checkpoints()]
 
     @api.get("/sd-vae")
@@ -182,16 +185,18 @@ def _other_routes(api: FastAPI, studio: Studio) -> None:
 
     @api.get("/options")
     def get_options():
-        return convert.options(studio.loaded_model(), studio.settings.all())
+        return convert.options(studio.loaded_model(), studio.settings.all(), studio.kept_options.all())
 
     @api.post("/options")
     def set_options(request: OptionsRequest):
-        checkpoint, settings = convert.option_changes(request.model_dump())
-        if settings:
-            studio.apply_settings(settings)
-        if checkpoint is not None:
-            studio.load_checkpoint(checkpoint)
-        return None
+        changes = convert.option_changes(request.model_dump())  # every value checked before any is applied
+        if changes.settings:
+            studio.apply_settings(changes.settings)
+        if changes.checkpoint is not None:
+            studio.load_checkpoint(changes.checkpoint)
+        if changes.kept:
+            studio.kept_options.update(changes.kept)
+        return changes.answer()
 
     @api.post("/png-info")
     def png_info(request: PngInfoRequest):
@@ -199,11 +204,11 @@ def _other_routes(api: FastAPI, studio: Studio) -> None:
             raise UserError("send the image as base64 (a data: URL works too)", field="image")
         image = _decode_image(request.image)
         text = infotext.read_image(image)
+        items = {key: value for key, value in image.info.items()
+                 if key != infotext.PNG_KEY and key not in IGNORED_INFO_KEYS and isinstance(value, (str, int, float))}
         if text is None:
-            return {"info": "", "items": {}, "parameters": {}}
-        prompt, negative, fields = infotext.parse(text)
-        return {"info": text, "items": {"parameters": text},
-                "parameters": {"Prompt": prompt, "Negative prompt": negative, **fields}}
+            return {"info": "", "items": items, "parameters": {}}
+        return {"info": text, "items": items, "parameters": infotext.a1111_parameters(text, studio.styles)}
 
     @api.get("/cmd-flags")
     def cmd_flags():
@@ -218,7 +223,20 @@ def _other_routes(api: FastAPI, studio: Studio) -> None:
 
     @api.get("/memory")
     def memory():
-        return _memory()
+        return studio.memory()
+
+    @api.get("/embeddings")
+    def embeddings():
+        found = studio.embeddings()
+        return {"loaded": found.loaded, "skipped": found.skipped}
+
+    # What Homegrown does not have, in A1111's shape: empty lists, so that clients listing them carry on.
+    for path in ("/hypernetworks", "/face-restorers", "/realesrgan-models", "/sd-modules", "/extensions"):
+        api.add_api_route(path, _nothing, methods=["GET"])
+
+
+def _nothing() -> list:
+    return []
 
 
 # ---- txt2img ---------------------------------------------------------------------------------
@@ -229,7 +247,8 @@ async def _txt2img(studio: Studio, request: Txt2ImgRequest, http: Request) -> di
     job is interrupted (a queued one never starts). A request over the limits is refused before it queues."""
     # The plan may read preset files and hash LoRA files (infotext): in a worker thread, as before.
     plan = await run_in_threadpool(convert.txt2img_plan, request, studio.settings.get("vae"),
-                                   studio.settings.get("output_format"), loras=studio.loras, styles=studio.styles)
+                                   studio.settings.get("output_format"), loras=studio.loras, styles=studio.styles,
+                                   kept=studio.kept_options.all())
     if convert.wants_xyz(request):
         return await run_in_threadpool(_xyz_plot, studio, request, plan)
     previous = studio.current_checkpoint()
@@ -245,7 +264,7 @@ async def _txt2img(studio: Studio, request: Txt2ImgRequest, http: Request) -> di
     if job.cause is not None:
         raise job.cause  # the exception handlers answer with its status and message
     result = job.result
-    info = convert.txt2img_info(request, result, started)
+    info = convert.txt2img_info(request, result, started, plan.warnings)
     return await run_in_threadpool(_answer, request, result, info, plan.output_format)
 
 
@@ -255,7 +274,7 @@ def _xyz_plot(studio: Studio, request: Txt2ImgRequest, plan: convert.Txt2ImgPlan
     started = time.time()
     grid = studio.generate_grid(wanted.plan, save=plan.save, output_format=plan.output_format)
     result = grid.as_result(singles=wanted.include_lone_images, sub_grids=wanted.include_sub_grids)
-    info = convert.txt2img_info(request, result, started)
+    info = convert.txt2img_info(request, result, started, plan.warnings)
     info["index_of_first_image"] = 1  # as A1111's script says: the grid comes first
     return _answer(request, result, info, plan.output_format)
 
@@ -373,22 +392,3 @@ def _describe(error: dict) -> str:
 def _field(error: dict) -> str | None:
     location = [str(p) for p in error.get("loc", ()) if p not in ("body", "query")]
     return ".".join(location) or None
-
-
-def _memory() -> dict:
-    import psutil
-    import torch
-
-    ram = psutil.virtual_memory()
-    out: dict[str, Any] = {"ram": {"free": ram.available, "used": ram.total - ram.available, "total": ram.total},
-                           "process": {"rss": psutil.Process(os.getpid()).memory_info().rss}}
-    if torch.cuda.is_available():
-        free, total = torch.cuda.mem_get_info()
-        stats = torch.cuda.memory_stats()
-        out["cuda"] = {"system": {"free": free, "used": total - free, "total": total},
-                       "active": {"current": stats.get("active_bytes.all.current", 0),
-                                  "peak": stats.get("active_bytes.all.peak", 0)},
-                       "allocated": {"current": torch.cuda.memory_allocated(), "peak": torch.cuda.max_memory_allocated()}}
-    else:
-        out["cuda"] = {"error": "no CUDA GPU"}
-    return out

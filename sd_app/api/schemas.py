@@ -102,7 +102,6 @@ UNSUPPORTED = {
     "eta": ((None, 0, 0.0, 1, 1.0), "eta is not supported"),
     "disable_extra_networks": ((False,), "disable_extra_networks is not supported; remove <lora:...> tags instead"),
 }
-OPTION_KEYS = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", "samples_format")
 
 
 class OptionsRequest(BaseModel):

@@ -52,9 +52,11 @@ class Form:
     refiner_checkpoint: gr.Dropdown
     refiner_switch_at: gr.Slider
     styles: gr.Dropdown
+    clip_skip: gr.Number | None = None  # last ones: values_to_params reads them when the form has them
+    sdxl_clip_l_skip: gr.Checkbox | None = None
 
     def inputs(self) -> list:
-        return [getattr(self, name) for name in self.__dataclass_fields__]
+        return [getattr(self, name) for name in self.__dataclass_fields__ if getattr(self, name) is not None]
 
 
 @dataclass
@@ -93,7 +95,8 @@ def values_to_params(values: list, limits: Limits | None = None) -> GenerationPa
     floats (30.0): those become ints; any other value goes to the check as it came, which refuses it with the
     message that names the field."""
     (checkpoint, prompt, negative, sampler, scheduler, steps, width, height, cfg, seed, n_iter, batch,
-     refiner, switch, styles) = values
+     refiner, switch, styles, *more) = values
+    clip_skip, clip_l_skip = (list(more) + [1, False][len(more):])[:2]
 
     def whole(value):
         return int(value) if isinstance(value, float) and value.is_integer() else value
@@ -107,7 +110,8 @@ def values_to_params(values: list, limits: Limits | None = None) -> GenerationPa
         sampler_name=sampler, scheduler=scheduler, seed=whole(seed), batch_size=whole(batch),
         n_iter=whole(n_iter), checkpoint=checkpoint or None,
         refiner_checkpoint=None if refiner in (None, "", NO_REFINER) else refiner,
-        refiner_switch_at=number(switch), styles=tuple(styles or ())).check(limits)
+        refiner_switch_at=number(switch), styles=tuple(styles or ()), clip_skip=whole(clip_skip),
+        sdxl_clip_l_skip=clip_l_skip).check(limits)
 
 
 def params_to_updates(params: GenerationParams, form: Form) -> dict:
@@ -120,6 +124,8 @@ def params_to_updates(params: GenerationParams, form: Form) -> dict:
         form.batch_size: params.batch_size,
         form.refiner_checkpoint: params.refiner_checkpoint or NO_REFINER,
         form.refiner_switch_at: params.refiner_switch_at, form.styles: list(params.styles),
+        **({form.clip_skip: params.clip_skip, form.sdxl_clip_l_skip: params.sdxl_clip_l_skip}
+           if form.clip_skip is not None else {}),
     }
 
 
@@ -365,9 +371,14 @@ def _options_column(studio: Studio, defaults: GenerationParams, loading: bool = 
                                          elem_id="refiner", allow_custom_value=True)
         refiner_switch_at = form_slider(*LIMITS["refiner_switch_at"], value=defaults.refiner_switch_at, step=0.01,
                                         label="Switch at (fraction of steps on the base)")
+    with gr.Row():  # A1111's "Clip skip": on SDXL it acts only with "Clip skip SDXL", on CLIP-L, as in A1111
+        clip_skip = gr.Number(defaults.clip_skip, label="Clip skip", elem_id="clip-skip", precision=None)
+        sdxl_clip_l_skip = gr.Checkbox(defaults.sdxl_clip_l_skip, label="Clip skip SDXL (CLIP-L only, as A1111)",
+                                       elem_id="sdxl-clip-l-skip")
     fields = dict(sampler_name=sampler_name, scheduler=scheduler, steps=steps, width=width, height=height,
                   cfg_scale=cfg_scale, seed=seed, n_iter=n_iter, batch_size=batch_size,
-                  refiner_checkpoint=refiner_checkpoint, refiner_switch_at=refiner_switch_at)
+                  refiner_checkpoint=refiner_checkpoint, refiner_switch_at=refiner_switch_at, clip_skip=clip_skip,
+                  sdxl_clip_l_skip=sdxl_clip_l_skip)
     return fields, size, swap, random_seed, reuse_seed
 
 
