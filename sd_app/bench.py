@@ -40,11 +40,11 @@ from pathlib import Path
 
 import torch
 
-from . import ldm_format
+from . import ldm_format, rng
 from .loading import CONFIGS_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
-ALL_CASES = ("overhead", "fastpath", "load", "lora-demo", "lora", "coldstart", "limits", "gpu", "upscale")
+ALL_CASES = ("overhead", "fastpath", "load", "lora-demo", "lora", "coldstart", "limits", "gpu", "upscale", "img2img")
 
 
 # ---- measuring ---------------------------------------------------------------------------------
@@ -260,7 +260,8 @@ def plain_diffusers(pipelines, params, refiner=None):
     def run():
         base = pipelines.base.pipe
         base.scheduler = make_scheduler(pipelines.base.scheduler_config)
-        latents = torch.randn(shape, generator=torch.Generator().manual_seed(params.seed))
+        # the engine's starting noise (rng.py: A1111's default source unless the request names one)
+        latents = rng.ImageRNG(shape[1:], [params.seed], source=params.randn_source or rng.DEFAULT_SOURCE).next()
         latents = latents.to(pipelines.device, pipelines.dtype)
         if refiner is None:
             base(**common, width=params.width, height=params.height, latents=latents, output_type="pil")
@@ -846,7 +847,14 @@ def case_upscale(report: Report, work: Path, runs: int) -> None:
 
 CASES = {"overhead": case_overhead, "fastpath": case_fastpath, "load": case_load, "lora-demo": case_lora_demo,
          "lora": case_lora, "coldstart": case_coldstart, "limits": case_limits, "gpu": case_gpu,
-         "upscale": case_upscale}
+         "upscale": case_upscale,
+         "img2img": lambda report, work, runs: _img2img_case(report, work, runs)}
+
+
+def _img2img_case(report: Report, work: Path, runs: int) -> None:
+    from .bench_img2img import case_img2img  # its own module: it imports this one's helpers
+
+    case_img2img(report, work, runs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ writes, in A1111's folder layout:
     DIR/models/ESRGAN/homegrown-demo-4x.safetensors                  (a 4x upscaler, RealESRGAN_x4plus layout)
     DIR/models/embeddings/demo-negative.safetensors                  (an SDXL textual inversion: clip_l, clip_g)
     DIR/models/embeddings/demo-sd1.safetensors                       (an SD 1.x one, emb_params: listed, refused)
+    DIR/models/Stable-diffusion/homegrown-demo-inpaint.safetensors   (SDXL inpainting base: a 9-channel UNet)
 
 The key names, nesting and 8x VAE downscale are those of the released SDXL files; only widths and
 depths shrink (see sd_app/configs/tiny-sdxl-*). The weights are random: the images are noise.
@@ -32,6 +33,7 @@ VAE_FILE = "homegrown-demo-vae.safetensors"
 UPSCALER_FILE = "homegrown-demo-4x.safetensors"
 # name: (seed, vectors); the SD 1.x one is 768 wide, as SD 1.x's CLIP-L is
 EMBEDDING_FILES = {"demo-negative": (21, 2), "demo-sd1": (22, 3)}
+INPAINT_FILE = "homegrown-demo-inpaint.safetensors"
 LORA_FILES = {
     # name: (seed, rank, alpha, trigger tags)
     "demo-style": (11, 4, 2.0, {"demostyle": 40, "painting": 12, "bold colors": 7}),
@@ -83,6 +85,25 @@ def refiner_state_dict(parts: dict[str, torch.nn.Module]) -> dict[str, torch.Ten
     # As in the released refiner: the same OpenCLIP encoder and VAE as the base.
     state.update(ldm_format.openclip_to_ldm(parts["text_encoder_2"].state_dict(), ldm_format.REFINER_CLIP_G_PREFIX))
     return _half(state)
+
+
+def inpaint_state_dict(parts: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """An SDXL inpainting base (as sd_xl_base_1.0_inpainting_0.1): the base's encoders and VAE, a UNet whose first
+    convolution takes 9 channels (latents, mask, masked-image latents)."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(3)
+    unet = UNet2DConditionModel.from_config(_read_config("tiny-sdxl-base-inpaint", "unet"))
+    state = dict(base_state_dict(parts))
+    state.update(_half(ldm_format.unet_to_ldm(unet.state_dict(), dict(unet.config))))
+    return state
+
+
+def write_demo_inpaint(path: Path, parts: dict[str, torch.nn.Module]) -> None:
+    meta = {"modelspec.sai_model_spec": "1.0.0", "homegrown.note": "random weights: images are noise",
+            "modelspec.architecture": "stable-diffusion-xl-v1-base/inpainting",
+            "modelspec.title": "Homegrown demo SDXL inpainting base", "homegrown.config": "tiny-sdxl-base-inpaint"}
+    _atomic_save(inpaint_state_dict(parts), path, meta)
 
 
 def vae_state_dict(parts: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
@@ -301,7 +322,8 @@ def write_demo(root: str | Path, overwrite: bool = False) -> dict[str, Path]:
     ckpt_dir = root / "models" / "Stable-diffusion"
     lora_dir = root / "models" / "Lora"
     vae_dir = root / "models" / "VAE"
-    paths = {"base": ckpt_dir / BASE_FILE, "refiner": ckpt_dir / REFINER_FILE, "vae": vae_dir / VAE_FILE}
+    paths = {"base": ckpt_dir / BASE_FILE, "refiner": ckpt_dir / REFINER_FILE, "vae": vae_dir / VAE_FILE,
+             "inpaint": ckpt_dir / INPAINT_FILE}
     paths.update({name: lora_dir / f"{name}.safetensors" for name in LORA_FILES})
     paths.update(write_demo_upscaler(root, overwrite))
     paths.update({name: root / "models" / "embeddings" / f"{name}.safetensors" for name in EMBEDDING_FILES})
@@ -319,6 +341,7 @@ def write_demo(root: str | Path, overwrite: bool = False) -> dict[str, Path]:
     _atomic_save(refiner_state_dict(parts), paths["refiner"], {
         **meta, "modelspec.architecture": "stable-diffusion-xl-v1-refiner",
         "modelspec.title": "Homegrown demo SDXL refiner", "homegrown.config": "tiny-sdxl-refiner"})
+    write_demo_inpaint(paths["inpaint"], parts)
     _atomic_save(vae_state_dict(parts), paths["vae"], {"homegrown.config": "tiny-sdxl-base",
                                                         "homegrown.note": "random weights"})
     for name, (seed, rank, alpha, tags) in LORA_FILES.items():

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from . import __version__, infotext, loop, nonfinite, rng, samplers
+from . import __version__, hires, img2img_run, infotext, loop, nonfinite, rng, samplers
 from .denoiser import Inpainting, Stage, size_time_ids
 from .embedding_library import EmbeddingLibrary
 from .encoding import Conditioning
@@ -85,10 +85,9 @@ class Engine:
 
     # ---- generation -------------------------------------------------------------------------
 
-    def generate(self, params: GenerationParams, job: Job | None = None,
-                 start_from: Callable[[list[int]], Start] | None = None) -> GenerationResult:
+    def generate(self, params: GenerationParams, job: Job | None = None) -> GenerationResult:
         """Run one request and return its images with their infotexts (saving them is the caller's step).
-        `start_from(seeds)`, if given, is where each batch starts instead of noise (img2img, inpainting)."""
+        `params.img2img` starts each batch from images (img2img, inpainting); `params.hires` adds a hires pass."""
         params.check(self.limits)
         if params.styles:
             # The prompts as encoded (and as the infotext shows them), the styles still listed for the infotext.
@@ -111,7 +110,7 @@ class Engine:
                 return GenerationResult([], [], [], params, interrupted=True)
             try:
                 with seamless(self.pipelines, on=params.tiling):  # circular padding for this job only
-                    return self._run(params, prompt, active, sampler, schedule, job, start_from)
+                    return self._run(params, prompt, active, sampler, schedule, job)
             except (torch.OutOfMemoryError, MemoryError):
                 free_memory()
                 raise UserError("out of memory: lower the size or batch size, or choose a memory-saving mode in "
@@ -132,7 +131,7 @@ class Engine:
         return params.replace(seed=seed, subseed=subseed, randn_source=rng.check_source(
             params.randn_source or self.randn_source))
 
-    def _run(self, params, prompt, active, sampler, schedule, job: Job, start_from=None) -> GenerationResult:
+    def _run(self, params, prompt, active, sampler, schedule, job: Job) -> GenerationResult:
         pipes = self.pipelines
         timings = {"load": 0.0, "lora": 0.0, "encode": 0.0, "denoise": 0.0, "decode": 0.0}
         mark = time.perf_counter()
@@ -154,6 +153,8 @@ class Engine:
         mark = time.perf_counter()
         job.note = "Encoding the prompt…"
         passes = self._plan(params, prompt, base, refiner)
+        hires_pass = self._hires_pass(params, prompt, base, passes[0].cond) if params.hires else None
+        prepared = img2img_run.prepare_images(params) if params.img2img else None
         timings["encode"] = time.perf_counter() - mark
         job.note, job.sampling_steps = None, params.steps  # "Step 0/N" from here: the first step is running
 
@@ -161,7 +162,7 @@ class Engine:
         result = GenerationResult([], [], [], params, sampler=sampler.name, schedule=schedule.name,
                                   model_name=base.checkpoint.short_name, model_hash=base.short_hash or None,
                                   vae_name=vae_name, vae_hash=vae_hash, timings=timings,
-                                  warnings=list(passes[0].cond.notes))
+                                  warnings=list(passes[0].cond.notes) + (prepared[0].notes if prepared else []))
         for batch_no in range(params.n_iter):
             if job.interrupted:
                 break
@@ -170,14 +171,15 @@ class Engine:
             seeds = [params.seed + batch_no * params.batch_size + i for i in range(params.batch_size)]
             mark = time.perf_counter()
             self._note_compiling(job)
-            latents = pipes.eager_if_compile_fails(
-                lambda: self._denoise(params, passes, sampler, schedule, seeds, job,
-                                      start_from(seeds) if start_from else None), result.warnings)
+            latents, init = pipes.eager_if_compile_fails(
+                lambda: self._denoise_all(params, passes, sampler, schedule, seeds, job, prepared, hires_pass),
+                result.warnings)
             timings["denoise"] += time.perf_counter() - mark
             mark = time.perf_counter()
             job.note = "Decoding the image…" if params.batch_size == 1 else "Decoding the images…"
             self._note_compiling(job)
             images = pipes.eager_if_compile_fails(lambda: decode_latents(base.pipe.vae, latents), result.warnings)
+            images = img2img_run.finish(images, init)  # inpainting: pasted back through the blurred mask
             job.note = None
             timings["decode"] += time.perf_counter() - mark
             for image, seed in zip(images, seeds):
@@ -209,15 +211,63 @@ class Engine:
         return [Pass(base, cond, 0.0, switch, schedule.cond_at if schedule.changes else None),
                 Pass(refiner, refined.cond_at(0), switch, 1.0, refined.cond_at if schedule.changes else None)]
 
+    def _hires_pass(self, params: GenerationParams, prompt: str, base: LoadedModel, cond: Conditioning):
+        """A1111's hires fix: the request of the second pass (size, steps, sampler), its pass (own conditioning when
+        hr_prompt differs; the LoRAs are the prompt's) and its target."""
+        spec = params.hires
+        if spec.checkpoint not in (None, "", params.checkpoint, base.checkpoint.name):
+            raise UserError("a second checkpoint for the hires pass is not supported yet: leave it empty to use the "
+                            "same checkpoint", field="hr_checkpoint_name")
+        if (spec.prompt and spec.prompt != params.prompt) or (spec.negative_prompt and
+                                                              spec.negative_prompt != params.negative_prompt):
+            hr_prompt = extract_lora_tags(spec.prompt)[0] if spec.prompt else prompt
+            cond = self.pipelines.encoder.encode(hr_prompt, spec.negative_prompt or params.negative_prompt)
+            cond = cond.repeat(params.batch_size)
+        target = spec.target(params.width, params.height)
+        hr_params = params.replace(width=target.width, height=target.height, steps=spec.steps(params.steps),
+                                   sampler_name=spec.sampler_name or params.sampler_name,
+                                   scheduler=spec.scheduler or params.scheduler, hires=None, img2img=None)
+        sampling = samplers.resolve(hr_params.sampler_name, hr_params.scheduler)
+        return hr_params, [Pass(base, cond, 0.0, 1.0)], sampling, target
+
+    def _denoise_all(self, params, passes: list[Pass], sampler, schedule, seeds: list[int], job: Job, prepared,
+                     hires_pass):
+        """The first pass (from noise, or from the init images: img2img, inpainting), then the hires pass: the
+        latents upscaled and denoised again from the hires denoising strength. Returns the latents and the Init."""
+        base = passes[0].model
+        device, dtype, vae = self.pipelines.device, self.pipelines.dtype, base.pipe.vae
+        unet_channels = base.pipe.unet.config.in_channels
+        init = None
+        if prepared is not None:
+            init = img2img_run.make_init(params, prepared, vae, unet_channels, seeds, device, dtype)
+        elif unet_channels == 9:  # txt2img on an inpainting base: a grey image, all of it masked
+            init = img2img_run.txt2img_init(params, vae, seeds, device, dtype)
+        if init is not None and loop.img2img_steps(params.steps, init.strength) < 1:
+            latents = init.latents  # A1111: int(strength * steps) steps run; none here gives the image back
+        else:
+            # txt2img on an inpainting base starts from noise, the grey image only its conditioning (A1111)
+            start = Start(init.latents, init.strength, init.latent_mask, init.image_cond,
+                          from_noise=prepared is None) if init else None
+            latents = self._denoise(params, passes, sampler, schedule, seeds, job, start,
+                                    init.noise_multiplier if init else 1.0)
+        if hires_pass is not None and not (job.interrupted or job.skipped):
+            hr_params, hr_passes, (hr_sampler, hr_schedule), target = hires_pass
+            job.note = "Upscaling for the hires pass…"
+            latents = img2img_run.upscale(latents, params.hires, target, vae, decode_latents, device, dtype)
+            strength = params.hires.denoising_strength
+            if loop.img2img_steps(hr_params.steps, strength) >= 1:
+                latents = self._denoise(hr_params, hr_passes, hr_sampler, hr_schedule, seeds, job,
+                                        Start(latents, strength))
+            latents = hires.truncate(latents, target)
+        return latents, init
+
     def _denoise(self, params, passes: list[Pass], sampler, schedule, seeds: list[int], job: Job,
-                 start: Start | None = None):
+                 start: Start | None = None, noise_multiplier: float = 1.0):
         """The one denoise loop (`loop.denoise`) over the plan's passes: the base model from noise or from
         `start`, the refiner taking over where A1111 switches. Returns the final latents in the model's dtype."""
         base = passes[0].model
         shape = (base.pipe.vae.config.latent_channels, params.height // 8, params.width // 8)
         noise = self.make_rng(shape, seeds, params)
-        if base.pipe.unet.config.in_channels == 9 and (start is None or start.image_cond is None):
-            start = self._whole_image_inpainting(base, params, len(seeds), start)
         stages = [self._stage(step, params) for step in passes]
         refined = []
 
@@ -229,8 +279,8 @@ class Engine:
             self._note_compiling(job)
 
         request = loop.Request(
-            sampler, schedule, params.steps, params.cfg_scale, stages, noise.next(), noise.next, seeds,
-            init=start.inpainting() if start else None,
+            sampler, schedule, params.steps, params.cfg_scale, stages, noise.next() * noise_multiplier, noise.next,
+            seeds, init=start.inpainting() if start else None,
             strength=start.strength if start else 1.0, from_noise=start is None or start.from_noise,
             cfg_rescale=float(base.scheduler_config.get("cfg_rescale", 0.0)),
             should_stop=lambda: job.interrupted or job.skipped, on_switch=switch)
@@ -243,19 +293,6 @@ class Engine:
         refining = step.start > 0
         nonfinite.check([latents], "the refiner's pass" if refining else "the base model's denoising", step.model,
                         ("unet",), "refiner_checkpoint" if refining else "checkpoint", step.cond.largest_weight)
-
-    def _whole_image_inpainting(self, model: LoadedModel, params, batch: int, start: Start | None) -> Start:
-        """A 9-channel inpainting UNet without a mask (txt2img) repaints everything, as A1111 gives it: a mask of
-        ones and the latents of a mid-grey image (the mean of the VAE's encoding; A1111 samples it)."""
-        vae = model.pipe.vae
-        grey = torch.zeros((1, 3, params.height, params.width), device=self.pipelines.device, dtype=vae.dtype)
-        with torch.no_grad():
-            latents = vae.encode(grey).latent_dist.mode().float() * vae.config.scaling_factor
-        ones = torch.ones_like(latents[:, :1])
-        image_cond = torch.cat([ones, latents], dim=1).repeat(batch, 1, 1, 1)
-        if start is None:
-            return Start(torch.zeros_like(latents.repeat(batch, 1, 1, 1)), 1.0, None, image_cond, from_noise=True)
-        return Start(start.init_latent, start.strength, start.mask, image_cond)
 
     def make_rng(self, shape: tuple[int, ...], seeds: list[int], params: GenerationParams) -> rng.ImageRNG:
         """The batch's noise as A1111 draws it (rng.py: its source, variation seed and seed resize): the starting
@@ -325,6 +362,7 @@ class Engine:
             "Model": base.checkpoint.short_name,
             "VAE hash": vae[1] if vae else None,
             "VAE": vae[0] if vae else None,
+            **img2img_run.infotext_fields(params),
             "Variation seed": params.subseed + (seed - params.seed) if params.subseed_strength else None,
             "Variation seed strength": params.subseed_strength or None,
             "Seed resize from": (f"{params.seed_resize_from_w}x{params.seed_resize_from_h}"

@@ -189,12 +189,11 @@ class Pasted:
 # Fields Homegrown reads but cannot use, and why (a paste says so instead of dropping them without a word).
 NOT_SUPPORTED = {
     "VAE": "the VAE is a setting here (Settings → VAE)",
-    "Denoising strength": "img2img is not available yet",
+    "Denoising strength": "it belongs to img2img (paste there) or to a hires fix",
     "Face restoration": "face restoration is not supported",
     "ENSD": "sampler noise options are not supported (samplers run with their defaults)",
     "Eta": "sampler noise options are not supported (samplers run with their defaults)",
 }
-HIRES = "Homegrown has no hires fix yet: the image is made in one pass at the pasted size"
 INFORMATIONAL = {"Version", "Model hash", "VAE hash", "Lora hashes", "TI hashes", "Styles"}  # read with another field, or only notes
 
 
@@ -229,6 +228,7 @@ def read_params(text: str, base: GenerationParams | None = None, loras=None, sty
     _read_noise(pasted, fields)
     _read_sampler(pasted, fields)
     _read_models(pasted, fields, checkpoints, refiners)
+    _read_modes(pasted, fields)
     if loras is not None:
         _check_loras(pasted, loras)
     _not_supported(pasted, fields)
@@ -400,15 +400,37 @@ def _check_loras(pasted: Pasted, loras) -> None:
                                        "prompt: Generate refuses it until the LoRA is in your LoRA folder"))
 
 
+def _read_modes(pasted: Pasted, fields: dict[str, str]) -> None:
+    """The hires fix (its `Hires ...` keys) or, on an img2img request, the img2img keys (`Mask blur`, ...)."""
+    from . import hires, img2img
+
+    spec, applied, refused = hires.from_infotext(fields)
+    if spec is not None:
+        if applied:
+            _try(pasted, ", ".join(applied), hires=spec)
+        pasted.not_applied += refused
+        return
+    pasted.params = pasted.params.replace(hires=None)  # no Hires keys: made without a hires fix
+    if pasted.params.img2img is not None:
+        spec, applied, refused = img2img.from_infotext(fields, pasted.params.img2img)
+        if applied:
+            _try(pasted, ", ".join(applied), img2img=spec)
+        pasted.not_applied += refused
+
+
+MODE_KEYS = {"Denoising strength", "Mask blur", "Mask blur x", "Mask blur y", "Inpaint area", "Masked area padding",
+             "Mask mode", "Masked content", "Noise multiplier"}
+
+
 def _not_supported(pasted: Pasted, fields: dict[str, str]) -> None:
     used = {"Steps", "CFG scale", "Seed", "Refiner switch at", "Size", "Sampler", "Schedule type", "Model",
             "Refiner", "Clip skip", "Clip skip SDXL", "Tiling", *NOISE_KEYS} | INFORMATIONAL
-    hires = [key for key in fields if key.startswith("Hires ")]
-    if hires:
-        hires += [key for key in ("Denoising strength",) if key in fields]
-        pasted.not_applied.append((", ".join(f"{key}: {fields[key]}" for key in hires), HIRES))
+    if any(key.startswith("Hires ") for key in fields):
+        used |= {key for key in fields if key.startswith("Hires ")} | {"Denoising strength"}
+    elif pasted.params.img2img is not None:
+        used |= MODE_KEYS
     for key, value in fields.items():
-        if key in used or key in hires:
+        if key in used:
             continue
         pasted.not_applied.append((f"{key}: {value}", NOT_SUPPORTED.get(key, "not a setting Homegrown has")))
 

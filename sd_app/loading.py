@@ -21,6 +21,15 @@ from .models import KIND_LABELS, SUPPORTED_TEXT, Checkpoint, read_header, kind_o
 CONFIGS_DIR = Path(__file__).parent / "configs"
 TOKENIZER_DIR = CONFIGS_DIR / "clip-tokenizer"
 DEFAULT_CONFIGS = {"sdxl-base": "sdxl-base", "sdxl-refiner": "sdxl-refiner"}
+INPAINT_SUFFIX = "-inpaint"  # the config set of an inpainting base: the same, with a 9-channel UNet input
+UNET_INPUT_KEY = "model.diffusion_model.input_blocks.0.0.weight"
+
+
+def is_inpainting(tensors: dict) -> bool:
+    """An SDXL inpainting base (e.g. sd_xl_base_1.0_inpainting_0.1): its UNet takes 9 channels (latents, mask,
+    masked image) instead of 4, seen in the first convolution's shape."""
+    shape = tensors.get(UNET_INPUT_KEY, {}).get("shape") or []
+    return len(shape) == 4 and shape[1] == 9
 
 
 def load_tokenizers():
@@ -32,12 +41,12 @@ def load_tokenizers():
     return tokenizer, tokenizer_2
 
 
-def config_folder(kind: str, metadata: dict[str, str]) -> Path:
+def config_folder(kind: str, metadata: dict[str, str], inpainting: bool = False) -> Path:
     """The shipped config set for a file: the one its metadata names (demo models), else by kind."""
     named = metadata.get("homegrown.config")
     if named and (CONFIGS_DIR / named / "model_index.json").is_file() and "/" not in named and ".." not in named:
         return CONFIGS_DIR / named
-    return CONFIGS_DIR / DEFAULT_CONFIGS[kind]
+    return CONFIGS_DIR / (DEFAULT_CONFIGS[kind] + (INPAINT_SUFFIX if inpainting else ""))
 
 
 def check_kind(checkpoint: Checkpoint, wanted: str) -> str:
@@ -70,7 +79,7 @@ def load_base(checkpoint: Checkpoint, dtype: torch.dtype, vae_file: Path | None 
                 str(checkpoint.path), torch_dtype=dtype, local_files_only=True))
         tokenizer, tokenizer_2 = load_tokenizers()
         header = read_header(checkpoint.path)
-        config = config_folder("sdxl-base", header.metadata)
+        config = config_folder("sdxl-base", header.metadata, is_inpainting(header.tensors))
         extra = {}
         if not checkpoint_traits.has_vae(header.tensors):
             if vae_file is None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from . import lycoris
+from . import lycoris, lycoris_weights
 from .errors import UserError
 from .lora_library import ActiveLora, LoraInfo
 from .weight_patch import WeightPatches
@@ -152,7 +152,7 @@ class LoraSet:
         if not patched:
             return
         if self._index is None:
-            self._index = lycoris.layer_index(self.pipe)
+            self._index = lycoris_weights.layer_index(self.pipe)
         for item, weights in patched:
             try:
                 self.patches.apply(self.pipe, self._index, item.info.name, weights.tensors, item.weight)

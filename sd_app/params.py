@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from . import rng, samplers
 from .errors import UserError
+from .hires import HiresParams
+from .img2img import Img2ImgParams
 from .prompts import prompt_chunks, prompt_nesting
 
 # Limits: A1111's slider ranges where they exist, wide enough for API clients, small enough that a
@@ -101,6 +103,8 @@ class GenerationParams:
     refiner_switch_at: float = 0.8
     styles: tuple[str, ...] = ()  # applied to the prompts when the image is made (styles.py), in this order
     tiling: bool = False  # seamless: circular padding in the UNet and VAE (tiling.py), A1111's `tiling`
+    img2img: Img2ImgParams | None = None  # img2img / inpainting: the init image(s) and mask (img2img.py)
+    hires: HiresParams | None = None  # txt2img's hires fix second pass (hires.py); A1111's enable_hr
     # Noise, as A1111 draws it (rng.py): a variation seed slerped in, the noise of another size, the source.
     subseed: int = -1
     subseed_strength: float = 0.0
@@ -158,6 +162,12 @@ class GenerationParams:
         for name in ("sdxl_clip_l_skip", "tiling"):
             if not isinstance(getattr(self, name), bool):
                 raise UserError(f"must be true or false, got {getattr(self, name)!r}", field=name)
+        if self.img2img is not None:
+            if self.hires is not None:
+                raise UserError("hires fix is a txt2img option; img2img upscales with its own size", field="enable_hr")
+            self.img2img.check(self.batch_size)
+        if self.hires is not None:
+            self.hires.check(self.width, self.height, limits.max_steps, limits.max_pixels)
         return self
 
     def _check_job_size(self, limits: Limits) -> None:

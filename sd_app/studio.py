@@ -161,6 +161,26 @@ class Studio(StudioExtras):
         job = Job(params, owner)
         return self._in_thread(job, lambda: self.generate(params, owner, job, save, output_format))
 
+    def img2img(self, params: GenerationParams, images, mask=None, owner: str = API_OWNER, save: bool | None = None,
+                output_format: str | None = None, **options) -> Job:
+        """img2img (no mask) or inpainting, started as `start` does: `images` one init image or one per image of
+        the batch, `options` the Img2ImgParams fields (denoising_strength, resize_mode, mask_blur_x...)."""
+        from .img2img import Img2ImgParams
+
+        images = tuple(images) if isinstance(images, (list, tuple)) else (images,)
+        spec = (params.img2img or Img2ImgParams()).replace(init_images=images, mask=mask, **options)
+        return self.start(params.replace(img2img=spec, hires=None), owner, save, output_format)
+
+    def start_sd_upscale(self, params: GenerationParams, script, owner: str, save: bool | None = None,
+                         output_format: str | None = None) -> Job:
+        """A1111's "SD upscale" img2img script (`sd_upscale.SdUpscale`) as one job in a thread."""
+        from . import sd_upscale
+
+        params.check(self.limits())
+        self._stack()
+        job = Job(params, owner)
+        return self._in_thread(job, lambda: sd_upscale.run(self, params, script, owner, job, save, output_format))
+
     def generate_grid(self, plan: xyz.GridPlan, owner: str = API_OWNER, job: Job | None = None,
                       save: bool | None = None, output_format: str | None = None) -> xyz.GridResult:
         """Run an X/Y/Z plot as ONE job: each cell through `generate` (so saving, progress and interrupt work as

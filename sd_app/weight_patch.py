@@ -1,7 +1,7 @@
 """Networks applied by changing weights in place, with the originals kept to put back bit for bit.
 
 LyCORIS kinds (LoHa, LoKr, LoCon with Tucker cores, DoRA, full diffs) have no peft adapter that reads
-kohya files; their weight change is computed per layer (`lycoris.layer_update`) and written into the
+kohya files; their weight change is computed per layer (`lycoris_weights.layer_update`) and written into the
 layer's own parameter (the same tensor object, so a compiled UNet keeps its graphs). Undoing copies the
 saved originals back: the exact pixels of no LoRA, never a subtraction's rounding.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from . import lycoris
+from . import lycoris, lycoris_weights
 
 
 class WeightPatches:
@@ -82,10 +82,10 @@ class WeightPatches:
                              f"(e.g. {unknown[0]})")
         for layer, parts in layers.items():
             part, path = index[layer]
-            module = lycoris.find_module(pipe, part, path)
+            module = lycoris_weights.find_module(pipe, part, path)
             bias = getattr(module, "bias", None)
             try:
-                weight, new_bias = lycoris.layer_update(parts, module.weight, bias, multiplier)
+                weight, new_bias = lycoris_weights.layer_update(parts, module.weight, bias, multiplier)
             except (ValueError, RuntimeError, KeyError) as exc:
                 detail = f"no {exc.args[0]!r} tensor" if isinstance(exc, KeyError) else str(exc)[:200]
                 raise ValueError(f"layer {layer}: {detail}") from None

@@ -80,7 +80,7 @@ def test_override_checkpoint_refiner_and_styles(client):
     ({"width": 100}, 422, "width"),
     ({"batch_size": 1000}, 422, "batch_size"),
     ({"sampler_name": "Nope"}, 422, "sampler_name"),
-    ({"enable_hr": True}, 422, "enable_hr"),
+    ({"enable_hr": True, "hr_upscaler": "No such upscaler"}, 422, "hr_upscaler"),
     ({"restore_faces": True}, 422, "restore_faces"),
     ({"alwayson_scripts": {"controlnet": {"args": []}}}, 422, "alwayson_scripts"),
     ({"override_settings": {"sd_model_checkpoint": "missing-model"}}, 404, "checkpoint"),
@@ -111,7 +111,8 @@ def test_malformed_json_and_wrong_content(client):
 
 def test_listing_endpoints(client):
     models = client.get(f"{API}/sd-models").json()
-    assert {m["model_name"] for m in models} == {"homegrown-demo-base", "homegrown-demo-refiner"}
+    assert {m["model_name"] for m in models} == {"homegrown-demo-base", "homegrown-demo-refiner",
+                                                 "homegrown-demo-inpaint"}
     base = next(m for m in models if m["model_name"] == "homegrown-demo-base")
     assert base["title"] == f"homegrown-demo-base.safetensors [{base['hash']}]" and len(base["sha256"]) == 64
     loras = client.get(f"{API}/loras").json()
@@ -121,7 +122,7 @@ def test_listing_endpoints(client):
     assert {"DPM++ 2M", "Euler a", "UniPC"} <= {s["name"] for s in samplers}
     assert {"automatic", "karras"} <= {s["name"] for s in client.get(f"{API}/schedulers").json()}
     assert [v["model_name"] for v in client.get(f"{API}/sd-vae").json()] == ["homegrown-demo-vae.safetensors"]
-    assert client.get(f"{API}/scripts").json() == {"txt2img": ["x/y/z plot"], "img2img": []}
+    assert client.get(f"{API}/scripts").json() == {"txt2img": ["x/y/z plot"], "img2img": ["sd upscale"]}
     assert "ram" in client.get(f"{API}/memory").json()
     assert client.get(f"{API}/cmd-flags").json()["demo"] is True
     assert any(s["name"] == "Photo" for s in client.get(f"{API}/prompt-styles").json())

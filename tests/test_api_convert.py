@@ -37,7 +37,7 @@ def test_infotext_is_the_base_and_only_sent_fields_override_it():
 
 
 @pytest.mark.parametrize("fields, field", [
-    ({"enable_hr": True}, "enable_hr"), ({"script_name": "prompt matrix"}, "script_name"),
+    ({"enable_hr": True, "firstphase_width": 512}, "firstphase_width"), ({"script_name": "prompt matrix"}, "script_name"),
     ({"script_args": [1, "2"]}, "script_args"),
     ({"s_churn": 0.5}, "s_churn"),
     ({"override_settings": {"CLIP_stop_at_last_layers": 13}}, "CLIP_stop_at_last_layers"),

@@ -104,7 +104,7 @@ def test_paste_says_what_it_applied_and_leaves_the_form_alone_for_plain_text(pag
     report = page.inner_text("#paste-report")
     for words in ("Applied:", "Steps: 28", "Sampler: DPM++ 2M, Schedule type: Karras", "Not applied:",
                   "Hires upscale: 2, Hires steps: 10, Hires upscaler: Latent, Denoising strength: 0.45",
-                  "no hires fix", "Clip skip: 2", "Model: unknown_model",
+                  "Clip skip: 2", "Model: unknown_model",
                   "not in your checkpoint folder", "<lora:missing:0.5>", "no LoRA named 'missing'"):
         assert words in report, words
     page.screenshot(path=str(OUTPUT / "paste-report.png"), full_page=True)

@@ -98,14 +98,16 @@ def test_paste_says_what_was_applied_and_what_not_and_why(demo_root):
             "Sampler: DPM++ 2M, Schedule type: Karras", "CFG scale: 6.5"} <= set(pasted.applied)
     why = dict(pasted.not_applied)
     hires = "Hires upscale: 2, Hires steps: 10, Hires upscaler: Latent, Denoising strength: 0.45"
-    assert "no hires fix" in why[hires]
+    assert hires in pasted.applied  # the hires fix is pasted back
+    assert (p.hires.scale, p.hires.second_pass_steps, p.hires.upscaler, p.hires.denoising_strength) == \
+        (2.0, 10, "Latent", 0.45)
     assert "Clip skip: 2" in pasted.applied and p.clip_skip == 2  # the form's field (on SDXL: A1111's meaning)
     assert "not in your checkpoint folder" in why["Model: unknown_model"] and "homegrown-demo-base" in \
         why["Model: unknown_model"]
     assert "no LoRA named 'missing'" in why["<lora:missing:0.5>"] and "Generate refuses" in why["<lora:missing:0.5>"]
     assert why["ADetailer model: face_yolov8n.pt"] == "not a setting Homegrown has"
     assert "<lora:demo-style:0.8>" not in why and "Version: v1.10.1" not in why
-    assert len(pasted.not_applied) == 4
+    assert len(pasted.not_applied) == 3
 
 
 def test_paste_finds_models_by_hash_and_refuses_bad_values():

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import BASE, make_engine
-from sd_app import lycoris
+from sd_app import lycoris, lycoris_weights
 from sd_app.demo import _tiny_components, write_network
 from sd_app.errors import UserError
 from sd_app.lora_library import ActiveLora
@@ -105,9 +105,9 @@ def test_each_kind_sets_every_layer_to_its_formula_and_removal_restores_the_bits
     pipe = lyco_engine.pipelines.base.pipe
     loras.apply([])
     saved = snapshot(pipe)
-    index = lycoris.layer_index(pipe)
+    index = lycoris_weights.layer_index(pipe)
     layers = lycoris.layers_of(load_file(str(lyco_engine.loras.get(algo).path)))
-    modules = {layer: lycoris.find_module(pipe, *index[layer]) for layer in layers}
+    modules = {layer: lycoris_weights.find_module(pipe, *index[layer]) for layer in layers}
     originals = {layer: (m.weight.detach().clone(), m.bias.detach().clone() if m.bias is not None else None)
                  for layer, m in modules.items()}
     for m in (1.0, 0.5):
@@ -161,8 +161,8 @@ def test_a_plain_lora_written_in_by_the_patch_path_equals_peft_fused(lyco_engine
     loras.apply(active(lyco_engine, ("demo-style", 0.8)))
     assert loras.fused  # the UNet's layers fused; the text encoders' run as peft adapters
     tensors = load_file(str(lyco_engine.loras.get("demo-style").path))
-    index = lycoris.layer_index(pipe)
-    fused = {layer: lycoris.find_module(pipe, *index[layer]).weight.detach().clone()
+    index = lycoris_weights.layer_index(pipe)
+    fused = {layer: lycoris_weights.find_module(pipe, *index[layer]).weight.detach().clone()
              for layer in lycoris.layers_of(tensors) if layer.startswith("lora_unet_")}
     by_peft = encoded()
     loras.apply([])
@@ -170,7 +170,7 @@ def test_a_plain_lora_written_in_by_the_patch_path_equals_peft_fused(lyco_engine
     patches.apply(pipe, index, "demo-style", tensors, 0.8)
     try:
         for layer, weight in fused.items():
-            assert torch.allclose(lycoris.find_module(pipe, *index[layer]).weight, weight, atol=1e-5), layer
+            assert torch.allclose(lycoris_weights.find_module(pipe, *index[layer]).weight, weight, atol=1e-5), layer
         for mine, theirs in zip(encoded(), by_peft):
             assert torch.allclose(mine, theirs, atol=1e-4)
     finally:
@@ -200,7 +200,7 @@ def test_the_same_set_again_is_not_computed_again(lyco_engine, monkeypatch):
     def fail(*args):
         raise AssertionError("computed again")
 
-    monkeypatch.setattr(lycoris, "layer_update", fail)
+    monkeypatch.setattr(lycoris_weights, "layer_update", fail)
     loras.apply(active(lyco_engine, ("loha", 1.0)))  # in place already: nothing to compute
     monkeypatch.undo()
     loras.apply([])

@@ -50,7 +50,7 @@ def light_studio(ckpt_dir, tmp_path, settings_file=None):
 
 def test_before_its_stack_a_studio_lists_folders_and_refuses_work_with_503(ckpt_dir, tmp_path, small):
     studio = light_studio(ckpt_dir, tmp_path, tmp_path / "settings.json")
-    assert studio.checkpoint_names("sdxl-base") == [BASE] and studio.loaded_model() is None
+    assert studio.checkpoint_names("sdxl-base") == [BASE, "homegrown-demo-inpaint"] and studio.loaded_model() is None
     assert studio.vae_names() == ["Automatic", "homegrown-demo-vae"]
     for call in (lambda: studio.generate(small), lambda: studio.load_checkpoint(BASE),
                  lambda: studio.apply_settings({"steps": 12})):
@@ -64,7 +64,7 @@ def test_before_its_stack_a_studio_lists_folders_and_refuses_work_with_503(ckpt_
 
 @pytest.mark.parametrize("wanted, default, expected", [
     ("nope", "", "The checkpoint 'nope' could not be loaded: no checkpoint 'nope'; available: "
-                 f"{BASE}, {REFINER}. Choose another checkpoint on the page."),
+                 f"{BASE}, homegrown-demo-inpaint, {REFINER}. Choose another checkpoint on the page."),
     (None, REFINER, f"The checkpoint '{REFINER}' could not be loaded: {REFINER}.safetensors is an SDXL refiner "
                     "checkpoint, but an SDXL base checkpoint is needed here. Choose another checkpoint on the page."),
 ])

@@ -16,6 +16,7 @@ from ..jobs import GenerationResult
 from ..outputs import output_format
 from ..params import GenerationParams
 from . import a1111_options as opts
+from . import img2img_convert
 from .schemas import UNSUPPORTED, Txt2ImgRequest
 
 
@@ -77,6 +78,7 @@ def txt2img_plan(request: Txt2ImgRequest, current_vae: str, default_format: str,
                     if key in overrides})
     changes["checkpoint"] = checkpoint_name(overrides.get("sd_model_checkpoint")) or (
         base.checkpoint if request.infotext else None)
+    changes["hires"] = img2img_convert.hires_from_request(request) or (base.hires if request.infotext else None)
     params = base.replace(**changes)
     for name in params.styles if styles is not None else ():
         styles.get(name)  # an unknown style is a 404 naming the styles there are, before any work

@@ -30,7 +30,7 @@ from ..errors import UserError
 from ..logs import user_error
 from ..startup import RETRY_AFTER_SECONDS, Startup
 from ..studio import API_OWNER, Studio
-from . import convert, extras_routes
+from . import convert, extras_routes, img2img_routes
 from .schemas import OptionsRequest, PngInfoRequest, Txt2ImgRequest
 
 PREFIX = "/sdapi/v1"
@@ -79,6 +79,7 @@ def build_api(studio: Studio, throttle: SignInThrottle | None = None, startup: S
         return JSONResponse({"error": type(err).__name__, "detail": f"internal error: {err}"}, status_code=500)
 
     _job_routes(api, studio)
+    img2img_routes.register(api, studio)
     _model_routes(api, studio)
     _other_routes(api, studio)
     extras_routes.register(api, studio)
@@ -219,7 +220,7 @@ def _other_routes(api: FastAPI, studio: Studio) -> None:
 
     @api.get("/scripts")
     def scripts():
-        return {"txt2img": [xyz.TITLE.lower()], "img2img": []}  # A1111 lists script titles in lower case
+        return {"txt2img": [xyz.TITLE.lower()], "img2img": ["sd upscale"]}  # A1111 lists script titles in lower case
 
     @api.get("/memory")
     def memory():

@@ -88,12 +88,11 @@ class Txt2ImgRequest(_Request):
 
 # Fields for features Homegrown does not have, with the values that mean "not used" in A1111.
 UNSUPPORTED = {
-    "enable_hr": ((False,), "hires fix is not supported; generate at the final size (SDXL works at ~1 megapixel)"),
-    "restore_faces": ((None, False), "face restoration is not supported"),
+    "restore_faces": ((None, False), "face restoration is not available in Homegrown"),
     "script_name": ((None, ""), "the one script Homegrown has is \"x/y/z plot\""),
     "script_args": (([],), "script_args belong to a script: send script_name \"x/y/z plot\""),
     "alwayson_scripts": (({},), "extensions (alwayson_scripts) are not supported"),
-    "firstpass_image": ((None, ""), "a first-pass image needs hires fix, which is not supported"),
+    "firstpass_image": ((None, ""), "a first-pass image for the hires fix is not supported"),
     "s_churn": ((None, 0, 0.0), "sampler noise settings (s_churn) are not supported"),
     "s_noise": ((None, 1, 1.0), "sampler noise settings (s_noise) are not supported"),
     "s_tmin": ((None, 0, 0.0), "sampler noise settings (s_tmin) are not supported"),

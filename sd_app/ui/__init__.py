@@ -8,7 +8,7 @@ import gradio as gr
 
 from ..startup import Startup
 from ..studio import Studio
-from . import extras_tab, history_tab, lora_tab, settings_tab, startup_status, txt2img
+from . import extras_tab, history_tab, img2img_tab, lora_tab, settings_tab, startup_status, txt2img
 
 CSS = """
 .hg-progress {position: relative; min-height: 1.8em; border-radius: 6px; background: var(--block-background-fill);
@@ -36,8 +36,13 @@ def build(studio: Studio, startup: Startup | None = None) -> gr.Blocks:
         gr.Markdown(banner)
         status = gr.Markdown(startup_status.note(startup) if startup else "", visible=loading, elem_id="startup-status")
         with gr.Tabs() as tabs:
-            with gr.Tab("txt2img", id="txt2img"):
+            with gr.Tab("txt2img", id="txt2img") as txt2img_tab:
                 form, parts = txt2img.build(studio, loading)
+            with gr.Tab("img2img", id="img2img"):
+                img2img_form, img2img_sub_tabs = img2img_tab.build(studio, loading)
+            with txt2img_tab:  # "Send to img2img / inpaint" at the foot of the txt2img tab
+                img2img_tab.wire_send(parts["gallery"], parts["info"], parts["dropped"], parts["dropped_info"],
+                                      img2img_form, img2img_sub_tabs, tabs)
             with gr.Tab("LoRA", id="lora") as lora_tab_item:
                 listing, search, lora_outputs = lora_tab.build(studio, parts["prompt"])
             with gr.Tab("History", id="history") as history_tab_item:

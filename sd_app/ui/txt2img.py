@@ -19,7 +19,9 @@ from ..params import LIMITS, SDXL_SIZES, GenerationParams, Limits
 from ..preview import enlarged
 from ..prompts import token_chunks
 from ..studio import Studio
-from . import embedding_cards, xyz_panel
+from . import embedding_cards
+from . import hires as hires_ui
+from . import xyz_panel
 from .components import form_slider
 from .handlers import bind, refused, shows_user_errors
 from .lora_cards import card_grid, list_cards
@@ -211,6 +213,7 @@ def build(studio: Studio, loading: bool = False) -> tuple[Form, dict]:
     with gr.Row():
         with gr.Column(scale=1):
             fields, size, swap, random_seed, reuse_seed = _options_column(studio, defaults, loading)
+            hires = hires_ui.layout()
             grid_controls = xyz_panel.layout(studio)
         with gr.Column(scale=1):
             (shown, to_form, pasted, apply_paste, dropped, dropped_info, dropped_to_form, report,
@@ -222,7 +225,7 @@ def build(studio: Studio, loading: bool = False) -> tuple[Form, dict]:
     # No Gradio concurrency limit: jobs wait on the studio's board, whose progress bar tells each user their
     # place ("2 jobs ahead"), for page and API jobs alike; Gradio's queue would only show a clipped "queue: 1/1".
     # Gradio's own status ("Error") goes beside the form, not over the last results.
-    generate.click(bind(run, studio, results), inputs=form.inputs(), outputs=results.outputs(),
+    generate.click(bind(run, studio, results), inputs=form.inputs() + hires.inputs(), outputs=results.outputs(),
                    concurrency_limit=None, api_name="txt2img", show_progress_on=[results.error])
     xyz_panel.wire(grid_controls, studio, form, results)  # "Generate grid": the same form, the same results
     interrupt.click(bind(interrupt_job, studio), None, None, queue=False, api_name="interrupt")
@@ -230,8 +233,8 @@ def build(studio: Studio, loading: bool = False) -> tuple[Form, dict]:
     results.gallery.select(select_infotext, results.infotexts, results.info, api_name=False)
 
     form_outputs = form.inputs() + [size]
-    fill = bind(fill_form, studio, form, size, report, paste_box)
-    filled = form_outputs + [report, paste_box]
+    fill = hires_ui.filling(bind(fill_form, studio, form, size, report, paste_box), hires)
+    filled = form_outputs + [report, paste_box] + hires.inputs()
     to_form.click(fill, [results.info] + form.inputs(), filled, api_name=False)
     apply_paste.click(fill, [pasted] + form.inputs(), filled, api_name="paste_parameters")
     dropped.change(read_png_info, dropped, dropped_info, api_name="png_info")
@@ -259,7 +262,8 @@ def build(studio: Studio, loading: bool = False) -> tuple[Form, dict]:
 
     on_load = (bind(current_form, studio, form, size, no_model_box), None, form.inputs() + [size, no_model_box])
     return form, {"prompt": prompt, "gallery": results.gallery, "info": results.info, "checkpoint": checkpoint,
-                  "preset": preset, "load": on_load, "size": size, "generate": generate, "lists": lists}
+                  "preset": preset, "load": on_load, "size": size, "generate": generate, "lists": lists,
+                  "dropped": dropped, "dropped_info": dropped_info, "results": results}
 
 
 def start_defaults(studio: Studio) -> GenerationParams:
@@ -426,7 +430,9 @@ def run(studio: Studio, results: Results, request: gr.Request, *values):
     A refused request shows why beside the form and leaves the last images, parameters and progress line as they
     were; API clients (gradio_client) still get the message as an error."""
     try:
-        params = values_to_params(list(values), studio.limits())
+        form_size = len(Form.__dataclass_fields__)  # then the hires fix accordion's values
+        params = values_to_params(list(values[:form_size]), studio.limits())
+        params = hires_ui.with_hires(params, values[form_size:]).check(studio.limits())
     except UserError as err:
         yield {results.error: error_html(str(err))}
         raise refused("txt2img", err, toast=False) from None

@@ -1,0 +1,57 @@
+"""The hires fix's request side (sd_app/hires.py): A1111's target size, checks naming its fields, infotext keys."""
+
+import pytest
+import torch
+
+from sd_app import hires
+from sd_app.errors import UserError
+from sd_app.hires import HiresParams
+from sd_app.params import GenerationParams
+
+
+@pytest.mark.parametrize("spec, size, expected", [
+    (HiresParams(scale=2), (64, 48), (128, 96, 0, 0)),
+    (HiresParams(scale=1.5), (832, 1216), (1248, 1824, 0, 0)),
+    (HiresParams(resize_x=1024), (512, 256), (1024, 512, 0, 0)),
+    (HiresParams(resize_y=1024), (512, 256), (2048, 1024, 0, 0)),
+    # both sides: the image is scaled to cover the box, then the overflow is cut in latent rows
+    (HiresParams(resize_x=1024, resize_y=512), (512, 512), (1024, 1024, 0, 64)),
+])
+def test_target_size_as_a1111(spec, size, expected):
+    target = spec.target(*size)
+    assert (target.width, target.height, target.truncate_x, target.truncate_y) == expected
+
+
+def test_truncate_cuts_half_each_side():
+    latents = torch.zeros(1, 4, 128, 128)
+    out = hires.truncate(latents, hires.Target(1024, 1024, 0, 64))
+    assert out.shape[-2:] == (64, 128)
+
+
+def test_latent_upscale_modes():
+    latents = torch.arange(16.0).reshape(1, 1, 4, 4)
+    for mode in hires.LATENT_MODES:
+        assert hires.upscale_latents(latents, mode, 64, 64).shape[-2:] == (8, 8)
+
+
+@pytest.mark.parametrize("spec, field", [
+    (HiresParams(scale=9), "hr_scale"), (HiresParams(upscaler="4x-Nope"), "hr_upscaler"),
+    (HiresParams(denoising_strength=2), "denoising_strength"), (HiresParams(second_pass_steps=-1), "hr_second_pass_steps"),
+    (HiresParams(sampler_name="Nope"), "hr_sampler_name"), (HiresParams(scale=4), "hr_scale"),  # 4096x4096: too many
+])
+def test_checks_name_the_a1111_field(spec, field):
+    with pytest.raises(UserError) as err:
+        GenerationParams(width=1024, height=1024, hires=spec).check()
+    assert err.value.field == field
+
+
+def test_infotext_keys_in_a1111_order_and_back():
+    spec = HiresParams(scale=2, upscaler="Latent", second_pass_steps=10, denoising_strength=0.45,
+                       sampler_name="Euler a", prompt="sharp")
+    fields = spec.infotext_fields("a cat", "", "DPM++ 2M", "Automatic")
+    assert [k for k, v in fields.items() if v is not None] == ["Hires sampler", "Hires prompt", "Hires upscale",
+                                                               "Hires steps", "Hires upscaler"]
+    read, applied, refused = hires.from_infotext({"Hires upscale": "2", "Hires steps": "10", "Hires upscaler": "Latent",
+                                                  "Hires sampler": "Euler a", "Hires prompt": "sharp",
+                                                  "Denoising strength": "0.45", "Hires resize": "bad"})
+    assert read == spec and len(applied) == 6 and refused == [("Hires resize: bad", "not WIDTHxHEIGHT")]
