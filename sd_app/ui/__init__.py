@@ -8,7 +8,7 @@ import gradio as gr
 
 from ..startup import Startup
 from ..studio import Studio
-from . import history_tab, lora_tab, settings_tab, startup_status, txt2img
+from . import history_tab, lora_tab, settings_tab, startup_status, train_tab, txt2img
 
 CSS = """
 .hg-progress {position: relative; min-height: 1.8em; border-radius: 6px; background: var(--block-background-fill);
@@ -42,6 +42,8 @@ def build(studio: Studio, startup: Startup | None = None) -> gr.Blocks:
                 listing, search, lora_outputs = lora_tab.build(studio, parts["prompt"])
             with gr.Tab("History", id="history") as history_tab_item:
                 saved, saved_search, saved_outputs = history_tab.build(studio, form, parts["size"], tabs)
+            with gr.Tab("Train", id="train"):
+                train_tab.build(studio)
             with gr.Tab("Settings", id="settings"):
                 settings_loader, settings_outputs = settings_tab.build(studio)
         lora_tab_item.select(listing, search, lora_outputs, api_name=False)
