@@ -41,7 +41,7 @@ from . import ldm_format
 from .loading import CONFIGS_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
-ALL_CASES = ("overhead", "fastpath", "load", "lora-demo", "lora", "coldstart", "limits", "gpu")
+ALL_CASES = ("overhead", "fastpath", "load", "lora-demo", "lora", "coldstart", "limits", "gpu", "train")
 
 
 # ---- measuring ---------------------------------------------------------------------------------
@@ -737,8 +737,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def case_train(report: Report, work: Path, runs: int) -> None:
+    """LoRA training: s/step and peak memory against diffusers' example loop, and the full-size estimate."""
+    from .training.bench_case import case_train as train_case
+
+    train_case(report, work, runs)
+
+
 CASES = {"overhead": case_overhead, "fastpath": case_fastpath, "load": case_load, "lora-demo": case_lora_demo,
-         "lora": case_lora, "coldstart": case_coldstart, "limits": case_limits, "gpu": case_gpu}
+         "lora": case_lora, "coldstart": case_coldstart, "limits": case_limits, "gpu": case_gpu,
+         "train": case_train}
 
 
 def main(argv: list[str] | None = None) -> int:
