@@ -117,6 +117,8 @@ def _prepare(config, run, dataset: Dataset, checkpoint, model_hash, device, prec
         texts = {item.caption: cache.text(item.caption, (pipe.tokenizer, pipe.tokenizer_2), encoders, device)
                  for item in dataset.items}
         text_cache = texts.__getitem__
+    if device.type == "cuda" and not config.train_text_encoder:
+        _place(pipe, "cpu")  # cached: the VAE and text encoders leave the GPU (back only for sample images)
     run.say(f"{len(dataset.items)} images ({cache.hits} cached latents/embeddings reused, {cache.misses} computed)")
     repeats = [dataset.repeats[item.folder] for item in dataset.items]
     trainer = Trainer(config, pipe, examples, repeats, device, precision, text_cache)
@@ -214,6 +216,11 @@ def _write_lora(config, run, trainer: Trainer, dataset, started_at, checkpoint, 
     return kohya_file.save(state, fields, path)
 
 
+def _place(pipe, device) -> None:
+    for part in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+        part.to(device)
+
+
 def _samples(config, run: TrainingRun, trainer: Trainer, work: Path) -> list:
     """One image per sample prompt, from the run's pipeline with the LoRA as it is now (same seed each time)."""
     run.note = f"Sample images at step {trainer.step}…"
@@ -222,8 +229,10 @@ def _samples(config, run: TrainingRun, trainer: Trainer, work: Path) -> list:
     for model in trainer.models.values():
         model.eval()
     images = []
-    autocast = trainer.autocast()
-    with autocast:
+    offloaded = trainer.device.type == "cuda" and not config.train_text_encoder
+    if offloaded:
+        _place(pipe, trainer.device)
+    with trainer.autocast():
         for number, prompt in enumerate(config.sample_prompts):
             generator = torch.Generator("cpu").manual_seed(config.sample_seed)
             image = pipe(prompt=prompt, num_inference_steps=config.sample_steps, width=config.resolution,
@@ -232,5 +241,7 @@ def _samples(config, run: TrainingRun, trainer: Trainer, work: Path) -> list:
             folder.mkdir(parents=True, exist_ok=True)
             image.save(folder / f"step{trainer.step:08d}-{number}.png")
             images.append(image)
+    if offloaded:
+        _place(pipe, "cpu")
     run.note = None
     return images
