@@ -94,3 +94,15 @@ def test_settings_are_checked_by_field_and_round_trip_through_json(tmp_path):
     (tmp_path / "bad.json").write_text("{nope")
     with pytest.raises(UserError, match="not valid JSON"):
         TrainConfig.load(tmp_path / "bad.json")
+
+
+def test_the_cli_refuses_bad_settings_with_a_message(tmp_path, capsys):
+    from sd_app import train as train_cli
+
+    (tmp_path / "run.json").write_text(json.dumps({"dataset_dir": "d", "output_name": "x", "checkpoint": "c",
+                                                   "rank": "many"}))
+    assert train_cli.main([str(tmp_path / "run.json")]) == 2
+    assert "rank: must be a whole number, got 'many'" in capsys.readouterr().err
+    (tmp_path / "run.json").write_text(json.dumps({"dataset_dir": "d", "output_name": "x", "checkpoint": "c"}))
+    assert train_cli.main([str(tmp_path / "run.json")]) == 2
+    assert "output_dir" in capsys.readouterr().err

@@ -77,3 +77,20 @@ def test_the_studio_trains_in_the_gpu_queue_and_generation_goes_first(demo_root,
     assert run.error is None and run.stopped and run.output is not None
     assert "Skipped 3_zebra/broken.png: cannot be read as an image" in run.messages[0]
     assert "zebra" in [info.name for info in studio.loras.list()]  # listed at once
+
+
+def test_text_encoder_lora_and_the_fallbacks_say_what_they_did(demo_root, tmp_path):
+    from safetensors import safe_open
+
+    dataset = make_dataset(tmp_path / "images", broken=False)
+    config = TrainConfig(**run_settings(demo_root, dataset, tmp_path, max_steps=2, train_text_encoder=True,
+                                        train_conv=False, train_feed_forward=False, optimizer="adamw8bit",
+                                        mixed_precision="bf16", gradient_checkpointing=True))
+    run = train(config)
+    assert "8-bit AdamW is not available (it needs a CUDA GPU): training with AdamW (more memory)" in run.messages
+    assert "Mixed precision (bf16) needs a GPU: training in fp32 on the cpu" in run.messages
+    with safe_open(str(config.output_path()), "pt") as file:
+        keys, meta = set(file.keys()), file.metadata()
+    assert "lora_te1_text_model_encoder_layers_0_self_attn_out_proj.lora_down.weight" in keys
+    assert "lora_te2_text_model_encoder_layers_9_self_attn_q_proj.lora_up.weight" in keys
+    assert meta["ss_network_train_unet_only"] == "False" and meta["ss_optimizer"] == "torch.optim.AdamW"
