@@ -199,7 +199,7 @@ def full_size_estimate(resolution: int = 1024, rank: int = 16) -> dict:
     block = max(saved["blocks"].values())
     weights, adapter = frozen * 2, lora * (4 + 4 + 2)
     total = weights + adapter + kept + 2 * block + 1e9
-    return {f"full SDXL: UNet parameters (frozen, bf16)": f"{frozen / 1e6:.0f} M",
+    return {"full SDXL: UNet parameters (frozen, bf16)": f"{frozen / 1e6:.0f} M",
             f"full SDXL: LoRA parameters (rank {rank}, attention)": f"{lora / 1e6:.1f} M",
             "full SDXL: UNet weights": float(weights),
             "full SDXL: LoRA weights + grads + 8-bit AdamW": float(adapter),

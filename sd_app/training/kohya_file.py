@@ -28,7 +28,6 @@ BASE_MODEL_VERSION = "sdxl_base_v1-0"
 def metadata(config: TrainConfig, dataset, steps: int, started_at: float, model_name: str,
              model_hash: str | None, precision: str, optimizer: str, epochs: int, batches_per_epoch: int) -> dict:
     network_args = {"conv_dim": str(config.rank), "conv_alpha": str(config.alpha)} if config.train_conv else {}
-    images = len(dataset.items)
     buckets = sorted({item.bucket for item in dataset.items})
     fields = {
         "ss_session_id": str(config.seed),

@@ -5,7 +5,8 @@ Layers are chosen as kohya's sd-scripts and diffusers' SDXL example choose them:
 projections, optionally its feed-forward layers and its resnets' 3x3 convolutions (kohya's LoCon "conv_dim"),
 and the text encoders' attention projections (out_proj included: loaders recognise kohya text-encoder LoRAs
 by it). kohya names a layer by its SGM/LDM path with dots as underscores: the UNet's
-`down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q` is `lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q`.
+`down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q` is
+`lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q`.
 """
 
 from __future__ import annotations
