@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from . import __version__, infotext, nonfinite, samplers
+from . import __version__, infotext, nonfinite, rng, samplers
 from .encoding import Conditioning
 from .errors import UserError
 from .jobs import GenerationResult, Job
@@ -40,20 +40,22 @@ class Pass:
 
 class Engine:
     def __init__(self, pipelines: Pipelines, loras: LoraLibrary | None = None, preview_every: int = 3,
-                 limits: Limits | None = None, styles: StyleLibrary | None = None):
+                 limits: Limits | None = None, styles: StyleLibrary | None = None, randn_source: str = rng.DEFAULT_SOURCE):
         self.pipelines = pipelines
         self.loras = loras
         self.styles = styles
         self.preview_every = preview_every  # steps between live previews; 0 turns them off
         self.limits = limits or Limits()  # what one request may ask for (Settings → Limits)
+        self.randn_source = randn_source  # where seeds' noise is drawn, unless a request says (rng.py)
 
     def use_libraries(self, loras: LoraLibrary | None) -> None:
         """A new LoRA folder (from Settings): tags resolve there from the next job on."""
         self.loras = loras
 
-    def configure(self, preview_every: int, limits: Limits | None = None) -> None:
+    def configure(self, preview_every: int, limits: Limits | None = None, randn_source: str | None = None) -> None:
         self.preview_every = preview_every
         self.limits = limits or self.limits
+        self.randn_source = randn_source or self.randn_source
 
     # ---- generation -------------------------------------------------------------------------
 
@@ -70,8 +72,7 @@ class Engine:
             raise UserError("this Homegrown has no LoRA folder configured", field="prompt")
         active = resolve_tags(self.loras, tags) if tags else []
         sampler, schedule = samplers.resolve(params.sampler_name, params.scheduler)
-        seed = params.seed if params.seed != -1 else random.randrange(2**32 - params.batch_size * params.n_iter)
-        params = params.replace(seed=seed)
+        params = self._fill_noise(params)
         job = job or Job(params)
         job.params = params
         with self.pipelines.lock:
@@ -93,6 +94,14 @@ class Engine:
                                         self.pipelines.vae_file) from None
             finally:
                 job.finished = time.time()
+
+    def _fill_noise(self, params: GenerationParams) -> GenerationParams:
+        """The request with its random seeds drawn and its noise source named, as the infotext will say."""
+        last = 2**32 - params.batch_size * params.n_iter  # every image's seed + index stays a valid seed
+        seed = params.seed if params.seed != -1 else random.randrange(last)
+        subseed = params.subseed if params.subseed != -1 else random.randrange(last)
+        return params.replace(seed=seed, subseed=subseed, randn_source=rng.check_source(
+            params.randn_source or self.randn_source))
 
     def _run(self, params, prompt, active, sampler, schedule, job: Job) -> GenerationResult:
         pipes = self.pipelines
@@ -177,16 +186,17 @@ class Engine:
         return latents
 
     def _start_latents(self, params, model: LoadedModel, seeds: list[int]):
-        """txt2img starts from noise, drawn on the CPU from each image's seed: the same picture on any GPU,
-        and on the CPU. Returns the latents and the generators the samplers go on drawing from."""
-        generators, noise = [], []
+        """txt2img starts from noise drawn from each image's seed as A1111 draws it (rng.py: its source,
+        variation seed and seed resize). Returns the latents and the generators the samplers go on drawing from."""
         height, width = params.height // 8, params.width // 8
-        channels = model.pipe.unet.config.in_channels
-        for seed in seeds:
-            generator = torch.Generator("cpu").manual_seed(seed)
-            noise.append(torch.randn((channels, height, width), generator=generator, dtype=torch.float32))
-            generators.append(generator)
-        return torch.stack(noise).to(self.pipelines.device, self.pipelines.dtype), generators
+        channels = model.pipe.vae.config.latent_channels  # an inpainting UNet takes more: the mask and image
+        first = params.seed
+        subseeds = [params.subseed + (seed - first) for seed in seeds]
+        noise = rng.ImageRNG((channels, height, width), seeds, subseeds=subseeds,
+                             subseed_strength=params.subseed_strength, seed_resize_from_h=params.seed_resize_from_h,
+                             seed_resize_from_w=params.seed_resize_from_w, source=params.randn_source).next()
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        return noise.to(self.pipelines.device, self.pipelines.dtype), generators
 
     def _run_pass(self, step: Pass, latents, generators, params, sampler, schedule, seeds, job):
         pipe, cond = step.model.pipe, step.cond
@@ -249,9 +259,14 @@ class Engine:
             "Model": base.checkpoint.short_name,
             "VAE hash": vae[1] if vae else None,
             "VAE": vae[0] if vae else None,
+            "Variation seed": params.subseed + (seed - params.seed) if params.subseed_strength else None,
+            "Variation seed strength": params.subseed_strength or None,
+            "Seed resize from": (f"{params.seed_resize_from_w}x{params.seed_resize_from_h}"
+                                 if params.seed_resize_from_w > 0 and params.seed_resize_from_h > 0 else None),
             "Refiner": refiner.title if refiner else None,
             "Refiner switch at": params.refiner_switch_at if refiner else None,
             "Lora hashes": lora_hashes,
+            "RNG": params.randn_source if params.randn_source != rng.DEFAULT_SOURCE else None,  # A1111 writes no GPU
             "Styles": ", ".join(params.styles) or None,  # already in the prompts; a paste takes them out again
             "Version": f"Homegrown {__version__}",
         }
