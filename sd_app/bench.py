@@ -44,7 +44,8 @@ from . import ldm_format, rng
 from .loading import CONFIGS_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
-ALL_CASES = ("overhead", "fastpath", "load", "lora-demo", "lora", "coldstart", "limits", "gpu", "upscale", "img2img")
+ALL_CASES = ("overhead", "fastpath", "load", "lora-demo", "lora", "coldstart", "limits", "gpu", "upscale", "img2img",
+             "train")
 
 
 # ---- measuring ---------------------------------------------------------------------------------
@@ -845,10 +846,17 @@ def case_upscale(report: Report, work: Path, runs: int) -> None:
                        f"{max(r['cuda_peak'] for r in rows) / 1e6:.0f} MB", max(r["cuda_peak"] for r in rows))
 
 
+def case_train(report: Report, work: Path, runs: int) -> None:
+    """LoRA training: s/step and peak memory against diffusers' example loop, and the full-size estimate."""
+    from .training.bench_case import case_train as train_case
+
+    train_case(report, work, runs)
+
+
 CASES = {"overhead": case_overhead, "fastpath": case_fastpath, "load": case_load, "lora-demo": case_lora_demo,
          "lora": case_lora, "coldstart": case_coldstart, "limits": case_limits, "gpu": case_gpu,
          "upscale": case_upscale,
-         "img2img": lambda report, work, runs: _img2img_case(report, work, runs)}
+         "img2img": lambda report, work, runs: _img2img_case(report, work, runs), "train": case_train}
 
 
 def _img2img_case(report: Report, work: Path, runs: int) -> None:

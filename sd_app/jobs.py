@@ -162,6 +162,11 @@ class JobBoard:
         # A later job that got the GPU first (the lock is not first-come, first-served) is ahead too.
         return sum(1 for other in earlier if other.finished is None) + sum(1 for other in later if other.running)
 
+    def waiting(self) -> int:
+        """Jobs on the board that wait for the GPU (a training run lets them go first, between its steps)."""
+        with self._lock:
+            return sum(1 for job in self._jobs if job.started is None and job.finished is None)
+
     def running(self) -> Job | None:
         """The job that holds the GPU now, if any."""
         with self._lock:

@@ -91,6 +91,7 @@ class Studio(StudioExtras):
         self.kept_options = kept_options or KeptOptions()  # other programs' options clients store (A1111's)
         self._tokenizer = None
         self._history: History | None = None
+        self.training = None  # the LoRA training run (training.progress.TrainingRun), the last one if it ended
         self._lock = threading.Lock()
         self.embedding_library = EmbeddingLibrary(settings.folder("embeddings"),
                                                   self.checkpoint_library.hashes)
@@ -268,6 +269,35 @@ class Studio(StudioExtras):
     def queue_position(self, job: Job) -> int:
         """How many jobs will hold the GPU before this queued one can (0 once it runs)."""
         return self.jobs.ahead_of(job)
+
+    # ---- training -------------------------------------------------------------------------------
+
+    def start_training(self, config, owner: str = API_OWNER):
+        """Train a LoRA (`training.config.TrainConfig`) in a thread of its own, in the GPU queue: the run holds
+        the GPU one step at a time and lets waiting generation jobs go first. One run at a time. The LoRA is
+        written into the LoRA folder (listed at once), its settings beside it as `<name>.train.json`."""
+        from .training.progress import TrainingRun
+        from .training.run import train
+
+        self._stack()
+        with self._lock:
+            if self.training is not None and not self.training.done:
+                raise UserError(f"a LoRA is training already ({self.training.config.output_name}): stop it first",
+                                field="output_name", status=409)
+            config.output_dir = config.output_dir or str(self.settings.folder("lora"))
+            config.check()
+            run = TrainingRun(config, owner)
+            self.training = run
+
+        def work():
+            try:
+                train(config, run, self.checkpoint_library, self.checkpoint_library.hashes, self.pipelines.lock,
+                      others_waiting=self.jobs.waiting)
+            except Exception:  # noqa: BLE001 - recorded in the run (the page shows it), logged by train()
+                pass
+
+        threading.Thread(target=work, daemon=True, name=f"training-{owner}").start()
+        return run
 
     # ---- checkpoints ------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import gradio as gr
 
 from ..startup import Startup
 from ..studio import Studio
-from . import extras_tab, history_tab, img2img_tab, lora_tab, settings_tab, startup_status, txt2img
+from . import extras_tab, history_tab, img2img_tab, lora_tab, settings_tab, startup_status, train_tab, txt2img
 
 CSS = """
 .hg-progress {position: relative; min-height: 1.8em; border-radius: 6px; background: var(--block-background-fill);
@@ -49,6 +49,8 @@ def build(studio: Studio, startup: Startup | None = None) -> gr.Blocks:
                 saved, saved_search, saved_outputs = history_tab.build(studio, form, parts["size"], tabs)
             with gr.Tab("Extras", id=extras_tab.TAB_ID):
                 parts["extras"] = extras_tab.build(studio)  # "Send to extras" targets parts["extras"].image
+            with gr.Tab("Train", id="train"):
+                train_tab.build(studio)
             with gr.Tab("Settings", id="settings"):
                 settings_loader, settings_outputs = settings_tab.build(studio)
         lora_tab_item.select(listing, search, lora_outputs, api_name=False)
