@@ -76,6 +76,7 @@ class Studio:
         self.offline = offline
         self.demo = demo
         self.start_preset = start_preset
+        self.backend = None  # a pool of workers (sd_app.pool.PoolBackend) to run on, in place of a local engine
         self.jobs = JobBoard()  # every job in flight, from the page and the API alike
         self._tokenizer = None
         self._history: History | None = None
@@ -98,6 +99,9 @@ class Studio:
 
     def attach_stack(self) -> None:
         """Import the model stack and make the pipelines and the engine (no checkpoint is loaded yet)."""
+        if self.backend is not None:  # the pool's workers hold the models; they have the same shape here
+            self.pipelines, self.engine = self.backend.start(self)
+            return
         from .engine import Engine
         from .pipelines import Pipelines
 
@@ -224,6 +228,10 @@ class Studio:
         if job is not None:
             job.skip()
         return job is not None
+
+    def workers(self) -> list:
+        """The pool's workers (device, loaded model, current job, state); empty when this process runs alone."""
+        return self.engine.workers() if self.backend is not None and self.engine is not None else []
 
     def queue_position(self, job: Job) -> int:
         """How many jobs will hold the GPU before this queued one can (0 once it runs)."""
