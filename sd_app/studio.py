@@ -156,17 +156,22 @@ class Studio:
         previous = self.current_checkpoint()
         done, warnings, first_error = {}, list(plan.warnings), None
         self.jobs.add(job)  # on the board between cells too: each `generate` adds and removes its own entry
+        run_cells = getattr(self.engine, "run_cells", None)  # a pool of workers runs several cells at once
         try:
-            for number, cell in enumerate(_fewest_loads(plan.cells, previous)):
-                if job.interrupted:
-                    break
-                job.sampling_step, job.finished, job.part_no = 0, None, number  # the step count is the cell's
-                try:
-                    done[cell.index] = self.generate(cell.params, owner, job, save, output_format)
-                except UserError as err:
-                    first_error = first_error or err
-                    warnings.append(f"{cell.label}: {err}")
-                    log.warning("X/Y/Z plot cell %s failed: %s", cell.label, err)
+            if run_cells is not None:
+                first_error = run_cells(_fewest_loads(plan.cells, previous), job, done, warnings, lambda cell, part:
+                                        self.generate(cell.params, owner, part, save, output_format))
+            else:
+                for number, cell in enumerate(_fewest_loads(plan.cells, previous)):
+                    if job.interrupted:
+                        break
+                    job.sampling_step, job.finished, job.part_no = 0, None, number  # the step count is the cell's
+                    try:
+                        done[cell.index] = self.generate(cell.params, owner, job, save, output_format)
+                    except UserError as err:
+                        first_error = first_error or err
+                        warnings.append(f"{cell.label}: {err}")
+                        log.warning("X/Y/Z plot cell %s failed: %s", cell.label, err)
         finally:
             if previous and self.current_checkpoint() != previous:
                 self._load_back(previous, warnings)

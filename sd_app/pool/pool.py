@@ -153,6 +153,36 @@ class Pool:
         finally:
             job.finished = time.time()
 
+    def run_cells(self, cells: list, job: Job, done: dict, warnings: list[str], run) -> UserError | None:
+        """An X/Y/Z plot's cells at once, one per worker as they free up (`run(cell, part_job)` generates and saves
+        one through the studio), into `done` by cell index; the plot's job shows their progress together.
+        Returns the first cell's UserError (its message is also among the warnings), or None."""
+        parts: dict[int, Job] = {}
+
+        def one(cell):
+            if job.interrupted:
+                return None
+            parts[cell.index] = part = job.part(cell.params)
+            try:
+                done[cell.index] = run(cell, part)
+            except UserError as err:
+                return err
+            return None
+
+        with ThreadPoolExecutor(max(1, min(len(cells), len(self.slots))), thread_name_prefix="pool-cell") as threads:
+            futures = [threads.submit(one, cell) for cell in cells]
+            while not all(future.done() for future in futures):
+                _show_cells(job, list(parts.values()), len(done), len(cells))
+                time.sleep(POLL_SECONDS)
+        first_error = None
+        for cell, future in zip(cells, futures):
+            err = future.result()
+            if err is not None:
+                first_error = first_error or err
+                warnings.append(f"{cell.label}: {err}")
+                log.warning("X/Y/Z plot cell %s failed: %s", cell.label, err)
+        return first_error
+
     def configure(self, preview_every: int, limits=None) -> None:
         self.config = dataclasses.replace(self.config, preview_every=preview_every, limits=limits or self.limits)
         self._on_all(lambda actor: actor.configure_engine.remote(preview_every, self.limits))
@@ -407,6 +437,23 @@ class _Watch:
             job.job_no = min(self.total - 1, int(done))
             job.sampling_step, job.sampling_steps, job.note = lead.sampling_step, lead.sampling_steps, lead.note
             job.set_progress(done / self.total)
+
+
+def _show_cells(job: Job, parts: list[Job], finished: int, total: int) -> None:
+    """A plot's progress from its cells running at once: cells done plus the running ones' share; the steps and
+    preview of the first running cell."""
+    running = [part for part in parts if part.running]
+    started = [part.started for part in parts if part.started]
+    if started and not job.started:
+        job.started = min(started)
+    if running:
+        lead = running[0]
+        job.sampling_step, job.sampling_steps, job.note = lead.sampling_step, lead.sampling_steps, lead.note
+        newest = max((part for part in parts if part.preview is not None), key=lambda p: p.preview_step, default=None)
+        if newest is not None:
+            job.preview, job.preview_step = newest.preview, newest.preview_step
+    job.part_no = min(finished, total - 1)
+    job.progress = min(1.0, (finished + sum(part.progress for part in running)) / total)
 
 
 def _assemble(params: GenerationParams, results: list[GenerationResult], job: Job) -> GenerationResult:
