@@ -79,6 +79,19 @@ def test_the_front_end_holds_no_model_and_lists_its_workers(pool_studio):
     assert not hasattr(pool_studio.pipelines, "pipe") and not hasattr(pool_studio.engine, "pipelines")
 
 
+def test_the_workers_show_in_settings_and_in_the_memory_route(pool_studio):
+    from fastapi.testclient import TestClient
+
+    from sd_app.api.routes import build_api
+    from sd_app.ui import workers_panel
+
+    shown = TestClient(build_api(pool_studio)).get("/memory").json()["workers"]
+    assert [(w["number"], w["state"], w["device"]) for w in shown] == [(0, "ready", "cpu"), (1, "ready", "cpu")]
+    assert all(w["model"].startswith(BASE) and w["job"] is None for w in shown)
+    table = workers_panel.table(pool_studio).splitlines()
+    assert len(table) == 4 and table[2].startswith("| 0 | ready | cpu |") and BASE in table[3]
+
+
 def test_results_are_the_single_process_engines_pixel_for_pixel(pool_studio, engine):
     import torch
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import io
 import json
 import logging
@@ -218,7 +219,7 @@ def _other_routes(api: FastAPI, studio: Studio) -> None:
 
     @api.get("/memory")
     def memory():
-        return _memory()
+        return {**_memory(), "workers": [dataclasses.asdict(w) for w in studio.workers()]}  # a pool's, else []
 
 
 # ---- txt2img ---------------------------------------------------------------------------------

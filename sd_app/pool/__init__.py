@@ -63,6 +63,10 @@ class PoolBackend:
                 raise UserError("Ray finds no GPU: 'auto' starts one worker per GPU; on the CPU give a number, "
                                 "e.g. --workers 2", field="--workers")
             count = gpus
+        kind = "GPU" if gpus else "CPU"
+        have = int(ray.cluster_resources().get(kind, 0))
+        if count > have:  # a worker waits for its GPU (or CPU): the pool would wait for ever
+            raise UserError(f"{count} workers need {count} {kind}s, and the Ray cluster has {have}", field="--workers")
         threads = self.threads
         if threads is None:  # CPU workers on this machine share its cores; a GPU worker needs few
             threads = 0 if gpus else max(1, (os.cpu_count() or 1) // count)

@@ -14,6 +14,7 @@ has loaded, so affinity never starves anyone.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 
 from ..prompts import extract_lora_tags
@@ -95,9 +96,11 @@ class Router:
 
     @staticmethod
     def _best_worker(piece: Waiting, free: list[Free], heads: list[Waiting]) -> Free:
-        """The cheapest switch for this piece: none, else the same checkpoint (only LoRAs change), else a worker
-        whose setup no other waiting piece wants (its loaded state is worth least), else any."""
+        """The cheapest switch for this piece: none, else the same checkpoint (only LoRAs change); among those, a
+        worker whose setup no other waiting piece wants, and the most common among the free ones (what it loses
+        is worth least: other free workers still have it)."""
         wanted = {head.setup for head in heads if head is not piece}
+        common = Counter(w.setup for w in free)
         return min(free, key=lambda w: (w.setup != piece.setup,
                                         w.setup is None or w.setup.checkpoint != piece.setup.checkpoint,
-                                        w.setup in wanted))
+                                        w.setup in wanted, w.setup is not None and -common[w.setup]))
