@@ -366,6 +366,16 @@ class Pool:
         return [answer.result for answer in taken.values()]
 
 
+    def loaded(self, current: LoadedInfo) -> LoadedInfo:
+        """Every worker that took the change has `current` loaded, with no LoRA applied."""
+        with self._cond:
+            for slot in self.slots:
+                if slot.usable:
+                    slot.setup = Setup(current.checkpoint.name)
+            self.current = current
+        return current
+
+
 class PoolModels:
     """The pipelines' side, as the studio uses it: the checkpoint every worker has, loading and settings."""
 
@@ -380,12 +390,7 @@ class PoolModels:
         checkpoint = self.checkpoints.get(name)  # an unknown name is refused here, as by the pipelines
         results = self.pool.on_every_worker(lambda actor: actor.load_checkpoint.remote(checkpoint.name),
                                             f"could not load {checkpoint.name}")
-        with self.pool._cond:
-            for slot in self.pool.slots:
-                if slot.usable:
-                    slot.setup = Setup(checkpoint.name)
-        self.pool.current = LoadedInfo(checkpoint, results[0][1])
-        return self.pool.current
+        return self.pool.loaded(LoadedInfo(checkpoint, results[0][1]))
 
     def configure(self, options) -> str:
         messages = self.pool.on_every_worker(lambda actor: actor.configure.remote(options),
