@@ -2,7 +2,7 @@
 
 import os
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # On the CPU, Intel MKL picks kernels by the memory alignment of each buffer, so the same maths can differ
 # in the last bit once other allocations (a LoRA load) have moved things around. Strict CNR mode makes

@@ -11,11 +11,13 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from PIL import Image
 
-from . import __version__, infotext, nonfinite, samplers
+from . import __version__, infotext, loop, nonfinite, rng, samplers
+from .denoiser import Inpainting, Stage, size_time_ids
 from .encoding import Conditioning
 from .errors import UserError
 from .jobs import GenerationResult, Job
@@ -24,36 +26,58 @@ from .nonfinite import NotFinite
 from .params import GenerationParams, Limits
 from .pipelines import LoadedModel, Pipelines, free_memory
 from .preview import latent_preview
+from .sigmas import ModelSchedule
 from .prompts import extract_lora_tags
 from .styles import StyleLibrary
 
 
 @dataclass(frozen=True)
 class Pass:
-    """One stretch of the schedule on one model: from `start` to `end`, as fractions of the steps."""
+    """One model's stretch of the run: from `start` to `end`, as A1111's completed ratio of the schedule
+    (the refiner takes over from `refiner_switch_at`)."""
 
     model: LoadedModel
     cond: Conditioning  # already repeated for the batch
     start: float
     end: float
+    # Conditioning that changes during sampling (prompt editing): the n-th denoiser call's conditioning,
+    # batch-sized. None: `cond` throughout.
+    cond_at: Callable[[int], Conditioning] | None = None
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where a pass starts other than from noise (img2img, inpainting): the clean latents (scaled as the UNet
+    sees them, batch-sized), the denoising strength, and for inpainting the latent mask (1: repaint, 0: keep)
+    and a 9-channel inpainting UNet's extra input (cat of mask and masked-image latents, (batch, 5, h, w))."""
+
+    init_latent: torch.Tensor
+    strength: float
+    mask: torch.Tensor | None = None
+    image_cond: torch.Tensor | None = None
+
+    def inpainting(self) -> Inpainting:
+        return Inpainting(self.init_latent, self.mask, self.image_cond)
 
 
 class Engine:
     def __init__(self, pipelines: Pipelines, loras: LoraLibrary | None = None, preview_every: int = 3,
-                 limits: Limits | None = None, styles: StyleLibrary | None = None):
+                 limits: Limits | None = None, styles: StyleLibrary | None = None, randn_source: str = rng.DEFAULT_SOURCE):
         self.pipelines = pipelines
         self.loras = loras
         self.styles = styles
         self.preview_every = preview_every  # steps between live previews; 0 turns them off
         self.limits = limits or Limits()  # what one request may ask for (Settings → Limits)
+        self.randn_source = randn_source  # where seeds' noise is drawn, unless a request says (rng.py)
 
     def use_libraries(self, loras: LoraLibrary | None) -> None:
         """A new LoRA folder (from Settings): tags resolve there from the next job on."""
         self.loras = loras
 
-    def configure(self, preview_every: int, limits: Limits | None = None) -> None:
+    def configure(self, preview_every: int, limits: Limits | None = None, randn_source: str | None = None) -> None:
         self.preview_every = preview_every
         self.limits = limits or self.limits
+        self.randn_source = randn_source or self.randn_source
 
     # ---- generation -------------------------------------------------------------------------
 
@@ -70,8 +94,7 @@ class Engine:
             raise UserError("this Homegrown has no LoRA folder configured", field="prompt")
         active = resolve_tags(self.loras, tags) if tags else []
         sampler, schedule = samplers.resolve(params.sampler_name, params.scheduler)
-        seed = params.seed if params.seed != -1 else random.randrange(2**32 - params.batch_size * params.n_iter)
-        params = params.replace(seed=seed)
+        params = self._fill_noise(params)
         job = job or Job(params)
         job.params = params
         with self.pipelines.lock:
@@ -93,6 +116,14 @@ class Engine:
                                         self.pipelines.vae_file) from None
             finally:
                 job.finished = time.time()
+
+    def _fill_noise(self, params: GenerationParams) -> GenerationParams:
+        """The request with its random seeds drawn and its noise source named, as the infotext will say."""
+        last = 2**32 - params.batch_size * params.n_iter  # every image's seed + index stays a valid seed
+        seed = params.seed if params.seed != -1 else random.randrange(last)
+        subseed = params.subseed if params.subseed != -1 else random.randrange(last)
+        return params.replace(seed=seed, subseed=subseed, randn_source=rng.check_source(
+            params.randn_source or self.randn_source))
 
     def _run(self, params, prompt, active, sampler, schedule, job: Job) -> GenerationResult:
         pipes = self.pipelines
@@ -163,43 +194,44 @@ class Engine:
         switch = params.refiner_switch_at
         return [Pass(base, cond, 0.0, switch), Pass(refiner, cond.for_refiner(), switch, 1.0)]
 
-    def _denoise(self, params, passes: list[Pass], sampler, schedule, seeds: list[int], job: Job):
-        latents, generators = self._start_latents(params, passes[0].model, seeds)
-        for number, step in enumerate(passes):
-            if number:
-                if job.interrupted or job.skipped:
-                    break
-                self._note_compiling(job)
-            latents = self._run_pass(step, latents, generators, params, sampler, schedule, seeds, job)
-            refining = step.model is not passes[0].model
-            nonfinite.check([latents], "the refiner's pass" if refining else "the base model's denoising", step.model,
-                            ("unet",), "refiner_checkpoint" if refining else "checkpoint", step.cond.largest_weight)
-        return latents
+    def _denoise(self, params, passes: list[Pass], sampler, schedule, seeds: list[int], job: Job,
+                 start: Start | None = None):
+        """The one denoise loop (`loop.denoise`) over the plan's passes: the base model from noise or from
+        `start`, the refiner taking over where A1111 switches. Returns the final latents in the model's dtype."""
+        base = passes[0].model
+        shape = (base.pipe.vae.config.latent_channels, params.height // 8, params.width // 8)
+        noise = self.make_rng(shape, seeds, params)
+        stages = [self._stage(step, params) for step in passes]
+        request = loop.Request(
+            sampler, schedule, params.steps, params.cfg_scale, stages, noise.next(), noise.next, seeds, init=start.inpainting() if start else None,
+            strength=start.strength if start else 1.0, cfg_rescale=float(base.scheduler_config.get("cfg_rescale", 0.0)),
+            should_stop=lambda: job.interrupted or job.skipped, on_switch=lambda stage: self._note_compiling(job))
+        latents = loop.denoise(request, self._progress_callback(job, params))
+        nonfinite.check([latents], "the denoising", passes[-1].model if len(passes) > 1 else base, ("unet",),
+                        "refiner_checkpoint" if len(passes) > 1 else "checkpoint", passes[0].cond.largest_weight)
+        return latents.to(self.pipelines.dtype)
 
-    def _start_latents(self, params, model: LoadedModel, seeds: list[int]):
-        """txt2img starts from noise, drawn on the CPU from each image's seed: the same picture on any GPU,
-        and on the CPU. Returns the latents and the generators the samplers go on drawing from."""
-        generators, noise = [], []
-        height, width = params.height // 8, params.width // 8
-        channels = model.pipe.unet.config.in_channels
-        for seed in seeds:
-            generator = torch.Generator("cpu").manual_seed(seed)
-            noise.append(torch.randn((channels, height, width), generator=generator, dtype=torch.float32))
-            generators.append(generator)
-        return torch.stack(noise).to(self.pipelines.device, self.pipelines.dtype), generators
+    def make_rng(self, shape: tuple[int, ...], seeds: list[int], params: GenerationParams) -> rng.ImageRNG:
+        """The batch's noise as A1111 draws it (rng.py: its source, variation seed and seed resize): the starting
+        noise is its first `next()`, each later call the noise an ancestral or SDE step adds."""
+        subseeds = [params.subseed + (seed - params.seed) for seed in seeds]
+        return rng.ImageRNG(shape, seeds, subseeds=subseeds, subseed_strength=params.subseed_strength,
+                            seed_resize_from_h=params.seed_resize_from_h, seed_resize_from_w=params.seed_resize_from_w,
+                            source=params.randn_source, device=self.pipelines.device)
 
-    def _run_pass(self, step: Pass, latents, generators, params, sampler, schedule, seeds, job):
-        pipe, cond = step.model.pipe, step.cond
-        pipe.scheduler = samplers.make_scheduler(step.model.scheduler_config, sampler, schedule, seeds[0])
-        common = dict(
-            prompt_embeds=cond.embeds, pooled_prompt_embeds=cond.pooled, negative_prompt_embeds=cond.negative_embeds,
-            negative_pooled_prompt_embeds=cond.negative_pooled, num_inference_steps=params.steps,
-            guidance_scale=params.cfg_scale, generator=generators, output_type="latent",
-            callback_on_step_end=self._progress_callback(job, params, step.start, step.end))
-        if step.start == 0.0:  # from noise: the text-to-image pipeline, stopping where the next pass begins
-            return pipe(**common, width=params.width, height=params.height, latents=latents,
-                        denoising_end=step.end if step.end < 1.0 else None).images
-        return pipe(**common, image=latents, denoising_start=step.start).images
+    def _stage(self, step: Pass, params: GenerationParams) -> Stage:
+        model, cond = step.model, step.cond
+        device = self.pipelines.device
+        batch = cond.embeds.shape[0]
+        if getattr(model.pipe.config, "requires_aesthetics_score", False):  # the refiner: A1111's 6.0 and 2.5
+            ids = size_time_ids(batch, params.height, params.width, device, 6.0)
+            negative = size_time_ids(batch, params.height, params.width, device, 2.5)
+        else:
+            ids = negative = size_time_ids(batch, params.height, params.width, device)
+        return Stage(model.pipe.unet, step.cond_at or (lambda _call: cond), ids, negative,
+                     ModelSchedule.from_config(model.scheduler_config),
+                     v_prediction=model.scheduler_config.get("prediction_type") == "v_prediction",
+                     start=step.start, name=model.checkpoint.short_name)
 
     def _note_loading(self, job: Job, name: str | None, loaded: LoadedModel | None, what: str) -> None:
         """Loading a checkpoint takes seconds to minutes before any step: say so, unless it is loaded already."""
@@ -216,22 +248,20 @@ class Engine:
         if self.pipelines.compiled():
             job.note = "Fast path: compiling first if the image size or model is new here (tens of seconds)…"
 
-    def _progress_callback(self, job: Job, params: GenerationParams, start: float, end: float):
+    def _progress_callback(self, job: Job, params: GenerationParams):
         every = self.preview_every
 
-        def callback(pipe, step_index, timestep, kwargs):
+        def callback(info: dict) -> None:
             job.note = None
-            total = max(1, getattr(pipe, "num_timesteps", 0) or params.steps)
-            stage = start + (end - start) * (step_index + 1) / total
-            job.sampling_steps = params.steps
-            job.sampling_step = min(params.steps, round(stage * params.steps))
-            job.set_progress((job.job_no + stage) / job.job_count)
-            if every and (step_index % every == 0 or step_index + 1 == total):
-                job.preview = latent_preview(kwargs["latents"][0])
+            total = max(1, info["total"])
+            done = min(total, info["i"] + 1)
+            job.sampling_steps = total
+            job.sampling_step = done
+            job.set_progress((job.job_no + done / total) / job.job_count)
+            if every and (info["i"] % every == 0 or done == total):
+                shown = info["denoised"] if info["denoised"] is not None else info["x"]
+                job.preview = latent_preview(shown[0])
                 job.preview_step = job.sampling_step
-            if job.interrupted or job.skipped:
-                pipe._interrupt = True  # diffusers skips the remaining steps and returns the latents
-            return kwargs
 
         return callback
 
@@ -249,9 +279,14 @@ class Engine:
             "Model": base.checkpoint.short_name,
             "VAE hash": vae[1] if vae else None,
             "VAE": vae[0] if vae else None,
+            "Variation seed": params.subseed + (seed - params.seed) if params.subseed_strength else None,
+            "Variation seed strength": params.subseed_strength or None,
+            "Seed resize from": (f"{params.seed_resize_from_w}x{params.seed_resize_from_h}"
+                                 if params.seed_resize_from_w > 0 and params.seed_resize_from_h > 0 else None),
             "Refiner": refiner.title if refiner else None,
             "Refiner switch at": params.refiner_switch_at if refiner else None,
             "Lora hashes": lora_hashes,
+            "RNG": params.randn_source if params.randn_source != rng.DEFAULT_SOURCE else None,  # A1111 writes no GPU
             "Styles": ", ".join(params.styles) or None,  # already in the prompts; a paste takes them out again
             "Version": f"Homegrown {__version__}",
         }

@@ -19,6 +19,7 @@ from typing import Any
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from . import rng
 from .errors import UserError
 from .params import GenerationParams
 from .prompts import extract_lora_tags
@@ -94,12 +95,8 @@ NOT_SUPPORTED = {
                  "SDXL images)",
     "VAE": "the VAE is a setting here (Settings → VAE)",
     "Denoising strength": "img2img is not available yet",
-    "Variation seed": "variation seeds are not supported yet",
-    "Variation seed strength": "variation seeds are not supported yet",
-    "Seed resize from": "variation seeds are not supported yet",
     "Face restoration": "face restoration is not supported",
     "Tiling": "tiling is not supported",
-    "RNG": "the starting noise is always drawn on the CPU here",
     "ENSD": "sampler noise options are not supported (samplers run with their defaults)",
     "Eta": "sampler noise options are not supported (samplers run with their defaults)",
     "TI hashes": "textual-inversion embeddings are not supported yet: their names stay plain words in the prompt",
@@ -135,6 +132,7 @@ def read_params(text: str, base: GenerationParams | None = None, loras=None, sty
     pasted.applied += ["Prompt"] + (["Negative prompt"] if negative else [])
     _read_styles(pasted, fields, styles)
     _read_numbers(pasted, fields)
+    _read_noise(pasted, fields)
     _read_sampler(pasted, fields)
     _read_models(pasted, fields, checkpoints, refiners)
     if loras is not None:
@@ -173,6 +171,35 @@ def _read_numbers(pasted: Pasted, fields: dict[str, str]) -> None:
             pasted.not_applied.append((f"Size: {fields['Size']}", "not WIDTHxHEIGHT"))
         else:
             _try(pasted, f"Size: {fields['Size']}", width=int(size.group(1)), height=int(size.group(2)))
+
+
+NOISE_KEYS = ("Variation seed", "Variation seed strength", "Seed resize from", "RNG")
+
+
+def _read_noise(pasted: Pasted, fields: dict[str, str]) -> None:
+    """Variation seed, seed resize and the noise source. Without `RNG` the text was drawn with A1111's default,
+    GPU, unless Homegrown 0.1 wrote it: that version always drew on the CPU, and wrote no `RNG`."""
+    source = fields.get("RNG")
+    if source is None:
+        source = "CPU" if fields.get("Version", "").startswith("Homegrown 0.1") else rng.DEFAULT_SOURCE
+        pasted.params = pasted.params.replace(randn_source=source)
+    else:
+        _try(pasted, f"RNG: {source}", randn_source=source.strip())
+    if "Variation seed" in fields or "Variation seed strength" in fields:
+        label = ", ".join(f"{key}: {fields[key]}" for key in NOISE_KEYS[:2] if key in fields)
+        try:
+            subseed, strength = int(fields.get("Variation seed", "-1")), float(fields.get("Variation seed strength", 0))
+        except ValueError:
+            pasted.not_applied.append((label, "not a number"))
+        else:
+            _try(pasted, label, subseed=subseed, subseed_strength=strength)
+    if "Seed resize from" in fields:
+        size = _SIZE.match(fields["Seed resize from"])
+        if size is None:
+            pasted.not_applied.append((f"Seed resize from: {fields['Seed resize from']}", "not WIDTHxHEIGHT"))
+        else:
+            _try(pasted, f"Seed resize from: {fields['Seed resize from']}", seed_resize_from_w=int(size.group(1)),
+                 seed_resize_from_h=int(size.group(2)))
 
 
 def _read_sampler(pasted: Pasted, fields: dict[str, str]) -> None:
@@ -262,7 +289,7 @@ def _check_loras(pasted: Pasted, loras) -> None:
 
 def _not_supported(pasted: Pasted, fields: dict[str, str]) -> None:
     used = {"Steps", "CFG scale", "Seed", "Refiner switch at", "Size", "Sampler", "Schedule type", "Model",
-            "Refiner"} | INFORMATIONAL
+            "Refiner", *NOISE_KEYS} | INFORMATIONAL
     hires = [key for key in fields if key.startswith("Hires ")]
     if hires:
         hires += [key for key in ("Denoising strength",) if key in fields]

@@ -10,7 +10,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from . import samplers
+from . import rng, samplers
 from .errors import UserError
 from .prompts import prompt_chunks, prompt_nesting
 
@@ -25,6 +25,10 @@ LIMITS = {
     "n_iter": (1, 100),
     "seed": (-1, 2**32 - 1),
     "refiner_switch_at": (0.01, 1.0),
+    "subseed": (-1, 2**32 - 1),
+    "subseed_strength": (0.0, 1.0),
+    "seed_resize_from_w": (-1, 4096),  # 0 or -1: off (A1111 sends -1)
+    "seed_resize_from_h": (-1, 4096),
 }
 MAX_PIXELS_PER_BATCH = 4 * 2048 * 2048  # width * height * batch_size
 SIZE_MULTIPLE = 8  # the VAE downscales by 8
@@ -87,6 +91,12 @@ class GenerationParams:
     refiner_checkpoint: str | None = None
     refiner_switch_at: float = 0.8
     styles: tuple[str, ...] = ()  # applied to the prompts when the image is made (styles.py), in this order
+    # Noise, as A1111 draws it (rng.py): a variation seed slerped in, the noise of another size, the source.
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    seed_resize_from_w: int = 0
+    seed_resize_from_h: int = 0
+    randn_source: str | None = None  # None: the setting's ("Random number generator source")
 
     def replace(self, **changes) -> "GenerationParams":
         return dataclasses.replace(self, **changes)
@@ -102,10 +112,13 @@ class GenerationParams:
             check_prompt_size(name, value, limits)
             if (problem := text_problem(value)) is not None:
                 raise UserError(problem, field=name)
-        for name in ("steps", "width", "height", "batch_size", "n_iter", "seed"):
+        for name in ("steps", "width", "height", "batch_size", "n_iter", "seed", "subseed", "seed_resize_from_w",
+                     "seed_resize_from_h"):
             _check_int(name, getattr(self, name))
-        for name in ("cfg_scale", "refiner_switch_at"):
+        for name in ("cfg_scale", "refiner_switch_at", "subseed_strength"):
             _check_number(name, getattr(self, name))
+        if self.randn_source is not None:
+            rng.check_source(self.randn_source)
         if self.steps > limits.max_steps:
             raise UserError(f"must be between {LIMITS['steps'][0]} and {limits.max_steps}, got {self.steps}"
                             f"{_SETTING}", field="steps")

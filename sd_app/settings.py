@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import samplers
+from . import rng, samplers
 from .errors import UserError
 from .fastpath import COMPILE_MODES
 from .outputs import OUTPUT_FORMATS
@@ -59,6 +59,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sampler_name", "DPM++ 2M", "Sampler", "Defaults", choices=tuple(s.name for s in samplers.SAMPLERS)),
     Setting("scheduler", "Automatic", "Schedule type", "Defaults", choices=tuple(s.name for s in samplers.SCHEDULES)),
     Setting("refiner_switch_at", 0.8, "Refiner switch at", "Defaults", limits=LIMITS["refiner_switch_at"]),
+    Setting("randn_source", rng.DEFAULT_SOURCE, "Random number generator source", "Defaults", choices=rng.SOURCES,
+            help="A1111's: GPU (its default) gives a CUDA card's noise, here on any device; CPU: torch's CPU "
+                 "generator; NV: a CUDA card's noise computed on the CPU. Infotexts say which (RNG)"),
     Setting("prompt_syntax", "a1111", "Prompt syntax", "Prompts", choices=SYNTAXES,
             help="a1111: (word:1.2), [word]. compel: word++, (word)1.2, .blend()"),
     Setting("device", "auto", "Device", "Device and memory", choices=DEVICES),
@@ -171,10 +174,16 @@ class SettingsStore:
         # choice: it stays a flag, unsaved. Another value wins over the flag and is saved.
         checked = {n: v for n, v in checked.items() if n not in self.overrides or self.overrides[n] != v}
         changed = [n for n, v in checked.items() if self.get(n) != v]
+        before_values, before_overrides = dict(self.values), dict(self.overrides)
         self.values.update(checked)
         for name in checked:
             self.overrides.pop(name, None)
-        self.save()
+        try:
+            self.save()
+        except OSError as err:  # a read-only or full disk: keep what the file says, and say why
+            self.values, self.overrides = before_values, before_overrides
+            raise UserError(f"could not write {self.path} ({err.strerror or err}); nothing was changed",
+                            status=507) from None
         return changed
 
     def save(self) -> None:

@@ -107,7 +107,8 @@ class Studio:
 
         pipelines = Pipelines(self.checkpoint_library, pipeline_options(self.settings), vaes=self.vae_library)
         self.engine = Engine(pipelines, self.loras, preview_every=self.settings.get("preview_every"),
-                             limits=self.limits(), styles=self.styles)
+                             limits=self.limits(), styles=self.styles,
+                             randn_source=self.settings.get("randn_source"))
         self.pipelines = pipelines
 
     def _stack(self) -> Pipelines:
@@ -327,7 +328,8 @@ class Studio:
         except UserError:
             self.settings.update({name: before[name] for name in changed})  # keep the file matching what runs
             raise
-        self.engine.configure(preview_every=self.settings.get("preview_every"), limits=self.limits())
+        self.engine.configure(preview_every=self.settings.get("preview_every"), limits=self.limits(),
+                              randn_source=self.settings.get("randn_source"))
         self.outputs.configure(output_options(self.settings))
         return message
 

@@ -139,3 +139,9 @@ def test_xyz_bad_script_args_are_refused_naming_them(args, field, words):
 def test_xyz_is_asked_by_title_in_any_case():
     assert wants_xyz(Txt2ImgRequest(script_name=" x/y/z PLOT")) and not wants_xyz(Txt2ImgRequest())
     assert not wants_xyz(Txt2ImgRequest(script_name="x/y plot"))
+
+
+def test_variation_seed_and_seed_resize_reach_the_request():
+    p = plan(prompt="a cat", seed=3, subseed=8, subseed_strength=0.4, seed_resize_from_w=768, seed_resize_from_h=512).params
+    assert (p.subseed, p.subseed_strength, p.seed_resize_from_w, p.seed_resize_from_h) == (8, 0.4, 768, 512)
+    assert plan(prompt="a cat").params.seed_resize_from_w == 0  # A1111's -1: off

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from sd_app import engine as engine_module
+from sd_app import infotext, rng
 from sd_app.engine import decode_latents
 from sd_app.errors import UserError
 from sd_app.jobs import Job
@@ -46,20 +47,46 @@ def test_batch_image_i_uses_seed_plus_i(engine, small):
     assert np.abs(pixels(result, 3) - pixels(single)).max() <= 2
 
 
-def test_noise_comes_from_the_seed_on_the_cpu(engine, small):
-    """The initial latents are torch.randn from a CPU generator seeded with the image's seed."""
-    seen = {}
-    original = engine.pipelines.base.pipe.__class__.__call__
+def _first_noise(engine, params):
+    seen = []
+    original = rng.ImageRNG.first
 
-    def spy(pipe, *args, **kwargs):
-        seen["latents"] = kwargs["latents"].clone()
-        return original(pipe, *args, **kwargs)
+    def spy(self):
+        seen.append(original(self))
+        return seen[-1]
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(engine.pipelines.base.pipe.__class__, "__call__", spy)
-        engine.generate(small)
-    expected = torch.randn((4, 8, 8), generator=torch.Generator("cpu").manual_seed(small.seed))
-    assert torch.equal(seen["latents"][0].cpu(), expected)
+        mp.setattr(rng.ImageRNG, "first", spy)
+        result = engine.generate(params)
+    return seen[0], result
+
+
+def test_starting_noise_is_drawn_as_a1111_draws_it(engine, small):
+    """A1111's default source, GPU, gives a CUDA card's noise, here on the CPU (NV); CPU is torch's CPU generator."""
+    gpu, result = _first_noise(engine, small)
+    assert torch.equal(gpu[0].cpu(), rng.PhiloxGenerator(small.seed).randn((4, 8, 8)))
+    assert "RNG:" not in result.infotexts[0]  # A1111 writes no RNG for its default
+    cpu, result = _first_noise(engine, small.replace(randn_source="CPU"))
+    assert torch.equal(cpu[0].cpu(), torch.randn((4, 8, 8), generator=torch.Generator("cpu").manual_seed(small.seed)))
+    assert "RNG: CPU" in result.infotexts[0]
+
+
+def test_variation_seed_changes_the_image_and_says_so(engine, small):
+    plain = engine.generate(small)
+    none = engine.generate(small.replace(subseed=5, subseed_strength=0.0))
+    assert np.array_equal(pixels(plain), pixels(none))
+    varied = engine.generate(small.replace(subseed=5, subseed_strength=0.3))
+    assert np.abs(pixels(plain) - pixels(varied)).mean() > 0.5
+    assert "Variation seed: 5, Variation seed strength: 0.3" in varied.infotexts[0]
+    back = infotext.to_params(varied.infotexts[0])
+    assert (back.subseed, back.subseed_strength) == (5, 0.3)
+    again = engine.generate(back.replace(checkpoint=None))
+    assert np.array_equal(pixels(again), pixels(varied))
+
+
+def test_seed_resize_says_so(engine, small):
+    result = engine.generate(small.replace(seed_resize_from_w=32, seed_resize_from_h=48))
+    assert "Seed resize from: 32x48" in result.infotexts[0]
 
 
 def test_base_plus_refiner_differs_from_base_alone(engine, small):
@@ -121,12 +148,12 @@ def test_skip_moves_to_the_next_batch(engine, small):
     params = small.replace(steps=10, n_iter=2)
     original = engine._progress_callback
 
-    def patched(j, p, start, end):
-        inner = original(j, p, start, end)
+    def patched(j, p):
+        inner = original(j, p)
 
-        def callback(pipe, i, t, kwargs):
+        def callback(info):
             skip_first_batch()
-            return inner(pipe, i, t, kwargs)
+            return inner(info)
         return callback
 
     with pytest.MonkeyPatch.context() as mp:
@@ -143,11 +170,11 @@ def test_progress_and_previews(ckpt_dir, tmp_path, small):
     snapshots = []
     original = engine._progress_callback
 
-    def patched(j, p, start, end):
-        inner = original(j, p, start, end)
+    def patched(j, p):
+        inner = original(j, p)
 
-        def callback(pipe, i, t, kwargs):
-            out = inner(pipe, i, t, kwargs)
+        def callback(info):
+            out = inner(info)
             snapshots.append((j.sampling_step, j.sampling_steps, j.progress, j.preview))
             return out
         return callback

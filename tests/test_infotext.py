@@ -49,7 +49,7 @@ def test_round_trip_through_the_engine(engine, small):
                            sampler_name="Euler a", cfg_scale=5.5, seed=77, steps=3)
     result = engine.generate(params)
     back = infotext.to_params(result.infotexts[0])
-    assert back.replace(checkpoint=None, scheduler="Automatic") == params
+    assert back.replace(checkpoint=None, scheduler="Automatic") == params.replace(randn_source="GPU")  # the default source, named
     assert back.checkpoint == "homegrown-demo-base"
     again = engine.generate(back)
     assert again.infotexts == result.infotexts
@@ -109,7 +109,8 @@ def test_paste_says_what_was_applied_and_what_not_and_why(demo_root):
 
 
 def test_paste_finds_models_by_hash_and_refuses_bad_values():
-    text = ("a fox\nSteps: 500, Sampler: Restart, CFG scale: 7, Seed: 1, Size: 1000x1001, Model hash: abcdef0123, "
+    text = ("a fox\nSteps: 500, Sampler: Ancestral Warp, CFG scale: 7, Seed: 1, Size: 1000x1001, "
+            "Model hash: abcdef0123, "
             "Model: renamed_base, Refiner: my_refiner [7440042bbd], Refiner switch at: 0.7")
     base = GenerationParams(steps=25, sampler_name="Euler a", checkpoint="b")
     pasted = infotext.read_params(text, base, checkpoints=[_model("b"), _model("sub/base", "abcdef0123")],
@@ -120,7 +121,7 @@ def test_paste_finds_models_by_hash_and_refuses_bad_values():
     why = dict(pasted.not_applied)
     assert (p.steps, p.sampler_name, p.width, p.height) == (25, "Euler a", 1024, 1024)
     assert why["Steps: 500"] == "must be between 1 and 150, got 500"
-    assert "unknown sampler 'Restart'" in why["Sampler: Restart"] and "multiple of 8" in why["Size: 1000x1001"]
+    assert "unknown sampler 'Ancestral Warp'" in why["Sampler: Ancestral Warp"] and "multiple of 8" in why["Size: 1000x1001"]
     schedule = infotext.read_params("x\nSteps: 20, Sampler: Euler, Schedule type: Bogus, Seed: 1, Size: 64x64")
     assert schedule.params.sampler_name == "Euler" and "Sampler: Euler" in schedule.applied
     assert "unknown schedule type 'Bogus'" in dict(schedule.not_applied)["Schedule type: Bogus"]
@@ -130,3 +131,27 @@ def test_text_without_a_parameters_line_is_not_an_infotext():
     base = GenerationParams(prompt="kept", steps=33)
     pasted = infotext.read_params("just a prompt, with: colons\nNegative prompt: ugly", base)
     assert not pasted.is_infotext and pasted.applied == [] and pasted.not_applied == []
+
+
+def test_paste_reads_variation_seed_seed_resize_and_rng():
+    text = ("a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7.0, Seed: 5, Size: 512x512, Variation seed: 77, "
+            "Variation seed strength: 0.25, Seed resize from: 768x640, RNG: NV")
+    pasted = infotext.read_params(text)
+    params = pasted.params
+    assert (params.subseed, params.subseed_strength) == (77, 0.25)
+    assert (params.seed_resize_from_w, params.seed_resize_from_h) == (768, 640)
+    assert params.randn_source == "NV"
+    assert not pasted.not_applied
+
+
+def test_paste_without_rng_is_a1111s_gpu_unless_homegrown_0_1_wrote_it():
+    a1111 = infotext.read_params("a cat\nSteps: 20, Sampler: Euler, Seed: 5, Size: 512x512, Version: v1.10.1")
+    assert a1111.params.randn_source == "GPU"
+    old = infotext.read_params("a cat\nSteps: 20, Sampler: Euler, Seed: 5, Size: 512x512, Version: Homegrown 0.1.0")
+    assert old.params.randn_source == "CPU"
+
+
+def test_paste_reports_a_bad_variation_strength():
+    pasted = infotext.read_params("a cat\nSteps: 20, Seed: 5, Variation seed: 3, Variation seed strength: 4")
+    assert pasted.params.subseed_strength == 0.0
+    assert any("Variation seed strength" in label and "between 0.0 and 1.0" in why for label, why in pasted.not_applied)

@@ -40,3 +40,12 @@ def test_every_bad_value_names_its_field(change, field, words):
 
 def test_defaults_are_valid():
     assert GenerationParams(prompt="x").check().sampler_name == "DPM++ 2M"
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"subseed_strength": 1.5}, "subseed_strength"), ({"subseed": 2**32}, "subseed"),
+    ({"seed_resize_from_w": 4104}, "seed_resize_from_w"), ({"randn_source": "TPU"}, "randn_source")])
+def test_noise_fields_are_checked(changes, field):
+    with pytest.raises(UserError) as err:
+        GenerationParams(**changes).check()
+    assert err.value.field == field

@@ -5,7 +5,8 @@ from sd_app import samplers
 from sd_app.errors import UserError
 
 REQUIRED = ["Euler", "Euler a", "Heun", "DPM2", "DPM2 a", "DPM++ 2M", "DPM++ 2M SDE", "DPM++ SDE", "DPM++ 2S a",
-            "LMS", "DDIM", "UniPC", "LCM"]
+            "LMS", "DDIM", "UniPC", "LCM", "PLMS", "DPM++ 2M SDE Heun", "DPM++ 3M SDE", "DPM fast", "DPM adaptive",
+            "Restart"]
 
 
 def test_table_has_a1111_samplers_and_schedules():
@@ -17,7 +18,7 @@ def test_table_has_a1111_samplers_and_schedules():
 @pytest.mark.parametrize("name, sampler, schedule", [
     ("DPM++ 2M Karras", "DPM++ 2M", "Karras"),
     ("DPM++ 2M SDE Exponential", "DPM++ 2M SDE", "Exponential"),
-    ("Euler a", "Euler a", "Uniform"),
+    ("Euler a", "Euler a", "Automatic"),
     ("k_dpmpp_2m", "DPM++ 2M", "Karras"),
     ("dpm++ 2m  karras", "DPM++ 2M", "Karras"),
 ])
@@ -26,16 +27,17 @@ def test_resolve_names(name, sampler, schedule):
     assert (got_sampler.name, got_schedule.name) == (sampler, schedule)
 
 
-def test_what_each_sampler_lacks_is_what_its_diffusers_class_lacks():
-    """The table names the schedule options a scheduler does not take, so names resolve without diffusers."""
-    import inspect
-
-    import diffusers
-
-    keys = {key for schedule in samplers.SCHEDULES for key in schedule.options}
-    for sampler in samplers.SAMPLERS:
-        params = inspect.signature(getattr(diffusers, sampler.scheduler_class).__init__).parameters
-        assert set(sampler.lacks) == {key for key in keys if key not in params}, sampler.name
+def test_a1111_defaults_and_automatic_as_a1111_writes_it():
+    """A1111 v1.10's own schedules: DPM++ 2M SDE on Automatic is Exponential there; Euler has none (the model's
+    own spacing), written "Automatic"."""
+    assert samplers.resolve("DPM++ 2M SDE")[1].name == "Exponential"
+    assert samplers.resolve("DPM++ 3M SDE")[1].name == "Exponential"
+    assert samplers.resolve("DPM++ 2M")[1].name == "Karras"
+    assert samplers.resolve("Restart")[1].name == "Karras"
+    assert samplers.resolve("Euler")[1].name == "Automatic"
+    assert samplers.resolve("DDIM", "Karras")[1].name == "Karras"  # kept for the infotext, as A1111
+    assert samplers.find_sampler("DPM++ 3M SDE").discard_penultimate
+    assert samplers.find_sampler("DPM++ 2M SDE Heun").brownian
 
 
 def test_explicit_schedule_wins_over_combined_name():
@@ -48,10 +50,14 @@ def test_unknown_sampler_lists_choices():
     assert err.value.field == "sampler_name" and "DPM++ 2M" in err.value.message
 
 
-def test_unsupported_combination_is_refused():
-    with pytest.raises(UserError) as err:
-        samplers.resolve("Euler a", "Karras")
-    assert err.value.field == "scheduler" and "Uniform" in err.value.message
+def test_every_a1111_schedule_type_is_offered():
+    assert [s.name for s in samplers.SCHEDULES] == [
+        "Automatic", "Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform", "KL Optimal",
+        "Align Your Steps", "Simple", "Normal", "DDIM", "Beta", "Turbo"]
+    assert samplers.resolve("Euler a", "Karras")[1].name == "Karras"  # A1111 allows any pair
+    assert samplers.resolve("Euler a", "sgm_uniform")[1].name == "SGM Uniform"
+    assert samplers.resolve("DPM++ 2M SDE Heun Exponential")[0].name == "DPM++ 2M SDE Heun"
+    assert samplers.resolve("DPM++ 2M Align Your Steps")[1].name == "Align Your Steps"
 
 
 @pytest.mark.parametrize("name", REQUIRED)

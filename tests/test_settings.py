@@ -108,3 +108,20 @@ def test_a_flag_value_sent_back_by_the_page_stays_unsaved(tmp_path):
     saved = json.loads(path.read_text())
     assert saved["models_dir"] == "models" and saved["outputs_dir"] == "/elsewhere" and saved["steps"] == 9
     assert store.get("models_dir") == "/demo/models" and store.get("outputs_dir") == "/elsewhere"
+
+
+def test_a_settings_file_that_cannot_be_written_changes_nothing(tmp_path, monkeypatch):
+    path = tmp_path / "settings.json"
+    store = SettingsStore(path)
+    store.update({"steps": 25})
+
+    def read_only(*args):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr("sd_app.settings.os.replace", read_only)
+    with pytest.raises(UserError) as err:
+        store.update({"steps": 40})
+    assert "could not write" in err.value.message and "Read-only" in err.value.message and err.value.status == 507
+    assert store.get("steps") == 25
+    monkeypatch.undo()
+    assert SettingsStore(path).get("steps") == 25

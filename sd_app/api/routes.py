@@ -167,14 +167,13 @@ def _model_routes(api: FastAPI, studio: Studio) -> None:
 def _other_routes(api: FastAPI, studio: Studio) -> None:
     @api.get("/samplers")
     def sampler_list():
-        return [{"name": s.name, "aliases": list(s.aliases),
-                 "options": {"scheduler": s.default_schedule.lower()} if s.default_schedule != "Uniform" else {}}
+        return [{"name": s.name, "aliases": list(s.aliases), "options": samplers.api_options(s)}
                 for s in samplers.SAMPLERS]
 
     @api.get("/schedulers")
     def scheduler_list():
-        return [{"name": s.api_name, "label": s.name, "aliases": None, "default_rho": -1, "need_inner_model": False}
-                for s in samplers.SCHEDULES]
+        return [{"name": s.api_name, "label": s.name, "aliases": list(s.aliases) or None,
+                 "default_rho": s.default_rho, "need_inner_model": s.need_inner_model} for s in samplers.SCHEDULES]
 
     @api.get("/prompt-styles")
     def styles():

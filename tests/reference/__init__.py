@@ -1,0 +1,1 @@
+"""Reference code the tests compare against (third-party, with its license)."""

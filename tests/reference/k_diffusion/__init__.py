@@ -1,0 +1,1 @@
+"""k-diffusion's sampler code (MIT), the reference the sampler tests compare against."""
