@@ -75,7 +75,8 @@ class PoolBackend:
                               str(studio.checkpoint_library.hashes.path or ""), pipeline_options(settings),
                               settings.get("preview_every"), limits(settings), threads)
         resources = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 1}
-        pool = Pool(count, config, studio.checkpoint_library, studio.vae_library, studio.styles, resources)
+        pool = Pool(count, config, studio.checkpoint_library, studio.vae_library, studio.styles, resources,
+                    randn_source=settings.get("randn_source"))
         return pool.models, pool
 
 

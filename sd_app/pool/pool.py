@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
+from .. import rng
 from ..errors import UserError
 from ..jobs import GenerationResult, Job
 from ..models import Checkpoint
@@ -97,8 +98,9 @@ class LoadedInfo:
 
 class Pool:
     def __init__(self, count: int, config: WorkerConfig, checkpoints, vaes, styles=None,
-                 resources: dict | None = None, router: Router | None = None):
+                 resources: dict | None = None, router: Router | None = None, randn_source: str = rng.DEFAULT_SOURCE):
         self.config = config  # the latest: new and restarted workers are built from it
+        self.randn_source = randn_source  # where seeds' noise is drawn, unless a request says (rng.py)
         self.styles = styles
         self.models = PoolModels(self, checkpoints, vaes)
         self.router = router or Router()
@@ -127,8 +129,7 @@ class Pool:
             if self.styles is None:
                 raise UserError("this Homegrown has no styles", field="styles")
             params = self.styles.apply(params).check(self.limits)
-        seed = params.seed if params.seed != -1 else random.randrange(2**32 - params.batch_size * params.n_iter)
-        params = params.replace(seed=seed)
+        params = self._fill_noise(params)
         job = job or Job(params)
         job.params, job.job_count = params, params.n_iter
         checkpoint = params.checkpoint or (self.current.checkpoint.name if self.current else None)
@@ -183,7 +184,16 @@ class Pool:
                 log.warning("X/Y/Z plot cell %s failed: %s", cell.label, err)
         return first_error
 
-    def configure(self, preview_every: int, limits=None) -> None:
+    def _fill_noise(self, params: GenerationParams) -> GenerationParams:
+        """Seeds drawn and the noise source named here, once for all the pieces (as `Engine._fill_noise`)."""
+        last = 2**32 - params.batch_size * params.n_iter  # every image's seed + index stays a valid seed
+        seed = params.seed if params.seed != -1 else random.randrange(last)
+        subseed = params.subseed if params.subseed != -1 else random.randrange(last)
+        return params.replace(seed=seed, subseed=subseed, randn_source=rng.check_source(
+            params.randn_source or self.randn_source))
+
+    def configure(self, preview_every: int, limits=None, randn_source: str | None = None) -> None:
+        self.randn_source = randn_source or self.randn_source
         self.config = dataclasses.replace(self.config, preview_every=preview_every, limits=limits or self.limits)
         self._on_all(lambda actor: actor.configure_engine.remote(preview_every, self.limits))
 
@@ -222,7 +232,9 @@ class Pool:
         pieces, first = [], 0
         for number in range(count):
             batches = params.n_iter // count + (number < params.n_iter % count)
-            part = params.replace(n_iter=batches, seed=params.seed + first * params.batch_size, checkpoint=checkpoint)
+            offset = first * params.batch_size  # image i's seeds are seed + i and subseed + i, wherever it runs
+            part = params.replace(n_iter=batches, seed=params.seed + offset, subseed=params.subseed + offset,
+                                  checkpoint=checkpoint)
             pieces.append(Piece(part, setup, user))
             first += batches
         return pieces
