@@ -48,6 +48,8 @@ FLAGS = {
     "tls-certfile": (None, "serve HTTPS with this certificate (PEM); needs --tls-keyfile"),
     "tls-keyfile": (None, "the private key (PEM) of --tls-certfile"),
     "tls-self-signed": (False, "serve HTTPS with a self-signed certificate made once and kept in <data-dir>/tls"),
+    "workers": (None, "run on a pool of workers (needs Ray): 'auto' for one per GPU, or a number (CPU: for testing)"),
+    "ray-address": (None, "join this Ray cluster (its GPUs become workers) instead of running in this process"),
 }
 
 
@@ -75,6 +77,7 @@ def build(args: argparse.Namespace):
     returns (studio, blocks, startup)."""
     from sd_app import ui
     from sd_app.auth import credentials
+    from sd_app.pool import backend as pool_backend
     from sd_app.presets import PresetLibrary
     from sd_app.settings import SettingsStore
     from sd_app.startup import Startup
@@ -100,6 +103,7 @@ def build(args: argparse.Namespace):
     studio = Studio.create(settings, data, PresetLibrary(shipped, data / "presets"), creds, offline=args.offline,
                            demo=args.demo, styles=StyleLibrary(shipped / "styles", data / "styles"), stack=False)
     studio.start_preset = args.preset or ("Demo (tiny models)" if args.demo else None)
+    studio.backend = pool_backend(args.workers, args.ray_address)  # None: one process, no Ray imported
     if args.preset:
         studio.presets.get(args.preset)  # a typo fails now, with the list of presets
     startup = Startup()

@@ -20,11 +20,14 @@ Cases (each figure: the median of --runs after a warm-up, with min-max, on the m
   upscale     a tiled 4x upscale of 1024x1024 with the demo upscaler (ESRGAN layout, 8 features, 1 block): time and
               peak memory (RSS high-water mark over the loaded process, tracemalloc's peak of Python and numpy
               buffers, and on a GPU its peak allocation), in a process of its own
+  pool        the pool's queueing simulation: random vs affinity routing for 1, 4, 16, 64 workers, with the
+              per-image and LoRA-switch costs measured on the demo engine (and given ones)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -45,7 +48,7 @@ from .loading import CONFIGS_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL_CASES = ("overhead", "fastpath", "load", "lora-demo", "lora", "coldstart", "limits", "gpu", "upscale", "img2img",
-             "train")
+             "train", "pool")
 
 
 # ---- measuring ---------------------------------------------------------------------------------
@@ -853,10 +856,47 @@ def case_train(report: Report, work: Path, runs: int) -> None:
     train_case(report, work, runs)
 
 
+def pool_costs(studio, params, runs: int):
+    """(seconds per image with the LoRA set already applied, seconds to switch to another set) on this studio:
+    the switch is the engine's own `lora` phase when the set alternates, less that phase when it does not."""
+    from .pool.simulate import Costs
+
+    sets = [params.replace(prompt=f"{params.prompt} <lora:{name}:0.8>") for name in ("demo-style", "demo-detail")]
+    same = [studio.generate(sets[0], save=False) for _ in range(runs + 1)][1:]
+    switched = [studio.generate(sets[n % 2], save=False) for n in range(1, runs + 1)]
+    image_s = statistics.median(sum(r.timings.values()) for r in same)
+    lora_s = statistics.median(r.timings["lora"] for r in switched) - statistics.median(r.timings["lora"] for r in same)
+    return Costs(image_s, max(0.0, lora_s))
+
+
+def case_pool(report: Report, work: Path, runs: int) -> None:
+    """The pool's queueing simulation (sd_app/pool/simulate.py, the pool's own router): random vs affinity
+    routing for N = 1, 4, 16, 64 workers at 80 % load, 24 users, 6 LoRA sets; the costs measured here on the
+    demo engine, then given ones (1 s an image, 0.3 s a LoRA switch) for a GPU whose switches cost more."""
+    from .pool import simulate
+
+    studio = _demo_studio(work)
+    params = _demo_request().replace(width=128, height=128, steps=8)
+    measured = pool_costs(studio, params, runs)
+    report.add("pool", "demo 128x128, 8 steps: one image, LoRA set loaded", f"{measured.image_s:.3g} s",
+               measured.image_s)
+    report.add("pool", "demo: switching the LoRA set", f"{measured.lora_switch_s * 1000:.3g} ms",
+               measured.lora_switch_s)
+    workload = simulate.Workload()
+    for label, costs in (("measured", measured), ("given 1 s + 0.3 s", simulate.Costs(1.0, 0.3))):
+        outcomes = simulate.table(costs, workload)
+        for o in outcomes:
+            report.add("pool", f"{label}: N={o.workers} {o.routing}",
+                       f"wait p50 {o.p50_wait:.3g} s, p95 {o.p95_wait:.3g} s, busy {o.utilisation:.0%}, "
+                       f"on images {o.useful:.0%}, {o.switches:.2f} switches/request", dataclasses.asdict(o))
+        print(simulate.markdown(outcomes), flush=True)
+
+
 CASES = {"overhead": case_overhead, "fastpath": case_fastpath, "load": case_load, "lora-demo": case_lora_demo,
          "lora": case_lora, "coldstart": case_coldstart, "limits": case_limits, "gpu": case_gpu,
          "upscale": case_upscale,
-         "img2img": lambda report, work, runs: _img2img_case(report, work, runs), "train": case_train}
+         "img2img": lambda report, work, runs: _img2img_case(report, work, runs), "train": case_train,
+         "pool": case_pool}
 
 
 def _img2img_case(report: Report, work: Path, runs: int) -> None:

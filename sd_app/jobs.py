@@ -53,6 +53,13 @@ class Job:
         """Finish the current batch early and go on with the next one."""
         self._skip.set()
 
+    def part(self, params: GenerationParams) -> "Job":
+        """A job for one part of this one that runs beside others (an X/Y/Z plot's cells on a pool of workers):
+        this job's Interrupt and Skip reach it; its progress is its own."""
+        part = Job(params, self.owner)
+        part._interrupt, part._skip = self._interrupt, self._skip
+        return part
+
     def clear_skip(self) -> None:
         """A skip ends one batch; the next batch runs in full."""
         self._skip.clear()

@@ -87,6 +87,7 @@ class Studio(StudioExtras):
         self.offline = offline
         self.demo = demo
         self.start_preset = start_preset
+        self.backend = None  # a pool of workers (sd_app.pool.PoolBackend) to run on, in place of a local engine
         self.jobs = JobBoard()  # every job in flight, from the page and the API alike
         self.kept_options = kept_options or KeptOptions()  # other programs' options clients store (A1111's)
         self._tokenizer = None
@@ -117,6 +118,9 @@ class Studio(StudioExtras):
 
     def attach_stack(self) -> None:
         """Import the model stack and make the pipelines and the engine (no checkpoint is loaded yet)."""
+        if self.backend is not None:  # the pool's workers hold the models; they have the same shape here
+            self.pipelines, self.engine = self.backend.start(self)
+            return
         from .engine import Engine
         from .pipelines import Pipelines
 
@@ -193,17 +197,22 @@ class Studio(StudioExtras):
         previous = self.current_checkpoint()
         done, warnings, first_error = {}, list(plan.warnings), None
         self.jobs.add(job)  # on the board between cells too: each `generate` adds and removes its own entry
+        run_cells = getattr(self.engine, "run_cells", None)  # a pool of workers runs several cells at once
         try:
-            for number, cell in enumerate(_fewest_loads(plan.cells, previous)):
-                if job.interrupted:
-                    break
-                job.sampling_step, job.finished, job.part_no = 0, None, number  # the step count is the cell's
-                try:
-                    done[cell.index] = self.generate(cell.params, owner, job, save, output_format)
-                except UserError as err:
-                    first_error = first_error or err
-                    warnings.append(f"{cell.label}: {err}")
-                    log.warning("X/Y/Z plot cell %s failed: %s", cell.label, err)
+            if run_cells is not None:
+                first_error = run_cells(_fewest_loads(plan.cells, previous), job, done, warnings, lambda cell, part:
+                                        self.generate(cell.params, owner, part, save, output_format))
+            else:
+                for number, cell in enumerate(_fewest_loads(plan.cells, previous)):
+                    if job.interrupted:
+                        break
+                    job.sampling_step, job.finished, job.part_no = 0, None, number  # the step count is the cell's
+                    try:
+                        done[cell.index] = self.generate(cell.params, owner, job, save, output_format)
+                    except UserError as err:
+                        first_error = first_error or err
+                        warnings.append(f"{cell.label}: {err}")
+                        log.warning("X/Y/Z plot cell %s failed: %s", cell.label, err)
         finally:
             if previous and self.current_checkpoint() != previous:
                 self._load_back(previous, warnings)
@@ -265,6 +274,10 @@ class Studio(StudioExtras):
         if job is not None:
             job.skip()
         return job is not None
+
+    def workers(self) -> list:
+        """The pool's workers (device, loaded model, current job, state); empty when this process runs alone."""
+        return self.engine.workers() if self.backend is not None and self.engine is not None else []
 
     def queue_position(self, job: Job) -> int:
         """How many jobs will hold the GPU before this queued one can (0 once it runs)."""

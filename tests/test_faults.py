@@ -49,7 +49,7 @@ def test_the_app_starts_and_says_what_was_wrong_with_the_settings(faults_server,
 
 def test_listings_answer_with_every_file_and_the_damaged_ones_say_why(client):
     models = {m["model_name"]: m for m in client.get(f"{API}/sd-models").json()}
-    assert set(models) == {BASE, "homegrown-demo-refiner", "a-damaged"}
+    assert set(models) == {BASE, "homegrown-demo-inpaint", "homegrown-demo-refiner", "a-damaged"}
     assert models[BASE]["problem"] is None and models[BASE]["title"].startswith(BASE)
     assert models["a-damaged"]["problem"].startswith("a-damaged.safetensors is not a valid .safetensors file: "
                                                      "its __metadata__ is a list")

@@ -17,7 +17,7 @@ def test_a_page_load_shows_the_settings_of_now(ckpt_dir, tmp_path):
     by_name = {s.name: u for s, u in zip(SETTINGS, updates)}
     assert by_name["steps"]["value"] == 22 and by_name["prompt"]["value"] == "a lighthouse"
     assert shown == studio.settings.all()
-    assert by_name["default_checkpoint"]["choices"] == ["", BASE]  # the bases only, and "" for the first found
+    assert by_name["default_checkpoint"]["choices"] == ["", BASE, "homegrown-demo-inpaint"]  # the bases only, and "" for the first found
 
 
 def test_save_writes_only_what_the_page_changed(ckpt_dir, tmp_path):
@@ -38,4 +38,5 @@ def test_an_emptied_dropdown_is_the_empty_setting(ckpt_dir, tmp_path):
 
 def test_a_saved_checkpoint_that_is_gone_still_shows(ckpt_dir, tmp_path):
     studio = make_studio(ckpt_dir, tmp_path)
-    assert settings_tab.checkpoint_choices(studio, "old-model") == ["", BASE, "old-model"]
+    assert settings_tab.checkpoint_choices(studio, "old-model") == ["", BASE, "homegrown-demo-inpaint",
+                                                                  "old-model"]

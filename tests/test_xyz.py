@@ -243,8 +243,8 @@ def test_checkpoint_axis_loads_each_once_and_loads_the_first_back(ckpt_dir, tmp_
     own.load_checkpoint("beta")
     loads = []
     real = pipelines.load_base
-    monkeypatch.setattr(pipelines, "load_base", lambda checkpoint, dtype: loads.append(checkpoint.name) or
-                        real(checkpoint, dtype))
+    monkeypatch.setattr(pipelines, "load_base", lambda checkpoint, dtype, *more: loads.append(checkpoint.name) or
+                        real(checkpoint, dtype, *more))
     plan = xyz.make_plan(base(prompt="a cat", steps=2), [("Checkpoint name", "alpha, beta"), ("Steps", "2, 3")],
                          own.checkpoint_names())
     result = own.generate_grid(plan)
@@ -261,6 +261,6 @@ def test_the_page_panel_builds_the_plan_and_fills_list_axes(studio):
     assert plan.shape == (2, 1, 1) and plan.base.seed != -1 and plan.margin == 6 and not plan.draw_legend
     assert plan.warnings  # batch count 2 became 1 per cell
     assert xyz_panel.fill_values(studio, "Sampler").startswith("DPM++ 2M,DPM++ SDE,")
-    assert xyz_panel.fill_values(studio, "Checkpoint name") == f"{BASE},{REFINER}"
+    assert xyz_panel.fill_values(studio, "Checkpoint name") == f"{BASE},homegrown-demo-inpaint,{REFINER}"
     with pytest.raises(UserError, match="choose what to vary"):
         xyz_panel.plan_from_page(studio, form, ["Nothing", "", "Nothing", "", "Nothing", "", True, False, 0])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import io
 import json
 import logging
@@ -224,7 +225,7 @@ def _other_routes(api: FastAPI, studio: Studio) -> None:
 
     @api.get("/memory")
     def memory():
-        return studio.memory()
+        return {**studio.memory(), "workers": [dataclasses.asdict(w) for w in studio.workers()]}  # a pool's, else []
 
     @api.get("/embeddings")
     def embeddings():

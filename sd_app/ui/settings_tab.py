@@ -11,6 +11,7 @@ import gradio as gr
 
 from ..settings import SECTIONS, SETTINGS, Setting
 from ..studio import Studio
+from . import workers_panel
 from .handlers import shows_user_errors
 
 
@@ -79,6 +80,7 @@ def build(studio: Studio):
         with gr.Accordion(section, open=section in ("Defaults", "Device and memory")):
             for setting in (s for s in SETTINGS if s.section == section):
                 controls.append(control(setting, store.get(setting.name), studio))
+    workers_panel.build(studio)  # the pool's workers, when there is a pool
     save = gr.Button("Save settings", variant="primary", elem_id="save-settings")
     status = gr.Markdown(elem_id="settings-status")
     shown = gr.State(None)  # the values this page shows as saved: set on page load and on each save
