@@ -213,7 +213,7 @@ def build(studio: Studio, loading: bool = False) -> tuple[Form, dict]:
     with gr.Row():
         with gr.Column(scale=1):
             fields, size, swap, random_seed, reuse_seed = _options_column(studio, defaults, loading)
-            hires = hires_ui.layout()
+            hires = hires_ui.layout(studio.upscaler_names())
             grid_controls = xyz_panel.layout(studio)
         with gr.Column(scale=1):
             (shown, to_form, pasted, apply_paste, dropped, dropped_info, dropped_to_form, report,
@@ -432,7 +432,7 @@ def run(studio: Studio, results: Results, request: gr.Request, *values):
     try:
         form_size = len(Form.__dataclass_fields__)  # then the hires fix accordion's values
         params = values_to_params(list(values[:form_size]), studio.limits())
-        params = hires_ui.with_hires(params, values[form_size:]).check(studio.limits())
+        params = hires_ui.with_hires(params, values[form_size:]).check(studio.limits(), studio.upscaler_names())
     except UserError as err:
         yield {results.error: error_html(str(err))}
         raise refused("txt2img", err, toast=False) from None
