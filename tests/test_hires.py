@@ -98,3 +98,13 @@ def test_unknown_hires_upscaler_is_refused_listing_what_there_is(studio):
         studio.start(GenerationParams(prompt="a cat", steps=3, width=64, height=64, hires=spec), "tester")
     assert (err.value.field, err.value.status) == ("hr_upscaler", 422)
     assert UPSCALER_FILE.rsplit(".", 1)[0] in err.value.message and "Lanczos" in err.value.message
+
+
+def test_pasting_a_model_hires_upscaler_needs_it_here():
+    from sd_app import infotext
+
+    text = "a cat\nSteps: 4, Size: 64x64, Denoising strength: 0.5, Hires upscale: 2, Hires upscaler: 4x-Demo"
+    here = infotext.read_params(text, upscalers=["None", "Lanczos", "Nearest", "4x-Demo"])
+    assert here.params.hires.upscaler == "4x-Demo" and not here.not_applied
+    elsewhere = infotext.read_params(text)  # built-ins only: reported, not applied
+    assert elsewhere.params.hires is None and "4x-Demo" in elsewhere.not_applied[0][0]

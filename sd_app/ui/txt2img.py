@@ -502,7 +502,8 @@ def fill_form(studio: Studio, form: Form, size: gr.Dropdown, report: gr.Markdown
     bases, refiners = studio.checkpoint_names("sdxl-base"), studio.checkpoint_names("sdxl-refiner")
     pasted = infotext.read_params(text, base, loras=studio.loras, styles=studio.styles,
                                   checkpoints=[m for m in models if m.name in bases],
-                                  refiners=[m for m in models if m.name in refiners])
+                                  refiners=[m for m in models if m.name in refiners],
+                                  upscalers=studio.upscaler_names())
     if not pasted.is_infotext:
         return {report: report_markdown(pasted), paste_box: gr.update(open=True)} if report is not None else {}
     params = pasted.params
