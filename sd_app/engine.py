@@ -131,18 +131,6 @@ class Engine:
             finally:
                 job.finished = time.time()
 
-    def _model_upscaler(self, job: Job):
-        """`hires.upscale_image`'s `models`: a model upscaler by name, to the hires size (Lanczos for the rest
-        of an interrupted upscale, which the pass then skips)."""
-        if self.upscalers is None:
-            return None
-
-        def upscale(image: Image.Image, name: str, width: int, height: int) -> Image.Image:
-            result = self.upscalers.upscale(image, name, size=(width, height), job=job, limits=self.limits,
-                                            field="hr_upscaler")
-            return result if result is not None else image.resize((width, height), Image.LANCZOS)
-        return upscale
-
     def _fill_noise(self, params: GenerationParams) -> GenerationParams:
         """The request with its random seeds drawn and its noise source named, as the infotext will say."""
         last = 2**32 - params.batch_size * params.n_iter  # every image's seed + index stays a valid seed
@@ -274,7 +262,7 @@ class Engine:
             hr_params, hr_passes, (hr_sampler, hr_schedule), target = hires_pass
             job.note = "Upscaling for the hires pass…"
             latents = img2img_run.upscale(latents, params.hires, target, vae, decode_latents, device, dtype,
-                                          self._model_upscaler(job))
+                                          img2img_run.model_upscaler(self.upscalers, job, self.limits))
             strength = params.hires.denoising_strength
             if loop.img2img_steps(hr_params.steps, strength) >= 1:
                 latents = self._denoise(hr_params, hr_passes, hr_sampler, hr_schedule, seeds, job,
