@@ -73,10 +73,18 @@ class Engine:
         self.limits = limits or Limits()  # what one request may ask for (Settings → Limits)
         self.randn_source = randn_source  # where seeds' noise is drawn, unless a request says (rng.py)
         self.embeddings: EmbeddingLibrary | None = None  # textual inversion embeddings named in prompts
+        self.upscalers = None  # an upscalers.Upscalers: model upscalers for the hires pass (None: built-ins only)
 
-    def use_libraries(self, loras: LoraLibrary | None) -> None:
-        """A new LoRA folder (from Settings): tags resolve there from the next job on."""
+    def use_libraries(self, loras: LoraLibrary | None, upscalers=None) -> None:
+        """A new LoRA folder (from Settings): tags resolve there from the next job on. `upscalers` (an
+        `upscalers.Upscalers`, given by the Studio) replaces the hires pass's image upscalers when given."""
         self.loras = loras
+        if upscalers is not None:
+            self.upscalers = upscalers
+
+    def upscaler_names(self) -> list[str] | None:
+        """The image upscalers `hr_upscaler` may name (None: the built-in ones)."""
+        return self.upscalers.names() if self.upscalers is not None else None
 
     def configure(self, preview_every: int, limits: Limits | None = None, randn_source: str | None = None) -> None:
         self.preview_every = preview_every
@@ -88,12 +96,12 @@ class Engine:
     def generate(self, params: GenerationParams, job: Job | None = None) -> GenerationResult:
         """Run one request and return its images with their infotexts (saving them is the caller's step).
         `params.img2img` starts each batch from images (img2img, inpainting); `params.hires` adds a hires pass."""
-        params.check(self.limits)
+        params.check(self.limits, self.upscaler_names())
         if params.styles:
             # The prompts as encoded (and as the infotext shows them), the styles still listed for the infotext.
             if self.styles is None:
                 raise UserError("this Homegrown has no styles", field="styles")
-            params = self.styles.apply(params).check(self.limits)
+            params = self.styles.apply(params).check(self.limits, self.upscaler_names())
         prompt, tags = extract_lora_tags(params.prompt)
         if tags and self.loras is None:
             raise UserError("this Homegrown has no LoRA folder configured", field="prompt")
@@ -253,7 +261,8 @@ class Engine:
         if hires_pass is not None and not (job.interrupted or job.skipped):
             hr_params, hr_passes, (hr_sampler, hr_schedule), target = hires_pass
             job.note = "Upscaling for the hires pass…"
-            latents = img2img_run.upscale(latents, params.hires, target, vae, decode_latents, device, dtype)
+            latents = img2img_run.upscale(latents, params.hires, target, vae, decode_latents, device, dtype,
+                                          img2img_run.model_upscaler(self.upscalers, job, self.limits))
             strength = params.hires.denoising_strength
             if loop.img2img_steps(hr_params.steps, strength) >= 1:
                 latents = self._denoise(hr_params, hr_passes, hr_sampler, hr_schedule, seeds, job,

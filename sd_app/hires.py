@@ -46,14 +46,16 @@ class HiresParams:
     def replace(self, **changes) -> "HiresParams":
         return dataclasses.replace(self, **changes)
 
-    def check(self, width: int, height: int, steps_limit: int, max_pixels: int) -> "HiresParams":
-        """Raise UserError naming the A1111 field at fault."""
+    def check(self, width: int, height: int, steps_limit: int, max_pixels: int,
+              upscalers: tuple[str, ...] | list[str] | None = None) -> "HiresParams":
+        """Raise UserError naming the A1111 field at fault. `upscalers`: the image upscalers there are (as
+        /sdapi/v1/upscalers lists them, model files included); None = the built-in ones only."""
         _number("hr_scale", self.scale, *SCALE_RANGE)
         for name, value in (("hr_resize_x", self.resize_x), ("hr_resize_y", self.resize_y)):
             _whole(name, value, 0, 4096)
         _whole("hr_second_pass_steps", self.second_pass_steps, 0, steps_limit)
         _number("denoising_strength", self.denoising_strength, 0.0, 1.0)
-        known = tuple(LATENT_MODES) + IMAGE_UPSCALERS  # model upscalers (sd_app/upscalers.py) are not wired yet
+        known = tuple(LATENT_MODES) + tuple(IMAGE_UPSCALERS if upscalers is None else upscalers)
         if self.upscaler not in known:
             raise UserError(f"must be one of {', '.join(known)}; got {self.upscaler!r}", field="hr_upscaler")
         for name, value in (("hr_prompt", self.prompt), ("hr_negative_prompt", self.negative_prompt)):

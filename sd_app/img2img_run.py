@@ -131,6 +131,18 @@ def finish(images: list[Image.Image], init: Init | None) -> list[Image.Image]:
     return [img2img.apply_overlay(image, prepared) for image, prepared in zip(images, init.prepared)]
 
 
+def model_upscaler(upscalers, job, limits):
+    """`hires.upscale_image`'s `models` for an `upscalers.Upscalers` (None without one): a model upscaler by name,
+    to the hires size; Lanczos for the rest of an interrupted upscale (the hires pass then stops there)."""
+    if upscalers is None:
+        return None
+
+    def upscale_with_model(image: Image.Image, name: str, width: int, height: int) -> Image.Image:
+        result = upscalers.upscale(image, name, size=(width, height), job=job, limits=limits, field="hr_upscaler")
+        return result if result is not None else image.resize((width, height), Image.LANCZOS)
+    return upscale_with_model
+
+
 def upscale(latents: torch.Tensor, spec: hires.HiresParams, target: hires.Target, vae, decode, device, dtype,
             models=None) -> torch.Tensor:
     """The hires fix's upscale: latents interpolated (the Latent modes), or decoded, scaled as images by the

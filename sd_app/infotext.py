@@ -184,6 +184,7 @@ class Pasted:
     applied: list[str] = field(default_factory=list)  # "Steps: 30", ...
     not_applied: list[tuple[str, str]] = field(default_factory=list)  # ("Clip skip: 2", why)
     is_infotext: bool = True  # False: no parameters line, so the text is only a prompt
+    upscalers: list[str] | None = None  # the image upscalers `Hires upscaler` may name (None: the built-ins)
 
 
 # Fields Homegrown reads but cannot use, and why (a paste says so instead of dropping them without a word).
@@ -203,7 +204,7 @@ def to_params(text: str, base: GenerationParams | None = None, loras=None, style
 
 
 def read_params(text: str, base: GenerationParams | None = None, loras=None, styles=None, checkpoints=None,
-                refiners=None) -> Pasted:
+                refiners=None, upscalers: list[str] | None = None) -> Pasted:
     """A request from pasted infotext, on top of `base`, and a report of what was applied and what not.
 
     With a LoRA library, `<lora:...>` tags whose file is known here under another name (found by the hash in
@@ -211,13 +212,14 @@ def read_params(text: str, base: GenerationParams | None = None, loras=None, sty
     With a style library, the styles named in `Styles` are taken back out of the prompts (`styles.take_out`).
     `checkpoints` and `refiners` (records with `name`, `short_name`, `short_hash`, such as `studio.ModelInfo`)
     are what `Model` and `Refiner` may name; without them the names are taken as they are.
+    `upscalers` are the image upscalers `Hires upscaler` may name (model files included; None: the built-ins).
     A text without a parameters line is not an infotext: `base` with that text as the prompt, is_infotext False.
     """
     prompt, negative, fields = parse(text)
     base = base or GenerationParams()
     if not fields:
         return Pasted(base.replace(prompt=prompt, negative_prompt=negative), is_infotext=False)
-    pasted = Pasted(base)
+    pasted = Pasted(base, upscalers=upscalers)
     if loras is not None and fields.get("Lora hashes"):
         prompt = _rename_loras_by_hash(prompt, fields["Lora hashes"], loras, pasted)
     pasted.params = base.replace(prompt=prompt, negative_prompt=negative, styles=())
@@ -239,7 +241,7 @@ def _try(pasted: Pasted, label: str, **changes) -> bool:
     """Apply the changes if the request stays valid; else report the field with the check's message."""
     trial = pasted.params.replace(**changes)
     try:
-        trial.check()
+        trial.check(upscalers=pasted.upscalers)
     except UserError as err:
         pasted.not_applied.append((label, err.message))
         return False

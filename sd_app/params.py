@@ -119,9 +119,10 @@ class GenerationParams:
     def replace(self, **changes) -> "GenerationParams":
         return dataclasses.replace(self, **changes)
 
-    def check(self, limits: Limits | None = None) -> "GenerationParams":
+    def check(self, limits: Limits | None = None, upscalers: list[str] | None = None) -> "GenerationParams":
         """Raise UserError naming the first bad field; return self so calls chain. `limits` are Settings →
-        Limits (the table's defaults without them)."""
+        Limits (the table's defaults without them); `upscalers` the image upscalers' names for `hr_upscaler`
+        (None: the built-in ones)."""
         limits = limits or Limits()
         for name in ("prompt", "negative_prompt"):
             value = getattr(self, name)
@@ -167,7 +168,7 @@ class GenerationParams:
                 raise UserError("hires fix is a txt2img option; img2img upscales with its own size", field="enable_hr")
             self.img2img.check(self.batch_size)
         if self.hires is not None:
-            self.hires.check(self.width, self.height, limits.max_steps, limits.max_pixels)
+            self.hires.check(self.width, self.height, limits.max_steps, limits.max_pixels, upscalers)
         return self
 
     def _check_job_size(self, limits: Limits) -> None:

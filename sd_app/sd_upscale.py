@@ -28,13 +28,16 @@ class SdUpscale:
     upscaler: str = "Lanczos"
     scale: float = 2.0
 
-    def check(self, width: int, height: int, image: Image.Image, max_pixels: int) -> "SdUpscale":
+    def check(self, width: int, height: int, image: Image.Image, max_pixels: int,
+              upscalers: list[str] | None = None) -> "SdUpscale":
+        """`upscalers`: the image upscalers' names there are (model files included); None = the built-in ones."""
+        known = tuple(IMAGE_UPSCALERS if upscalers is None else upscalers)
         if isinstance(self.overlap, bool) or not isinstance(self.overlap, int) or \
                 not OVERLAP_RANGE[0] <= self.overlap < min(width, height, OVERLAP_RANGE[1] + 1):
             raise UserError(f"the tile overlap must be a whole number from 0 to {min(width, height, 257) - 1} "
                             f"(below the tile size), got {self.overlap!r}", field="script_args")
-        if self.upscaler not in IMAGE_UPSCALERS:
-            raise UserError(f"the upscaler must be one of {', '.join(IMAGE_UPSCALERS)}, got {self.upscaler!r}",
+        if self.upscaler not in known:
+            raise UserError(f"the upscaler must be one of {', '.join(known)}, got {self.upscaler!r}",
                             field="script_args")
         if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or \
                 not SCALE_RANGE[0] <= self.scale <= SCALE_RANGE[1]:
@@ -56,8 +59,12 @@ class SdUpscale:
     def size(self, image: Image.Image) -> tuple[int, int]:
         return int(image.width * self.scale), int(image.height * self.scale)
 
-    def upscale(self, image: Image.Image) -> Image.Image:
-        return upscale_image(image.convert("RGB"), self.upscaler, *self.size(image))
+    def upscale(self, image: Image.Image, upscalers=None, job=None) -> Image.Image | None:
+        """The image at the script's scale; a model upscaler runs through `upscalers` (an `upscalers.Upscalers`).
+        None when the job was interrupted while a model upscaled."""
+        models = None if upscalers is None else \
+            (lambda im, name, w, h: upscalers.upscale(im, name, size=(w, h), job=job, field="script_args"))
+        return upscale_image(image.convert("RGB"), self.upscaler, *self.size(image), models)
 
 
 @dataclass
@@ -150,8 +157,11 @@ def run(studio, params, script: SdUpscale, owner: str, job, save: bool | None = 
     params = params.replace(seed=params.seed if params.seed != -1 else random.randrange(2**32 - 1), n_iter=1,
                             batch_size=1)
     image = flatten(params.img2img.init_images[0])
-    script.check(params.width, params.height, image, studio.limits().max_pixels)
-    grid = split_grid(script.upscale(image), params.width, params.height, script.overlap)
+    script.check(params.width, params.height, image, studio.limits().max_pixels, studio.upscaler_names())
+    upscaled = script.upscale(image, studio.upscalers(), job)
+    if upscaled is None:  # Interrupt while a model upscaler ran
+        return GenerationResult([], [], [], params, interrupted=True)
+    grid = split_grid(upscaled, params.width, params.height, script.overlap)
     tiles = grid.all_tiles()
     job.part_count, done = len(tiles), []
     studio.jobs.add(job)

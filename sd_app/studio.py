@@ -130,6 +130,7 @@ class Studio(StudioExtras):
                              randn_source=self.settings.get("randn_source"))
         self.engine.embeddings = self.embedding_library
         self.pipelines = pipelines
+        self.engine.use_libraries(self.loras, self.upscalers())  # model upscalers for the hires pass
 
     def _stack(self) -> Pipelines:
         """The pipelines, or a 503 while the model stack is still importing at start."""
@@ -162,7 +163,7 @@ class Studio(StudioExtras):
         """`generate` in a thread of its own, for a front end that waits on the job (the page, the API): the
         job ends with its result, or with a message for the user (and the exception, as `job.cause`). A
         request over the limits is refused here, at once, before any thread or queue."""
-        params.check(self.limits())
+        params.check(self.limits(), self.upscaler_names())
         job = Job(params, owner)
         return self._in_thread(job, lambda: self.generate(params, owner, job, save, output_format))
 
@@ -405,6 +406,7 @@ class Studio(StudioExtras):
             raise
         self.engine.configure(preview_every=self.settings.get("preview_every"), limits=self.limits(),
                               randn_source=self.settings.get("randn_source"))
+        self.engine.use_libraries(self.loras, self.upscalers())  # the upscaler folder / device may have moved
         self.outputs.configure(output_options(self.settings))
         return message
 

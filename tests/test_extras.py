@@ -121,3 +121,36 @@ def test_studio_upscale_by_scale_or_to_a_size(studio):
     assert studio.upscale(source(), "Lanczos", scale=2).size == (128, 96)
     assert studio.upscale(source(), DEMO, size=(200, 100)).size == (200, 100)
     assert len(studio.jobs) == 0
+
+
+def test_send_to_extras_puts_the_chosen_image_in_the_tab_and_selects_it():
+    import numpy as np
+
+    from sd_app.errors import UserError
+    from sd_app.ui import extras_tab
+
+    first, second = source(), Image.new("RGB", (40, 30), (200, 10, 10))
+    image, tab = extras_tab.send_chosen.__wrapped__([(first, "seed 1"), (second, "seed 2")], 1)
+    assert image is second and tab.selected == extras_tab.TAB_ID
+    image, _ = extras_tab.send_chosen.__wrapped__([(first, "seed 1")], None)  # nothing chosen yet: the first
+    assert image is first
+    image, tab = extras_tab.send_image.__wrapped__(np.asarray(second))  # PNG Info / History hand over an image
+    assert np.array_equal(np.asarray(image), np.asarray(second)) and tab.selected == extras_tab.TAB_ID
+    for empty in ([], None):
+        with pytest.raises(UserError, match="no image to send"):
+            extras_tab.send_chosen.__wrapped__(empty, 0)
+    with pytest.raises(UserError, match="no image to send"):
+        extras_tab.send_image.__wrapped__(None)
+
+
+def test_the_page_sends_to_extras_from_txt2img_img2img_png_info_and_history(studio):
+    from sd_app import ui
+
+    blocks = ui.build(studio)
+    by_id = {getattr(b, "elem_id", None): b for b in blocks.blocks.values()}
+    extras_image = by_id["extras-image"]
+    for elem_id in ("send-to-extras", "png-info-to-extras", "img2img-to-extras", "history-to-extras"):
+        button = by_id[elem_id]
+        assert button.interactive is not False, elem_id
+        clicks = [d for d in blocks.fns.values() if any(t[0] == button._id for t in d.targets)]
+        assert any(extras_image in d.outputs for d in clicks), elem_id

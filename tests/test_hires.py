@@ -55,3 +55,56 @@ def test_infotext_keys_in_a1111_order_and_back():
                                                   "Hires sampler": "Euler a", "Hires prompt": "sharp",
                                                   "Denoising strength": "0.45", "Hires resize": "bad"})
     assert read == spec and len(applied) == 6 and refused == [("Hires resize: bad", "not WIDTHxHEIGHT")]
+
+
+@pytest.fixture(scope="module")
+def studio(ckpt_dir, tmp_path_factory):
+    """A studio whose upscaler folder holds the demo 4x model (models/ESRGAN): the engine gets it from the studio."""
+    from conftest import make_studio
+
+    studio = make_studio(ckpt_dir, tmp_path_factory.mktemp("hires"), upscaler_dir=str(ckpt_dir.parent),
+                         preview_every=0)
+    studio.load_checkpoint("homegrown-demo-base")
+    return studio
+
+
+def test_model_upscaler_makes_the_hires_image(studio):
+    from pathlib import Path
+
+    import numpy as np
+
+    from sd_app.demo import UPSCALER_FILE
+
+    name = Path(UPSCALER_FILE).stem
+    assert name in studio.upscaler_names()
+    base = GenerationParams(prompt="a cat", steps=3, width=64, height=64, seed=7)
+
+    def image(upscaler):
+        spec = HiresParams(scale=2, upscaler=upscaler, second_pass_steps=2, denoising_strength=0.5)
+        return studio.generate(base.replace(hires=spec), save=False)
+
+    model, lanczos = image(name), image("Lanczos")
+    assert model.images[0].size == (128, 128) == lanczos.images[0].size
+    assert f"Hires upscaler: {name}" in model.infotexts[0]
+    assert np.abs(np.asarray(model.images[0], dtype=int) - np.asarray(lanczos.images[0], dtype=int)).max() > 0
+    assert np.array_equal(np.asarray(image(name).images[0]), np.asarray(model.images[0]))  # same seed, same pixels
+
+
+def test_unknown_hires_upscaler_is_refused_listing_what_there_is(studio):
+    from sd_app.demo import UPSCALER_FILE
+
+    spec = HiresParams(upscaler="4x-Nope")
+    with pytest.raises(UserError) as err:
+        studio.start(GenerationParams(prompt="a cat", steps=3, width=64, height=64, hires=spec), "tester")
+    assert (err.value.field, err.value.status) == ("hr_upscaler", 422)
+    assert UPSCALER_FILE.rsplit(".", 1)[0] in err.value.message and "Lanczos" in err.value.message
+
+
+def test_pasting_a_model_hires_upscaler_needs_it_here():
+    from sd_app import infotext
+
+    text = "a cat\nSteps: 4, Size: 64x64, Denoising strength: 0.5, Hires upscale: 2, Hires upscaler: 4x-Demo"
+    here = infotext.read_params(text, upscalers=["None", "Lanczos", "Nearest", "4x-Demo"])
+    assert here.params.hires.upscaler == "4x-Demo" and not here.not_applied
+    elsewhere = infotext.read_params(text)  # built-ins only: reported, not applied
+    assert elsewhere.params.hires is None and "4x-Demo" in elsewhere.not_applied[0][0]

@@ -45,3 +45,25 @@ def test_checks(script, field):
         script.check(64 if script.scale != 4 else 32, 64 if script.scale != 4 else 32, Image.new("RGB", (256, 256) if
                      script.scale == 4 else (64, 64)), 4096 * 4096)
     assert err.value.field == field
+
+
+def test_model_upscaler_by_its_listed_name(ckpt_dir):
+    """A model file in models/ESRGAN is the script's upscaler by the name /sdapi/v1/upscalers lists; other names
+    are refused listing what there is."""
+    from pathlib import Path
+
+    from sd_app.demo import UPSCALER_FILE
+    from sd_app.upscaler_library import UpscalerLibrary
+    from sd_app.upscalers import Upscalers
+
+    upscalers = Upscalers(UpscalerLibrary(ckpt_dir.parent))
+    name = Path(UPSCALER_FILE).stem
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (48, 40, 3), dtype=np.uint8))
+    script = SdUpscale(16, name, 2).check(64, 64, image, 4096 * 4096, upscalers.names())
+    model = script.upscale(image, upscalers)
+    lanczos = SdUpscale(16, "Lanczos", 2).upscale(image, upscalers)
+    assert model.size == lanczos.size == (80, 96)
+    assert not np.array_equal(np.asarray(model), np.asarray(lanczos))
+    with pytest.raises(UserError) as err:
+        SdUpscale(16, "4x-Nope", 2).check(64, 64, image, 4096 * 4096, upscalers.names())
+    assert err.value.field == "script_args" and name in err.value.message

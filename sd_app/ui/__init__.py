@@ -38,17 +38,26 @@ def build(studio: Studio, startup: Startup | None = None) -> gr.Blocks:
         with gr.Tabs() as tabs:
             with gr.Tab("txt2img", id="txt2img") as txt2img_tab:
                 form, parts = txt2img.build(studio, loading)
-            with gr.Tab("img2img", id="img2img"):
-                img2img_form, img2img_sub_tabs = img2img_tab.build(studio, loading)
+            with gr.Tab("img2img", id="img2img") as img2img_tab_item:
+                img2img_form, img2img_sub_tabs = img2img_tab.build(studio, loading, parts)
             with txt2img_tab:  # "Send to img2img / inpaint" at the foot of the txt2img tab
                 img2img_tab.wire_send(parts["gallery"], parts["info"], parts["dropped"], parts["dropped_info"],
                                       img2img_form, img2img_sub_tabs, tabs)
             with gr.Tab("LoRA", id="lora") as lora_tab_item:
                 listing, search, lora_outputs = lora_tab.build(studio, parts["prompt"])
             with gr.Tab("History", id="history") as history_tab_item:
-                saved, saved_search, saved_outputs = history_tab.build(studio, form, parts["size"], tabs)
+                saved, saved_search, saved_outputs = history_tab.build(studio, form, parts["size"], tabs, parts)
             with gr.Tab("Extras", id=extras_tab.TAB_ID):
                 parts["extras"] = extras_tab.build(studio)  # "Send to extras" targets parts["extras"].image
+            with txt2img_tab:  # "Send to extras" under the txt2img results and PNG Info, the img2img results, History
+                with gr.Row():
+                    extras_tab.wire_send(parts["extras"], tabs, gallery=parts["gallery"])
+                    extras_tab.wire_send(parts["extras"], tabs, image=parts["dropped"], elem_id="png-info-to-extras",
+                                         label="PNG Info → extras")
+            with img2img_tab_item:
+                extras_tab.wire_send(parts["extras"], tabs, gallery=parts["img2img_gallery"],
+                                     elem_id="img2img-to-extras")
+            extras_tab.wire_send(parts["extras"], tabs, image=parts["history_image"], button=parts["history_to_extras"])
             with gr.Tab("Train", id="train"):
                 train_tab.build(studio)
             with gr.Tab("Settings", id="settings"):

@@ -39,6 +39,49 @@ def receive(image):
     return image, gr.Tabs(selected=TAB_ID)
 
 
+def wire_send(extras: "ExtrasTab", tabs: gr.Tabs, gallery: gr.Gallery | None = None, image: gr.Image | None = None,
+              elem_id: str = "send-to-extras", label: str = "Send to extras", button: gr.Button | None = None) -> None:
+    """A "Send to extras" button (laid out where called, or `button` as it is) that puts the gallery's chosen
+    image, or `image`'s, into this tab and selects it."""
+    button = button or gr.Button(label, elem_id=elem_id, size="sm")
+    if gallery is not None:
+        chosen = gr.State(0)
+        gallery.select(_chosen_index, None, chosen, api_name=False)
+        button.click(send_chosen, [gallery, chosen], [extras.image, tabs], api_name=False)
+    else:
+        button.click(send_image, [image], [extras.image, tabs], api_name=False)
+
+
+def _chosen_index(evt: gr.SelectData):
+    return evt.index
+
+
+@shows_user_errors
+def send_chosen(images, index):
+    """A gallery's chosen image (the first when none is chosen) -> this tab's image, and this tab selected."""
+    if not images:
+        raise UserError("there is no image to send: generate one first")
+    index = index if isinstance(index, int) and 0 <= index < len(images) else 0
+    return send_image.__wrapped__(images[index])
+
+
+@shows_user_errors
+def send_image(image):
+    """An image (a gallery item, an array, a file path or a PIL image) -> this tab's image, and this tab selected."""
+    import numpy as np
+    from PIL import Image
+
+    if isinstance(image, (tuple, list)):
+        image = image[0]  # a gallery item: (image, caption)
+    if image is None:
+        raise UserError("there is no image to send: generate or choose one first")
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    elif not isinstance(image, Image.Image):
+        image = Image.open(image)
+    return receive(image)
+
+
 def build(studio: Studio) -> ExtrasTab:
     names = studio.upscaler_names()
     with gr.Row():

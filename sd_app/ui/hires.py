@@ -31,12 +31,13 @@ class HiresControls:
         return [getattr(self, name) for name in self.__dataclass_fields__]
 
 
-def layout() -> HiresControls:
+def layout(upscalers: list[str] | None = None) -> HiresControls:
+    """`upscalers`: the image upscalers there are (the studio's, model files included); None = the built-ins."""
     defaults = HiresParams()
     with gr.Accordion("Hires fix", open=False, elem_id="hires"):
         enable = gr.Checkbox(False, label="Hires fix: a second pass at a larger size", elem_id="hires-enable")
         with gr.Row():
-            upscaler = gr.Dropdown(list(LATENT_MODES) + list(IMAGE_UPSCALERS), value=DEFAULT_UPSCALER,
+            upscaler = gr.Dropdown(list(LATENT_MODES) + list(upscalers or IMAGE_UPSCALERS), value=DEFAULT_UPSCALER,
                                    label="Upscaler", elem_id="hires-upscaler")
             steps = form_slider(0, 150, value=0, step=1, label="Hires steps (0: same as Steps)", elem_id="hires-steps")
             strength = form_slider(0.0, 1.0, value=defaults.denoising_strength, step=0.01,

@@ -19,7 +19,7 @@ from .handlers import bind, shows_user_errors
 from .txt2img import fill_form
 
 PER_PAGE = 36  # six rows of six thumbnails
-NOT_YET = "Send to img2img and Send to extras wait for those tabs, which Homegrown does not have yet."
+NOT_YET = "Send to img2img is not here yet: drop the image into PNG Info on the txt2img tab, then PNG Info → img2img."
 
 
 @dataclass
@@ -48,8 +48,9 @@ class Detail:
         return [getattr(self, name) for name in self.__dataclass_fields__]
 
 
-def build(studio: Studio, form, size: gr.Dropdown, tabs: gr.Tabs):
-    """Build the tab; return (listing function, its inputs, its outputs) for the app to fill it when shown."""
+def build(studio: Studio, form, size: gr.Dropdown, tabs: gr.Tabs, parts: dict | None = None):
+    """Build the tab; return (listing function, its inputs, its outputs) for the app to fill it when shown.
+    `parts` (when given) gets the shown image and the "Send to extras" button, for the app to wire."""
     with gr.Row():
         search = gr.Textbox(label="Search prompts", placeholder="words in the prompt, e.g. red fox", scale=4,
                             elem_id="history-search")
@@ -73,7 +74,7 @@ def build(studio: Studio, form, size: gr.Dropdown, tabs: gr.Tabs):
             with gr.Row():
                 to_txt2img = gr.Button("Send to txt2img", variant="primary", elem_id="history-to-txt2img")
                 gr.Button("Send to img2img", interactive=False, elem_id="history-to-img2img")
-                gr.Button("Send to extras", interactive=False, elem_id="history-to-extras")
+                to_extras = gr.Button("Send to extras", interactive=parts is not None, elem_id="history-to-extras")
             gr.Markdown(NOT_YET)
             with gr.Row():
                 delete = gr.Button("Delete (to the trash)", variant="stop", elem_id="history-delete")
@@ -82,6 +83,8 @@ def build(studio: Studio, form, size: gr.Dropdown, tabs: gr.Tabs):
     browser = Browser(gallery, page_label, shown=gr.State([]), page=gr.State(0))
     detail = Detail(image, file, info, selected=gr.State(""))
     trashed = gr.State("")  # where the last deleted image went, for Undo
+    if parts is not None:  # "Send to extras" is wired once the Extras tab exists (ui/__init__.py)
+        parts["history_image"], parts["history_to_extras"] = image, to_extras
 
     listing = bind(show_page, studio)
     search.submit(lambda query: listing(query, 0), search, browser.outputs(), api_name=False)

@@ -67,7 +67,8 @@ class Img2ImgResults:
         return [getattr(self, name) for name in self.__dataclass_fields__]
 
 
-def build(studio: Studio, loading: bool = False) -> tuple[Img2ImgForm, gr.Tabs]:
+def build(studio: Studio, loading: bool = False, parts: dict | None = None) -> tuple[Img2ImgForm, gr.Tabs]:
+    """The tab; `parts` (when given) gets its results gallery as "img2img_gallery", for Send-to buttons."""
     defaults = Img2ImgParams()
     mode = gr.State("img2img")
     with gr.Row():
@@ -135,6 +136,8 @@ def build(studio: Studio, loading: bool = False) -> tuple[Img2ImgForm, gr.Tabs]:
     skip.click(bind(skip_job, studio), None, None, queue=False, api_name=False)
     # The working size follows a new image (A1111 keeps the slider; here the image's own size, to a multiple of 8).
     image.upload(image_size, image, [width, height], queue=False, api_name=False)
+    if parts is not None:
+        parts["img2img_gallery"] = results.gallery
     return form, sub_tabs
 
 

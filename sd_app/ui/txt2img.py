@@ -213,7 +213,7 @@ def build(studio: Studio, loading: bool = False) -> tuple[Form, dict]:
     with gr.Row():
         with gr.Column(scale=1):
             fields, size, swap, random_seed, reuse_seed = _options_column(studio, defaults, loading)
-            hires = hires_ui.layout()
+            hires = hires_ui.layout(studio.upscaler_names())
             grid_controls = xyz_panel.layout(studio)
         with gr.Column(scale=1):
             (shown, to_form, pasted, apply_paste, dropped, dropped_info, dropped_to_form, report,
@@ -432,7 +432,7 @@ def run(studio: Studio, results: Results, request: gr.Request, *values):
     try:
         form_size = len(Form.__dataclass_fields__)  # then the hires fix accordion's values
         params = values_to_params(list(values[:form_size]), studio.limits())
-        params = hires_ui.with_hires(params, values[form_size:]).check(studio.limits())
+        params = hires_ui.with_hires(params, values[form_size:]).check(studio.limits(), studio.upscaler_names())
     except UserError as err:
         yield {results.error: error_html(str(err))}
         raise refused("txt2img", err, toast=False) from None
@@ -502,7 +502,8 @@ def fill_form(studio: Studio, form: Form, size: gr.Dropdown, report: gr.Markdown
     bases, refiners = studio.checkpoint_names("sdxl-base"), studio.checkpoint_names("sdxl-refiner")
     pasted = infotext.read_params(text, base, loras=studio.loras, styles=studio.styles,
                                   checkpoints=[m for m in models if m.name in bases],
-                                  refiners=[m for m in models if m.name in refiners])
+                                  refiners=[m for m in models if m.name in refiners],
+                                  upscalers=studio.upscaler_names())
     if not pasted.is_infotext:
         return {report: report_markdown(pasted), paste_box: gr.update(open=True)} if report is not None else {}
     params = pasted.params
