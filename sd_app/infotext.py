@@ -210,7 +210,7 @@ def read_params(text: str, base: GenerationParams | None = None, loras=None, sty
     With a LoRA library, `<lora:...>` tags whose file is known here under another name (found by the hash in
     "Lora hashes") are renamed to the local name, as A1111 does, and tags of LoRAs not here are reported.
     With a style library, the styles named in `Styles` are taken back out of the prompts (`styles.take_out`).
-    `checkpoints` and `refiners` (records with `name`, `short_name`, `short_hash`, such as `studio.ModelInfo`)
+    `checkpoints` and `refiners` (records with `name`, `short_name`, `short_hash`, such as `studio_library.ModelInfo`)
     are what `Model` and `Refiner` may name; without them the names are taken as they are.
     `upscalers` are the image upscalers `Hires upscaler` may name (model files included; None: the built-ins).
     A text without a parameters line is not an infotext: `base` with that text as the prompt, is_infotext False.

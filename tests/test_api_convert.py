@@ -9,7 +9,7 @@ from sd_app.errors import UserError
 from sd_app.jobs import GenerationResult
 from sd_app.params import GenerationParams
 from sd_app.styles import StyleLibrary
-from sd_app.studio import ModelInfo
+from sd_app.studio_library import ModelInfo
 
 from server import ROOT
 

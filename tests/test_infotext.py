@@ -75,7 +75,7 @@ Lora hashes: "missing: 0123456789ab, demo-style: 1f2e3d4c5b6a", Version: v1.10.1
 
 
 def _model(name, short_hash=None):
-    from sd_app.studio import ModelInfo
+    from sd_app.studio_library import ModelInfo
 
     return ModelInfo(name, f"{name}.safetensors", name.rsplit("/", 1)[-1], short_hash, None, f"/m/{name}")
 

@@ -1,7 +1,6 @@
 """The Colab/Vast.ai notebook runs top to bottom in its test mode: demo models, no share link, a probe."""
 
 import os
-from pathlib import Path
 
 import pytest
 

@@ -144,7 +144,7 @@ def txt2img_info(request: Txt2ImgRequest, result: GenerationResult, started: flo
 
 def options(model, settings: dict[str, Any], kept: dict[str, Any]) -> dict:
     """A1111's `GET /options`: every option A1111 knows, with what Homegrown has loaded and set, the values kept
-    by POST /options, and A1111's defaults for the rest. `model` is a studio.ModelInfo, or None."""
+    by POST /options, and A1111's defaults for the rest. `model` is a studio_library.ModelInfo, or None."""
     values = {**opts.A1111_DEFAULTS, **{k: v for k, v in kept.items() if k in opts.A1111_DEFAULTS}}
     values.update({key: opts.from_setting(key, settings[name]) for key, name in opts.SETTING_OPTIONS.items()})
     values.update({"sd_model_checkpoint": model.title if model else None,
