@@ -170,7 +170,8 @@ class Engine:
         result = GenerationResult([], [], [], params, sampler=sampler.name, schedule=schedule.name,
                                   model_name=base.checkpoint.short_name, model_hash=base.short_hash or None,
                                   vae_name=vae_name, vae_hash=vae_hash, timings=timings,
-                                  warnings=list(passes[0].cond.notes) + (prepared[0].notes if prepared else []))
+                                  warnings=[*base.warnings, *passes[0].cond.notes,  # what the file lacks, each time
+                                            *(prepared[0].notes if prepared else [])])
         for batch_no in range(params.n_iter):
             if job.interrupted:
                 break

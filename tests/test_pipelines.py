@@ -136,4 +136,6 @@ def test_checkpoints_from_the_wild_load_or_fail_by_name_and_the_app_keeps_runnin
 
     pruned = engine.generate(small.replace(checkpoint="pruned-clip"))
     assert any("text_projection" in w for w in engine.pipelines.base.warnings)
+    assert any("text_projection" in w for w in pruned.warnings)  # said with every image it changes
+    assert not before.warnings
     assert pruned.images and np.asarray(pruned.images[0]).std() > 0
