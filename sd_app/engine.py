@@ -8,7 +8,6 @@ hires pass) add a starting point or a pass, never a second copy of the denoise l
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -107,7 +106,7 @@ class Engine:
             raise UserError("this Homegrown has no LoRA folder configured", field="prompt")
         active = resolve_tags(self.loras, tags) if tags else []
         sampler, schedule = samplers.resolve(params.sampler_name, params.scheduler)
-        params = self._fill_noise(params)
+        params = params.with_noise(self.randn_source)
         job = job or Job(params)
         job.params = params
         with self.pipelines.lock:
@@ -130,14 +129,6 @@ class Engine:
                                         self.pipelines.vae_file) from None
             finally:
                 job.finished = time.time()
-
-    def _fill_noise(self, params: GenerationParams) -> GenerationParams:
-        """The request with its random seeds drawn and its noise source named, as the infotext will say."""
-        last = 2**32 - params.batch_size * params.n_iter  # every image's seed + index stays a valid seed
-        seed = params.seed if params.seed != -1 else random.randrange(last)
-        subseed = params.subseed if params.subseed != -1 else random.randrange(last)
-        return params.replace(seed=seed, subseed=subseed, randn_source=rng.check_source(
-            params.randn_source or self.randn_source))
 
     def _run(self, params, prompt, active, sampler, schedule, job: Job) -> GenerationResult:
         pipes = self.pipelines

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 from dataclasses import dataclass, field
 
 from . import rng, samplers
@@ -118,6 +119,14 @@ class GenerationParams:
 
     def replace(self, **changes) -> "GenerationParams":
         return dataclasses.replace(self, **changes)
+
+    def with_noise(self, default_source: str) -> "GenerationParams":
+        """The request with its random seeds drawn (-1) and its noise source named, as the infotext will say:
+        done once, where a request enters the engine or the pool (which splits it over workers)."""
+        last = 2**32 - self.batch_size * self.n_iter  # every image's seed + index stays a valid seed
+        seed = self.seed if self.seed != -1 else random.randrange(last)
+        subseed = self.subseed if self.subseed != -1 else random.randrange(last)
+        return self.replace(seed=seed, subseed=subseed, randn_source=rng.check_source(self.randn_source or default_source))
 
     def check(self, limits: Limits | None = None, upscalers: list[str] | None = None) -> "GenerationParams":
         """Raise UserError naming the first bad field; return self so calls chain. `limits` are Settings →

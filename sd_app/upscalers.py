@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import UserError
+from .hires import LATENT_MODES  # A1111's latent modes: the one table, beside the hires fix that uses them
 from .jobs import Job
 from .params import Limits
 from .upscaler_library import UpscalerLibrary
@@ -24,15 +25,6 @@ from .upscaler_library import UpscalerLibrary
 NONE, LANCZOS, NEAREST = "None", "Lanczos", "Nearest"
 RESAMPLERS = {LANCZOS: Image.Resampling.LANCZOS, NEAREST: Image.Resampling.NEAREST}
 BUILTIN = (NONE, LANCZOS, NEAREST)  # A1111 lists these first, then the models by name
-# A1111's shared.latent_upscale_modes: the interpolation each name means (torch.nn.functional.interpolate).
-LATENT_MODES = {
-    "Latent": ("bilinear", False),
-    "Latent (antialiased)": ("bilinear", True),
-    "Latent (bicubic)": ("bicubic", False),
-    "Latent (bicubic antialiased)": ("bicubic", True),
-    "Latent (nearest)": ("nearest", False),
-    "Latent (nearest-exact)": ("nearest-exact", False),
-}
 TILE = 192  # input pixels per tile side (A1111's ESRGAN_tile default)
 OVERLAP = 16  # input pixels shared by neighbouring tiles, blended
 CONTEXT = 16  # input pixels read around each tile and cut away from its output

@@ -49,3 +49,10 @@ def test_noise_fields_are_checked(changes, field):
     with pytest.raises(UserError) as err:
         GenerationParams(**changes).check()
     assert err.value.field == field
+
+
+def test_with_noise_draws_random_seeds_once_and_names_the_source():
+    filled = GenerationParams(batch_size=4, n_iter=2).with_noise("GPU")
+    assert 0 <= filled.seed <= 2**32 - 8 and 0 <= filled.subseed <= 2**32 - 8 and filled.randn_source == "GPU"
+    kept = GenerationParams(seed=5, subseed=9, randn_source="nv").with_noise("GPU")
+    assert (kept.seed, kept.subseed, kept.randn_source) == (5, 9, "NV")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import random
 import threading
 import time
 import uuid
@@ -129,7 +128,7 @@ class Pool:
             if self.styles is None:
                 raise UserError("this Homegrown has no styles", field="styles")
             params = self.styles.apply(params).check(self.limits)
-        params = self._fill_noise(params)
+        params = params.with_noise(self.randn_source)
         job = job or Job(params)
         job.params, job.job_count = params, params.n_iter
         checkpoint = params.checkpoint or (self.current.checkpoint.name if self.current else None)
@@ -183,14 +182,6 @@ class Pool:
                 warnings.append(f"{cell.label}: {err}")
                 log.warning("X/Y/Z plot cell %s failed: %s", cell.label, err)
         return first_error
-
-    def _fill_noise(self, params: GenerationParams) -> GenerationParams:
-        """Seeds drawn and the noise source named here, once for all the pieces (as `Engine._fill_noise`)."""
-        last = 2**32 - params.batch_size * params.n_iter  # every image's seed + index stays a valid seed
-        seed = params.seed if params.seed != -1 else random.randrange(last)
-        subseed = params.subseed if params.subseed != -1 else random.randrange(last)
-        return params.replace(seed=seed, subseed=subseed, randn_source=rng.check_source(
-            params.randn_source or self.randn_source))
 
     def configure(self, preview_every: int, limits=None, randn_source: str | None = None) -> None:
         self.randn_source = randn_source or self.randn_source
