@@ -31,16 +31,7 @@ async def _img2img(studio: Studio, request: Img2ImgRequest, http: Request) -> di
         job = studio.start_sd_upscale(plan.params, upscale, API_OWNER, save=plan.save, output_format=plan.output_format)
     else:
         job = studio.start(plan.params, API_OWNER, save=plan.save, output_format=plan.output_format)
-    try:
-        await routes._until_done(job, http)
-    finally:
-        if not job.done:
-            job.interrupt()  # this request was cancelled: its job must not run on for nobody
-    if plan.restore_checkpoint and previous and studio.current_checkpoint() != previous:
-        await run_in_threadpool(studio.load_checkpoint, previous)
-    if job.cause is not None:
-        raise job.cause
-    result = job.result
+    result = await routes.job_result(studio, job, http, plan.restore_checkpoint and previous)
     info = convert.txt2img_info(request, result, started)
     info["denoising_strength"] = plan.params.img2img.denoising_strength
     info["is_using_inpainting_conditioning"] = plan.params.img2img.mask is not None

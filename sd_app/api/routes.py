@@ -256,16 +256,7 @@ async def _txt2img(studio: Studio, request: Txt2ImgRequest, http: Request) -> di
     previous = studio.current_checkpoint()
     started = time.time()
     job = studio.start(plan.params, API_OWNER, save=plan.save, output_format=plan.output_format)
-    try:
-        await _until_done(job, http)
-    finally:
-        if not job.done:
-            job.interrupt()  # this request was cancelled: its job must not run on for nobody
-    if plan.restore_checkpoint and previous and studio.current_checkpoint() != previous:
-        await run_in_threadpool(studio.load_checkpoint, previous)
-    if job.cause is not None:
-        raise job.cause  # the exception handlers answer with its status and message
-    result = job.result
+    result = await job_result(studio, job, http, plan.restore_checkpoint and previous)
     info = convert.txt2img_info(request, result, started, plan.warnings)
     return await run_in_threadpool(_answer, request, result, info, plan.output_format)
 
@@ -285,6 +276,21 @@ def _answer(request: Txt2ImgRequest, result, info: dict, fmt: str) -> dict:
     images = [_b64_image(img, text, fmt) for img, text in zip(result.images, result.infotexts)] \
         if request.send_images else []
     return {"images": images, "parameters": request.model_dump(), "info": json.dumps(info, ensure_ascii=False)}
+
+
+async def job_result(studio: Studio, job, http: Request, load_back: str | None):
+    """Wait for an API job (interrupted if the client goes away), load `load_back` again if the request had
+    switched checkpoints, and return the result, or raise the job's error (the handlers answer with its status)."""
+    try:
+        await _until_done(job, http)
+    finally:
+        if not job.done:
+            job.interrupt()  # this request was cancelled: its job must not run on for nobody
+    if load_back and studio.current_checkpoint() != load_back:
+        await run_in_threadpool(studio.load_checkpoint, load_back)
+    if job.cause is not None:
+        raise job.cause
+    return job.result
 
 
 async def _until_done(job, http: Request) -> None:
