@@ -53,3 +53,15 @@ def open_app(page, url: str | None = None) -> None:
     overwritten by the page-load events."""
     page.goto(url) if url else page.reload()
     page.wait_for_selector("body[data-hg-loaded]", timeout=60_000)
+
+
+def fill_kept(locator, text: str, settle_ms: int = 300, tries: int = 5) -> None:
+    """Fill `locator` with `text` and make sure it stays: a field in a section just opened can be drawn again with
+    the page's value a moment after the first keystrokes on a loaded machine (seen once in CI: a Settings field
+    read back its old value right after the fill)."""
+    for _ in range(tries):
+        locator.fill(text)
+        locator.page.wait_for_timeout(settle_ms)
+        if locator.input_value() == text:
+            return
+    raise AssertionError(f"the field kept going back to {locator.input_value()!r} instead of {text!r}")

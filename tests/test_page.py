@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from browser import browser_page, chromium, new_app_page, open_app, require_browser
+from browser import browser_page, chromium, fill_kept, new_app_page, open_app, require_browser
 from server import Server
 from sd_app.params import LIMITS
 
@@ -62,7 +62,7 @@ def test_settings_come_back_after_reload_and_restart(tmp_path, demo_root):
             field(page, "setting-steps").fill("22")
             field(page, "setting-prompt").fill("a lighthouse at dusk")
             open_section(page, "Previews")
-            field(page, "setting-preview_every").fill("1")
+            fill_kept(field(page, "setting-preview_every"), "1")
             typed = [field(page, f"setting-{name}").input_value() for name in ("steps", "prompt", "preview_every")]
             assert typed == ["22", "a lighthouse at dusk", "1"]
             save_settings(page)
