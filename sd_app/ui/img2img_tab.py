@@ -68,7 +68,8 @@ class Img2ImgResults:
 
 
 def build(studio: Studio, loading: bool = False, parts: dict | None = None) -> tuple[Img2ImgForm, gr.Tabs]:
-    """The tab; `parts` (when given) gets its results gallery as "img2img_gallery", for Send-to buttons."""
+    """The tab; `parts` (when given: txt2img's) gets its results gallery as "img2img_gallery", for Send-to buttons,
+    and its Generate button in "generate_buttons"."""
     defaults = Img2ImgParams()
     mode = gr.State("img2img")
     with gr.Row():
@@ -138,6 +139,7 @@ def build(studio: Studio, loading: bool = False, parts: dict | None = None) -> t
     image.upload(image_size, image, [width, height], queue=False, api_name=False)
     if parts is not None:
         parts["img2img_gallery"] = results.gallery
+        parts["generate_buttons"].append(generate)  # turned on by ui.startup_status when loading ends
     return form, sub_tabs
 
 

@@ -16,7 +16,6 @@ import gradio as gr
 from ..startup import Startup
 from ..studio import Studio
 from . import txt2img
-from .handlers import bind
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +23,16 @@ TICK_SECONDS = 1.0
 
 
 def build(studio: Studio, startup: Startup, blocks: gr.Blocks, status: gr.Markdown, parts: dict) -> None:
-    """Wire the note `status` and txt2img's `parts` (Generate and the lists) to the start-up state."""
+    """Wire the note `status`, every Generate button (`parts["generate_buttons"]`: txt2img's, img2img's) and
+    txt2img's lists to the start-up state."""
     timer = gr.Timer(TICK_SECONDS, active=not startup.done)
     checkpoint, refiner = parts["lists"][:2]
-    outputs = [status, parts["generate"], *parts["lists"], timer]
-    show = bind(show_state, studio, startup)
+    buttons = parts["generate_buttons"]
+    outputs = [status, *buttons, *parts["lists"], timer]
+
+    def show(checkpoint_name, refiner_name):
+        note_update, generate, *rest = show_state(studio, startup, checkpoint_name, refiner_name)
+        return note_update, *[generate] * len(buttons), *rest
     blocks.load(show, [checkpoint, refiner], outputs, api_name=False)
     timer.tick(show, [checkpoint, refiner], outputs, api_name=False)
 

@@ -262,8 +262,9 @@ def build(studio: Studio, loading: bool = False) -> tuple[Form, dict]:
 
     on_load = (bind(current_form, studio, form, size, no_model_box), None, form.inputs() + [size, no_model_box])
     return form, {"prompt": prompt, "gallery": results.gallery, "info": results.info, "checkpoint": checkpoint,
-                  "preset": preset, "load": on_load, "size": size, "generate": generate, "lists": lists,
-                  "dropped": dropped, "dropped_info": dropped_info, "results": results}
+                  "preset": preset, "load": on_load, "size": size, "generate": generate,
+                  "generate_buttons": [generate], "lists": lists, "dropped": dropped, "dropped_info": dropped_info,
+                  "results": results}
 
 
 def start_defaults(studio: Studio) -> GenerationParams:
