@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from . import __version__, hires, img2img_run, infotext, loop, nonfinite, rng, samplers
+from . import __version__, hires, img2img_run, infotext, loop, nonfinite, plan, rng, samplers
 from .denoiser import Inpainting, Stage, size_time_ids
 from .embedding_library import EmbeddingLibrary
 from .encoding import Conditioning
@@ -30,36 +30,6 @@ from .sigmas import ModelSchedule
 from .prompts import extract_lora_tags
 from .styles import StyleLibrary
 from .tiling import seamless
-
-
-@dataclass(frozen=True)
-class Pass:
-    """One model's stretch of the run: from `start` to `end`, as A1111's completed ratio of the schedule
-    (the refiner takes over from `refiner_switch_at`)."""
-
-    model: LoadedModel
-    cond: Conditioning  # already repeated for the batch
-    start: float
-    end: float
-    # Conditioning that changes during sampling (prompt editing): the n-th denoiser call's conditioning,
-    # batch-sized. None: `cond` throughout.
-    cond_at: Callable[[int], Conditioning] | None = None
-
-
-@dataclass(frozen=True)
-class Start:
-    """Where a pass starts other than from noise (img2img, inpainting): the clean latents (scaled as the UNet
-    sees them, batch-sized), the denoising strength, and for inpainting the latent mask (1: repaint, 0: keep)
-    and a 9-channel inpainting UNet's extra input (cat of mask and masked-image latents, (batch, 5, h, w))."""
-
-    init_latent: torch.Tensor
-    strength: float
-    mask: torch.Tensor | None = None
-    image_cond: torch.Tensor | None = None
-    from_noise: bool = False  # txt2img on an inpainting UNet: only image_cond is used
-
-    def inpainting(self) -> Inpainting:
-        return Inpainting(self.init_latent, self.mask, self.image_cond)
 
 
 class Engine:
@@ -146,13 +116,16 @@ class Engine:
         if active:
             job.note = f"Applying LoRA{'s' if len(active) > 1 else ''}…"
         base.loras.apply(active)  # exactly this job's LoRAs, before the text encoders run
-        lora_hashes = ", ".join(f"{a.info.stem}: {self.loras.short_hash(a.info)}" for a in active) or None
         timings["lora"] = time.perf_counter() - mark
 
         mark = time.perf_counter()
         job.note = "Encoding the prompt…"
-        passes = self._plan(params, prompt, base, refiner)
-        hires_pass = self._hires_pass(params, prompt, base, passes[0].cond) if params.hires else None
+        passes = plan.passes(pipes.encoder, params, prompt, base, refiner, self.embeddings,
+                             self.limits.max_prompt_schedules)
+        hires_plan = plan.hires(pipes.encoder, params, prompt, base, passes[0].cond, active, self.loras) \
+            if params.hires else None
+        used = {a.info.path: a for a in [*active, *(hires_plan.loras if hires_plan else [])]}  # both passes'
+        lora_hashes = ", ".join(f"{a.info.stem}: {self.loras.short_hash(a.info)}" for a in used.values()) or None
         prepared = img2img_run.prepare_images(params) if params.img2img else None
         timings["encode"] = time.perf_counter() - mark
         job.note, job.sampling_steps = None, params.steps  # "Step 0/N" from here: the first step is running
@@ -172,7 +145,8 @@ class Engine:
             mark = time.perf_counter()
             self._note_compiling(job)
             latents, init = pipes.eager_if_compile_fails(
-                lambda: self._denoise_all(params, passes, sampler, schedule, seeds, job, prepared, hires_pass),
+                lambda: self._denoise_all(params, passes, sampler, schedule, seeds, job, prepared, hires_plan,
+                                          active),
                 result.warnings)
             timings["denoise"] += time.perf_counter() - mark
             mark = time.perf_counter()
@@ -193,47 +167,11 @@ class Engine:
         job.set_progress(1.0)
         return result
 
-    def _plan(self, params: GenerationParams, prompt: str, base: LoadedModel,
-              refiner: LoadedModel | None) -> list[Pass]:
-        """The passes this request runs, with their conditioning: each distinct prompt that prompt editing makes
-        is encoded once, and a pass whose conditioning changes during sampling gets the schedule's `cond_at`."""
-        schedule = self.pipelines.encoder.encode_schedule(
-            prompt, params.negative_prompt, params.steps, self.embeddings, self.limits.max_prompt_schedules,
-            clip_l_layer=params.clip_skip if params.sdxl_clip_l_skip else None)
-        for cond in schedule.conds:
-            nonfinite.check(cond.tensors(), "the prompt's conditioning", base, ("text_encoder", "text_encoder_2"),
-                            largest_weight=cond.largest_weight)
-        schedule = schedule.repeat(params.batch_size)
-        cond = schedule.cond_at(0)
-        if refiner is None:
-            return [Pass(base, cond, 0.0, 1.0, schedule.cond_at if schedule.changes else None)]
-        switch, refined = params.refiner_switch_at, schedule.for_refiner()
-        return [Pass(base, cond, 0.0, switch, schedule.cond_at if schedule.changes else None),
-                Pass(refiner, refined.cond_at(0), switch, 1.0, refined.cond_at if schedule.changes else None)]
-
-    def _hires_pass(self, params: GenerationParams, prompt: str, base: LoadedModel, cond: Conditioning):
-        """A1111's hires fix: the request of the second pass (size, steps, sampler), its pass (own conditioning when
-        hr_prompt differs; the LoRAs are the prompt's) and its target."""
-        spec = params.hires
-        if spec.checkpoint not in (None, "", params.checkpoint, base.checkpoint.name):
-            raise UserError("a second checkpoint for the hires pass is not supported yet: leave it empty to use the "
-                            "same checkpoint", field="hr_checkpoint_name")
-        if (spec.prompt and spec.prompt != params.prompt) or (spec.negative_prompt and
-                                                              spec.negative_prompt != params.negative_prompt):
-            hr_prompt = extract_lora_tags(spec.prompt)[0] if spec.prompt else prompt
-            cond = self.pipelines.encoder.encode(hr_prompt, spec.negative_prompt or params.negative_prompt)
-            cond = cond.repeat(params.batch_size)
-        target = spec.target(params.width, params.height)
-        hr_params = params.replace(width=target.width, height=target.height, steps=spec.steps(params.steps),
-                                   sampler_name=spec.sampler_name or params.sampler_name,
-                                   scheduler=spec.scheduler or params.scheduler, hires=None, img2img=None)
-        sampling = samplers.resolve(hr_params.sampler_name, hr_params.scheduler)
-        return hr_params, [Pass(base, cond, 0.0, 1.0)], sampling, target
-
-    def _denoise_all(self, params, passes: list[Pass], sampler, schedule, seeds: list[int], job: Job, prepared,
-                     hires_pass):
-        """The first pass (from noise, or from the init images: img2img, inpainting), then the hires pass: the
-        latents upscaled and denoised again from the hires denoising strength. Returns the latents and the Init."""
+    def _denoise_all(self, params, passes: list[plan.Pass], sampler, schedule, seeds: list[int], job: Job,
+                     prepared, hires_plan: plan.HiresPlan | None, active: list):
+        """The first pass (from noise, or from the init images: img2img, inpainting) with the LoRAs `active`, then
+        the hires pass: the latents upscaled and denoised again from the hires denoising strength, with its own
+        LoRAs. Returns the latents and the Init."""
         base = passes[0].model
         device, dtype, vae = self.pipelines.device, self.pipelines.dtype, base.pipe.vae
         unet_channels = base.pipe.unet.config.in_channels
@@ -242,28 +180,30 @@ class Engine:
             init = img2img_run.make_init(params, prepared, vae, unet_channels, seeds, device, dtype)
         elif unet_channels == 9:  # txt2img on an inpainting base: a grey image, all of it masked
             init = img2img_run.txt2img_init(params, vae, seeds, device, dtype)
+        base.loras.apply(active)  # a no-op unless the batch before ran a hires pass with other LoRAs
         if init is not None and loop.img2img_steps(params.steps, init.strength) < 1:
             latents = init.latents  # A1111: int(strength * steps) steps run; none here gives the image back
         else:
             # txt2img on an inpainting base starts from noise, the grey image only its conditioning (A1111)
-            start = Start(init.latents, init.strength, init.latent_mask, init.image_cond,
-                          from_noise=prepared is None) if init else None
+            start = plan.Start(init.latents, init.strength, init.latent_mask, init.image_cond,
+                               from_noise=prepared is None) if init else None
             latents = self._denoise(params, passes, sampler, schedule, seeds, job, start,
                                     init.noise_multiplier if init else 1.0)
-        if hires_pass is not None and not (job.interrupted or job.skipped):
-            hr_params, hr_passes, (hr_sampler, hr_schedule), target = hires_pass
+        if hires_plan is not None and not (job.interrupted or job.skipped):
+            hr_params, (hr_sampler, hr_schedule), target = hires_plan.params, hires_plan.sampling, hires_plan.target
             job.note = "Upscaling for the hires pass…"
             latents = img2img_run.upscale(latents, params.hires, target, vae, decode_latents, device, dtype,
                                           img2img_run.model_upscaler(self.upscalers, job, self.limits))
             strength = params.hires.denoising_strength
             if loop.img2img_steps(hr_params.steps, strength) >= 1:
-                latents = self._denoise(hr_params, hr_passes, hr_sampler, hr_schedule, seeds, job,
-                                        Start(latents, strength))
+                base.loras.apply(hires_plan.loras)
+                latents = self._denoise(hr_params, hires_plan.passes, hr_sampler, hr_schedule, seeds, job,
+                                        plan.Start(latents, strength))
             latents = hires.truncate(latents, target)
         return latents, init
 
-    def _denoise(self, params, passes: list[Pass], sampler, schedule, seeds: list[int], job: Job,
-                 start: Start | None = None, noise_multiplier: float = 1.0):
+    def _denoise(self, params, passes: list[plan.Pass], sampler, schedule, seeds: list[int], job: Job,
+                 start: plan.Start | None = None, noise_multiplier: float = 1.0):
         """The one denoise loop (`loop.denoise`) over the plan's passes: the base model from noise or from
         `start`, the refiner taking over where A1111 switches. Returns the final latents in the model's dtype."""
         base = passes[0].model
@@ -290,7 +230,7 @@ class Engine:
         return latents.to(self.pipelines.dtype)
 
     @staticmethod
-    def _check_latents(latents, step: Pass) -> None:
+    def _check_latents(latents, step: plan.Pass) -> None:
         refining = step.start > 0
         nonfinite.check([latents], "the refiner's pass" if refining else "the base model's denoising", step.model,
                         ("unet",), "refiner_checkpoint" if refining else "checkpoint", step.cond.largest_weight)
@@ -303,7 +243,7 @@ class Engine:
                             seed_resize_from_h=params.seed_resize_from_h, seed_resize_from_w=params.seed_resize_from_w,
                             source=params.randn_source, device=self.pipelines.device)
 
-    def _stage(self, step: Pass, params: GenerationParams) -> Stage:
+    def _stage(self, step: plan.Pass, params: GenerationParams) -> Stage:
         model, cond = step.model, step.cond
         device = self.pipelines.device
         batch = cond.embeds.shape[0]

@@ -62,8 +62,8 @@ def studio(ckpt_dir, tmp_path_factory):
     """A studio whose upscaler folder holds the demo 4x model (models/ESRGAN): the engine gets it from the studio."""
     from conftest import make_studio
 
-    studio = make_studio(ckpt_dir, tmp_path_factory.mktemp("hires"), upscaler_dir=str(ckpt_dir.parent),
-                         preview_every=0)
+    studio = make_studio(ckpt_dir, tmp_path_factory.mktemp("hires"), ckpt_dir.parent / "Lora",
+                         upscaler_dir=str(ckpt_dir.parent), preview_every=0)
     studio.load_checkpoint("homegrown-demo-base")
     return studio
 
@@ -88,6 +88,26 @@ def test_model_upscaler_makes_the_hires_image(studio):
     assert f"Hires upscaler: {name}" in model.infotexts[0]
     assert np.abs(np.asarray(model.images[0], dtype=int) - np.asarray(lanczos.images[0], dtype=int)).max() > 0
     assert np.array_equal(np.asarray(image(name).images[0]), np.asarray(model.images[0]))  # same seed, same pixels
+
+
+def test_the_hires_prompt_runs_with_its_own_loras_as_in_a1111(studio):
+    """A1111 activates the hires prompt's extra networks for the hires pass: its LoRA tags, none when it has a
+    prompt of its own without tags, the prompt's when it has none."""
+    import numpy as np
+
+    def run(prompt="a cat", hr_prompt=""):
+        spec = HiresParams(scale=2, upscaler="Latent", second_pass_steps=2, denoising_strength=0.6, prompt=hr_prompt)
+        result = studio.generate(GenerationParams(prompt=prompt, steps=3, width=64, height=64, seed=11, hires=spec),
+                                 save=False)
+        return np.asarray(result.images[0], dtype=int), result.infotexts[0]
+
+    plain, _ = run()
+    hires_lora, text = run(hr_prompt="a cat <lora:demo-detail:1>")
+    assert np.abs(hires_lora - plain).max() > 0 and "Lora hashes: \"demo-detail: " in text
+    both, text = run(prompt="a cat <lora:demo-detail:1>")  # no hires prompt: the prompt's LoRAs in both passes
+    first_only, _ = run(prompt="a cat <lora:demo-detail:1>", hr_prompt="a cat")
+    assert np.abs(both - first_only).max() > 0 and "Lora hashes: \"demo-detail: " in text
+    assert np.array_equal(run()[0], plain)  # every LoRA taken off again: the same pixels as before
 
 
 def test_unknown_hires_upscaler_is_refused_listing_what_there_is(studio):
