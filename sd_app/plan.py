@@ -17,6 +17,7 @@ from .denoiser import Inpainting
 from .encoding import Conditioning
 from .errors import UserError
 from .hires import Target
+from .loading import check_kind
 from .lora_library import ActiveLora, LoraLibrary, resolve_tags
 from .params import GenerationParams
 from .pipelines import LoadedModel
@@ -85,22 +86,44 @@ def passes(encoder, params: GenerationParams, prompt: str, base: LoadedModel, re
             Pass(refiner, refined.cond_at(0), switch, 1.0, refined.cond_at if schedule.changes else None)]
 
 
-def hires(encoder, params: GenerationParams, prompt: str, base: LoadedModel, cond: Conditioning,
-          active: list[ActiveLora], loras: LoraLibrary | None) -> HiresPlan:
-    """The hires pass of `params` (whose first pass runs `prompt` with the LoRAs `active` and `cond`). A hires
-    prompt of its own, or LoRAs of its own, are encoded with its LoRAs in place; `active` is put back after."""
+def other_hires_checkpoint(params: GenerationParams, base: LoadedModel, checkpoints) -> str | None:
+    """The hires pass's own checkpoint (A1111's hr_checkpoint_name) when it is not `base`: checked now, before any
+    first pass runs (a name that is not here, or not an SDXL base, is refused naming the field); else None."""
+    name = params.hires.checkpoint if params.hires else None
+    if name in (None, "", params.checkpoint, base.checkpoint.name):
+        return None
+    try:
+        checkpoint = checkpoints.get(name)
+        if checkpoint.path == base.checkpoint.path:
+            return None
+        check_kind(checkpoint, "sdxl-base")
+    except UserError as err:
+        raise UserError(err.message, field="hr_checkpoint_name", status=err.status) from None
+    return checkpoint.name
+
+
+def hires_loras(params: GenerationParams, active: list[ActiveLora], loras: LoraLibrary | None) -> list[ActiveLora]:
+    """The LoRAs of the hires pass. A1111 activates the hires prompt's own extra networks for it: its LoRA tags
+    when it has a prompt of its own (none when that prompt has no tags), else the prompt's (`active`)."""
     spec = params.hires
-    if spec.checkpoint not in (None, "", params.checkpoint, base.checkpoint.name):
-        raise UserError("a second checkpoint for the hires pass is not supported yet: leave it empty to use the "
-                        "same checkpoint", field="hr_checkpoint_name")
-    hr_prompt, hr_active = prompt, active
-    if spec.prompt and spec.prompt != params.prompt:
-        hr_prompt, tags = extract_lora_tags(spec.prompt)
-        if tags and loras is None:
-            raise UserError("this Homegrown has no LoRA folder configured", field="hr_prompt")
-        hr_active = resolve_tags(loras, tags) if tags else []
+    if not spec.prompt or spec.prompt == params.prompt:
+        return active
+    tags = extract_lora_tags(spec.prompt)[1]
+    if tags and loras is None:
+        raise UserError("this Homegrown has no LoRA folder configured", field="hr_prompt")
+    return resolve_tags(loras, tags) if tags else []
+
+
+def hires(encoder, params: GenerationParams, prompt: str, base: LoadedModel, cond: Conditioning | None,
+          active: list[ActiveLora], loras: LoraLibrary | None) -> HiresPlan:
+    """The hires pass of `params` on `base`, whose first pass runs `prompt` with the LoRAs `active` and `cond`
+    (None: the first pass ran on another checkpoint; its conditioning is encoded here). A hires prompt or LoRAs
+    of its own are encoded with its LoRAs in place; `active` is put back after."""
+    spec = params.hires
+    hr_prompt = extract_lora_tags(spec.prompt)[0] if spec.prompt and spec.prompt != params.prompt else prompt
+    hr_active = hires_loras(params, active, loras)
     negative = spec.negative_prompt or params.negative_prompt
-    if hr_prompt != prompt or negative != params.negative_prompt or _key(hr_active) != _key(active):
+    if cond is None or hr_prompt != prompt or negative != params.negative_prompt or _key(hr_active) != _key(active):
         base.loras.apply(hr_active)  # the text encoders' LoRAs shape the hires conditioning too
         try:
             cond = encoder.encode(hr_prompt, negative).repeat(params.batch_size)

@@ -128,3 +128,46 @@ def test_pasting_a_model_hires_upscaler_needs_it_here():
     assert here.params.hires.upscaler == "4x-Demo" and not here.not_applied
     elsewhere = infotext.read_params(text)  # built-ins only: reported, not applied
     assert elsewhere.params.hires is None and "4x-Demo" in elsewhere.not_applied[0][0]
+
+
+def test_a_hires_checkpoint_of_its_own_runs_the_second_passes_and_the_first_comes_back(ckpt_dir, tmp_path):
+    """A1111's hr_checkpoint_name: the first passes on the chosen checkpoint, the hires passes on the other (loaded
+    once for every batch), and the chosen one loaded back for the next job."""
+    import shutil
+
+    import numpy as np
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from conftest import BASE, make_studio
+
+    folder = tmp_path / "Stable-diffusion"
+    folder.mkdir()
+    shutil.copy(ckpt_dir / f"{BASE}.safetensors", folder)
+    tensors = load_file(ckpt_dir / f"{BASE}.safetensors")
+    tensors["model.diffusion_model.out.2.weight"] *= 0.5  # another UNet: its hires pass draws otherwise
+    with safe_open(ckpt_dir / f"{BASE}.safetensors", "pt") as f:
+        metadata = f.metadata()  # names the demo's config set
+    save_file(tensors, folder / "other-base.safetensors", metadata)
+    studio = make_studio(folder, tmp_path / "data", preview_every=0)
+    studio.load_checkpoint(BASE)
+
+    def run(checkpoint=None, n_iter=1):
+        spec = HiresParams(scale=2, upscaler="Latent", second_pass_steps=2, denoising_strength=0.6,
+                           checkpoint=checkpoint)
+        return studio.generate(GenerationParams(prompt="a cat", steps=3, width=64, height=64, seed=21, n_iter=n_iter,
+                                                hires=spec), save=False)
+
+    def pixels(image):
+        return np.asarray(image, dtype=int)
+
+    same = run()
+    other = run("other-base", n_iter=2)
+    assert [image.size for image in other.images] == [(128, 128)] * 2 and other.seeds == [21, 22]
+    assert np.abs(pixels(other.images[0]) - pixels(same.images[0])).max() > 8
+    assert "Hires checkpoint: other-base" in other.infotexts[0] and f"Model: {BASE}," in other.infotexts[0]
+    assert studio.current_checkpoint() == BASE  # loaded back
+    assert np.abs(pixels(run().images[0]) - pixels(same.images[0])).max() <= 1  # a reloaded model: ~1e-6 apart
+    with pytest.raises(UserError) as err:
+        run("nope")
+    assert err.value.field == "hr_checkpoint_name" and "nope" in err.value.message
