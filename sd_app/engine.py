@@ -2,23 +2,21 @@
 
 Models are held by `pipelines.Pipelines`; saving is a step after the run (`outputs.py`, called by the
 studio). Nothing here knows about Gradio or HTTP. A request runs as a plan of passes over one schedule
-(txt2img: the base from noise, then the refiner from the base's latents), so later modes (img2img, a
-hires pass) add a starting point or a pass, never a second copy of the denoise loop.
+(`plan.py`; txt2img: the base from noise, then the refiner from the base's latents), so the other modes
+(img2img, the hires pass) add a starting point or a pass, never a second copy of the denoise loop.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from PIL import Image
 
-from . import __version__, hires, img2img_run, infotext, loop, nonfinite, rng, samplers
-from .denoiser import Inpainting, Stage, size_time_ids
+from . import __version__, hires, img2img_run, infotext, loop, nonfinite, plan, rng, samplers
+from .denoiser import Stage, size_time_ids
 from .embedding_library import EmbeddingLibrary
-from .encoding import Conditioning
 from .errors import UserError
 from .jobs import GenerationResult, Job
 from .lora_library import LoraLibrary, resolve_tags
@@ -30,36 +28,6 @@ from .sigmas import ModelSchedule
 from .prompts import extract_lora_tags
 from .styles import StyleLibrary
 from .tiling import seamless
-
-
-@dataclass(frozen=True)
-class Pass:
-    """One model's stretch of the run: from `start` to `end`, as A1111's completed ratio of the schedule
-    (the refiner takes over from `refiner_switch_at`)."""
-
-    model: LoadedModel
-    cond: Conditioning  # already repeated for the batch
-    start: float
-    end: float
-    # Conditioning that changes during sampling (prompt editing): the n-th denoiser call's conditioning,
-    # batch-sized. None: `cond` throughout.
-    cond_at: Callable[[int], Conditioning] | None = None
-
-
-@dataclass(frozen=True)
-class Start:
-    """Where a pass starts other than from noise (img2img, inpainting): the clean latents (scaled as the UNet
-    sees them, batch-sized), the denoising strength, and for inpainting the latent mask (1: repaint, 0: keep)
-    and a 9-channel inpainting UNet's extra input (cat of mask and masked-image latents, (batch, 5, h, w))."""
-
-    init_latent: torch.Tensor
-    strength: float
-    mask: torch.Tensor | None = None
-    image_cond: torch.Tensor | None = None
-    from_noise: bool = False  # txt2img on an inpainting UNet: only image_cond is used
-
-    def inpainting(self) -> Inpainting:
-        return Inpainting(self.init_latent, self.mask, self.image_cond)
 
 
 class Engine:
@@ -146,16 +114,26 @@ class Engine:
         if active:
             job.note = f"Applying LoRA{'s' if len(active) > 1 else ''}…"
         base.loras.apply(active)  # exactly this job's LoRAs, before the text encoders run
-        lora_hashes = ", ".join(f"{a.info.stem}: {self.loras.short_hash(a.info)}" for a in active) or None
         timings["lora"] = time.perf_counter() - mark
 
         mark = time.perf_counter()
         job.note = "Encoding the prompt…"
-        passes = self._plan(params, prompt, base, refiner)
-        hires_pass = self._hires_pass(params, prompt, base, passes[0].cond) if params.hires else None
+        passes = plan.passes(pipes.encoder, params, prompt, base, refiner, self.embeddings,
+                             self.limits.max_prompt_schedules)
+        # A hires checkpoint of its own is loaded after the first passes, and its conditioning encoded then.
+        hires_plan = plan.hires(pipes.encoder, params, prompt, base, passes[0].cond, active, self.loras) \
+            if params.hires and not plan.other_hires_checkpoint(params, base, pipes.checkpoints) else None
+        hires_loras = plan.hires_loras(params, active, self.loras) if params.hires else []
+        used = {a.info.path: a for a in [*active, *hires_loras]}  # both passes'
+        lora_hashes = ", ".join(f"{a.info.stem}: {self.loras.short_hash(a.info)}" for a in used.values()) or None
         prepared = img2img_run.prepare_images(params) if params.img2img else None
         timings["encode"] = time.perf_counter() - mark
         job.note, job.sampling_steps = None, params.steps  # "Step 0/N" from here: the first step is running
+        ti_hashes = passes[0].cond.ti_hashes
+
+        def text(seed: int) -> str:
+            return image_infotext(params, sampler, schedule, seed, base, refiner, pipes.vae_file, lora_hashes,
+                                  ti_hashes)
 
         vae_name, vae_hash = pipes.vae_file or (None, None)
         result = GenerationResult([], [], [], params, sampler=sampler.name, schedule=schedule.name,
@@ -163,6 +141,7 @@ class Engine:
                                   vae_name=vae_name, vae_hash=vae_hash, timings=timings,
                                   warnings=[*base.warnings, *passes[0].cond.notes,  # what the file lacks, each time
                                             *(prepared[0].notes if prepared else [])])
+        elsewhere = []  # with a hires checkpoint of its own: (batch, seeds, upscaled latents, init) for its pass
         for batch_no in range(params.n_iter):
             if job.interrupted:
                 break
@@ -172,68 +151,69 @@ class Engine:
             mark = time.perf_counter()
             self._note_compiling(job)
             latents, init = pipes.eager_if_compile_fails(
-                lambda: self._denoise_all(params, passes, sampler, schedule, seeds, job, prepared, hires_pass),
+                lambda: self._first_pass(params, passes, sampler, schedule, seeds, job, prepared, active),
                 result.warnings)
+            if params.hires is not None and not (job.interrupted or job.skipped):
+                latents = self._upscale_for_hires(params, latents, base.pipe.vae, job)
+                if hires_plan is None:
+                    elsewhere.append((batch_no, seeds, latents, init))
+                    continue
+                latents = pipes.eager_if_compile_fails(
+                    lambda: self._hires_denoise(hires_plan, params, latents, seeds, job), result.warnings)
             timings["denoise"] += time.perf_counter() - mark
-            mark = time.perf_counter()
-            job.note = "Decoding the image…" if params.batch_size == 1 else "Decoding the images…"
-            self._note_compiling(job)
-            images = pipes.eager_if_compile_fails(lambda: decode_latents(base.pipe.vae, latents), result.warnings)
-            images = img2img_run.finish(images, init)  # inpainting: pasted back through the blurred mask
-            job.note = None
-            timings["decode"] += time.perf_counter() - mark
-            for image, seed in zip(images, seeds):
-                text = self._infotext(params, sampler, schedule, seed, base, refiner, lora_hashes,
-                                      passes[0].cond.ti_hashes)
-                image.info[infotext.PNG_KEY] = text  # kept by anything that saves the image as PNG
-                result.images.append(image)
-                result.infotexts.append(text)
-                result.seeds.append(seed)
+            self._add_images(result, latents, init, seeds, base.pipe.vae, job, text)
+        if elsewhere and not job.interrupted:
+            self._hires_elsewhere(params, prompt, active, elsewhere, job, result, text)
         result.interrupted = job.interrupted
         job.set_progress(1.0)
         return result
 
-    def _plan(self, params: GenerationParams, prompt: str, base: LoadedModel,
-              refiner: LoadedModel | None) -> list[Pass]:
-        """The passes this request runs, with their conditioning: each distinct prompt that prompt editing makes
-        is encoded once, and a pass whose conditioning changes during sampling gets the schedule's `cond_at`."""
-        schedule = self.pipelines.encoder.encode_schedule(
-            prompt, params.negative_prompt, params.steps, self.embeddings, self.limits.max_prompt_schedules,
-            clip_l_layer=params.clip_skip if params.sdxl_clip_l_skip else None)
-        for cond in schedule.conds:
-            nonfinite.check(cond.tensors(), "the prompt's conditioning", base, ("text_encoder", "text_encoder_2"),
-                            largest_weight=cond.largest_weight)
-        schedule = schedule.repeat(params.batch_size)
-        cond = schedule.cond_at(0)
-        if refiner is None:
-            return [Pass(base, cond, 0.0, 1.0, schedule.cond_at if schedule.changes else None)]
-        switch, refined = params.refiner_switch_at, schedule.for_refiner()
-        return [Pass(base, cond, 0.0, switch, schedule.cond_at if schedule.changes else None),
-                Pass(refiner, refined.cond_at(0), switch, 1.0, refined.cond_at if schedule.changes else None)]
+    def _add_images(self, result: GenerationResult, latents, init, seeds: list[int], vae, job: Job,
+                    text: Callable[[int], str]) -> None:
+        """Decode a batch's latents (inpainting: pasted back through the blurred mask) into `result`."""
+        mark = time.perf_counter()
+        job.note = "Decoding the image…" if len(seeds) == 1 else "Decoding the images…"
+        self._note_compiling(job)
+        images = self.pipelines.eager_if_compile_fails(lambda: decode_latents(vae, latents), result.warnings)
+        images = img2img_run.finish(images, init)
+        job.note = None
+        result.timings["decode"] += time.perf_counter() - mark
+        for image, seed in zip(images, seeds):
+            image.info[infotext.PNG_KEY] = text(seed)  # kept by anything that saves the image as PNG
+            result.images.append(image)
+            result.infotexts.append(image.info[infotext.PNG_KEY])
+            result.seeds.append(seed)
 
-    def _hires_pass(self, params: GenerationParams, prompt: str, base: LoadedModel, cond: Conditioning):
-        """A1111's hires fix: the request of the second pass (size, steps, sampler), its pass (own conditioning when
-        hr_prompt differs; the LoRAs are the prompt's) and its target."""
-        spec = params.hires
-        if spec.checkpoint not in (None, "", params.checkpoint, base.checkpoint.name):
-            raise UserError("a second checkpoint for the hires pass is not supported yet: leave it empty to use the "
-                            "same checkpoint", field="hr_checkpoint_name")
-        if (spec.prompt and spec.prompt != params.prompt) or (spec.negative_prompt and
-                                                              spec.negative_prompt != params.negative_prompt):
-            hr_prompt = extract_lora_tags(spec.prompt)[0] if spec.prompt else prompt
-            cond = self.pipelines.encoder.encode(hr_prompt, spec.negative_prompt or params.negative_prompt)
-            cond = cond.repeat(params.batch_size)
-        target = spec.target(params.width, params.height)
-        hr_params = params.replace(width=target.width, height=target.height, steps=spec.steps(params.steps),
-                                   sampler_name=spec.sampler_name or params.sampler_name,
-                                   scheduler=spec.scheduler or params.scheduler, hires=None, img2img=None)
-        sampling = samplers.resolve(hr_params.sampler_name, hr_params.scheduler)
-        return hr_params, [Pass(base, cond, 0.0, 1.0)], sampling, target
+    def _hires_elsewhere(self, params, prompt: str, active: list, batches: list, job: Job,
+                         result: GenerationResult, text: Callable[[int], str]) -> None:
+        """A1111's hr_checkpoint_name: every batch's first pass is done (and upscaled); the hires checkpoint is
+        loaded once for all of their hires passes, which decode with its VAE, and the first checkpoint is loaded
+        back after (the next job finds the checkpoint it was chosen with)."""
+        pipes = self.pipelines
+        first = pipes.base.checkpoint.name
+        self._note_loading(job, params.hires.checkpoint, pipes.base, "hires checkpoint")
+        try:
+            other = pipes.ensure_base(params.hires.checkpoint)
+            result.warnings.extend(w for w in other.warnings if w not in result.warnings)
+            hires_plan = plan.hires(pipes.encoder, params, prompt, other, None, active, self.loras)
+            for batch_no, seeds, latents, init in batches:
+                if job.interrupted:
+                    break
+                job.job_no = batch_no
+                mark = time.perf_counter()
+                latents = pipes.eager_if_compile_fails(
+                    lambda: self._hires_denoise(hires_plan, params, latents, seeds, job), result.warnings)
+                result.timings["denoise"] += time.perf_counter() - mark
+                self._add_images(result, latents, init, seeds, other.pipe.vae, job, text)
+        finally:
+            job.note = f"Loading the checkpoint {first} back…"
+            pipes.ensure_base(first)
+            job.note = None
 
-    def _denoise_all(self, params, passes: list[Pass], sampler, schedule, seeds: list[int], job: Job, prepared,
-                     hires_pass):
-        """The first pass (from noise, or from the init images: img2img, inpainting), then the hires pass: the
-        latents upscaled and denoised again from the hires denoising strength. Returns the latents and the Init."""
+    def _first_pass(self, params, passes: list[plan.Pass], sampler, schedule, seeds: list[int], job: Job,
+                    prepared, active: list):
+        """The first pass, from noise or from the init images (img2img, inpainting), with the LoRAs `active`.
+        Returns the latents and the Init."""
         base = passes[0].model
         device, dtype, vae = self.pipelines.device, self.pipelines.dtype, base.pipe.vae
         unet_channels = base.pipe.unet.config.in_channels
@@ -242,28 +222,35 @@ class Engine:
             init = img2img_run.make_init(params, prepared, vae, unet_channels, seeds, device, dtype)
         elif unet_channels == 9:  # txt2img on an inpainting base: a grey image, all of it masked
             init = img2img_run.txt2img_init(params, vae, seeds, device, dtype)
+        base.loras.apply(active)  # a no-op unless the batch before ran a hires pass with other LoRAs
         if init is not None and loop.img2img_steps(params.steps, init.strength) < 1:
-            latents = init.latents  # A1111: int(strength * steps) steps run; none here gives the image back
-        else:
-            # txt2img on an inpainting base starts from noise, the grey image only its conditioning (A1111)
-            start = Start(init.latents, init.strength, init.latent_mask, init.image_cond,
-                          from_noise=prepared is None) if init else None
-            latents = self._denoise(params, passes, sampler, schedule, seeds, job, start,
-                                    init.noise_multiplier if init else 1.0)
-        if hires_pass is not None and not (job.interrupted or job.skipped):
-            hr_params, hr_passes, (hr_sampler, hr_schedule), target = hires_pass
-            job.note = "Upscaling for the hires pass…"
-            latents = img2img_run.upscale(latents, params.hires, target, vae, decode_latents, device, dtype,
-                                          img2img_run.model_upscaler(self.upscalers, job, self.limits))
-            strength = params.hires.denoising_strength
-            if loop.img2img_steps(hr_params.steps, strength) >= 1:
-                latents = self._denoise(hr_params, hr_passes, hr_sampler, hr_schedule, seeds, job,
-                                        Start(latents, strength))
-            latents = hires.truncate(latents, target)
-        return latents, init
+            return init.latents, init  # A1111: int(strength * steps) steps run; none here gives the image back
+        # txt2img on an inpainting base starts from noise, the grey image only its conditioning (A1111)
+        start = plan.Start(init.latents, init.strength, init.latent_mask, init.image_cond,
+                           from_noise=prepared is None) if init else None
+        return self._denoise(params, passes, sampler, schedule, seeds, job, start,
+                             init.noise_multiplier if init else 1.0), init
 
-    def _denoise(self, params, passes: list[Pass], sampler, schedule, seeds: list[int], job: Job,
-                 start: Start | None = None, noise_multiplier: float = 1.0):
+    def _upscale_for_hires(self, params, latents, vae, job: Job):
+        """The first pass's latents at the hires size (an image upscaler decodes and encodes with `vae`)."""
+        job.note = "Upscaling for the hires pass…"
+        target = params.hires.target(params.width, params.height)
+        return img2img_run.upscale(latents, params.hires, target, vae, decode_latents, self.pipelines.device,
+                                   self.pipelines.dtype, img2img_run.model_upscaler(self.upscalers, job, self.limits))
+
+    def _hires_denoise(self, hires_plan: plan.HiresPlan, params, latents, seeds: list[int], job: Job):
+        """The hires pass over upscaled latents, with its own LoRAs, from the hires denoising strength; then the
+        rows and columns A1111 cuts off for another aspect ratio."""
+        hr_params, (hr_sampler, hr_schedule) = hires_plan.params, hires_plan.sampling
+        strength = params.hires.denoising_strength
+        if loop.img2img_steps(hr_params.steps, strength) >= 1:
+            hires_plan.passes[0].model.loras.apply(hires_plan.loras)
+            latents = self._denoise(hr_params, hires_plan.passes, hr_sampler, hr_schedule, seeds, job,
+                                    plan.Start(latents, strength))
+        return hires.truncate(latents, hires_plan.target)
+
+    def _denoise(self, params, passes: list[plan.Pass], sampler, schedule, seeds: list[int], job: Job,
+                 start: plan.Start | None = None, noise_multiplier: float = 1.0):
         """The one denoise loop (`loop.denoise`) over the plan's passes: the base model from noise or from
         `start`, the refiner taking over where A1111 switches. Returns the final latents in the model's dtype."""
         base = passes[0].model
@@ -290,7 +277,7 @@ class Engine:
         return latents.to(self.pipelines.dtype)
 
     @staticmethod
-    def _check_latents(latents, step: Pass) -> None:
+    def _check_latents(latents, step: plan.Pass) -> None:
         refining = step.start > 0
         nonfinite.check([latents], "the refiner's pass" if refining else "the base model's denoising", step.model,
                         ("unet",), "refiner_checkpoint" if refining else "checkpoint", step.cond.largest_weight)
@@ -303,7 +290,7 @@ class Engine:
                             seed_resize_from_h=params.seed_resize_from_h, seed_resize_from_w=params.seed_resize_from_w,
                             source=params.randn_source, device=self.pipelines.device)
 
-    def _stage(self, step: Pass, params: GenerationParams) -> Stage:
+    def _stage(self, step: plan.Pass, params: GenerationParams) -> Stage:
         model, cond = step.model, step.cond
         device = self.pipelines.device
         batch = cond.embeds.shape[0]
@@ -349,38 +336,39 @@ class Engine:
 
         return callback
 
-    def _infotext(self, params, sampler, schedule, seed, base: LoadedModel, refiner: LoadedModel | None,
-                  lora_hashes: str | None = None, ti_hashes: str | None = None) -> str:
-        vae = self.pipelines.vae_file
-        fields = {
-            "Steps": params.steps,
-            "Sampler": sampler.name,
-            "Schedule type": schedule.name,
-            "CFG scale": params.cfg_scale,
-            "Seed": seed,
-            "Size": f"{params.width}x{params.height}",
-            "Model hash": base.short_hash or None,
-            "Model": base.checkpoint.short_name,
-            "VAE hash": vae[1] if vae else None,
-            "VAE": vae[0] if vae else None,
-            **img2img_run.infotext_fields(params),
-            "Variation seed": params.subseed + (seed - params.seed) if params.subseed_strength else None,
-            "Variation seed strength": params.subseed_strength or None,
-            "Seed resize from": (f"{params.seed_resize_from_w}x{params.seed_resize_from_h}"
-                                 if params.seed_resize_from_w > 0 and params.seed_resize_from_h > 0 else None),
-            "Clip skip": params.clip_skip if params.clip_skip != 1 else None,  # written when not 1, as A1111
-            "Clip skip SDXL": True if params.sdxl_clip_l_skip else None,
-            "Tiling": True if params.tiling else None,
-            "Refiner": refiner.title if refiner else None,
-            "Refiner switch at": params.refiner_switch_at if refiner else None,
-            "Lora hashes": lora_hashes,
-            "TI hashes": ti_hashes,
-            "RNG": params.randn_source if params.randn_source != rng.DEFAULT_SOURCE else None,  # A1111 writes no GPU
-            "Styles": ", ".join(params.styles) or None,  # already in the prompts; a paste takes them out again
-            **base.infotext_fields(),  # v-prediction and zero terminal SNR, when the checkpoint has them
-            "Version": f"Homegrown {__version__}",
-        }
-        return infotext.build(params.prompt, params.negative_prompt, fields)
+
+def image_infotext(params, sampler, schedule, seed: int, base: LoadedModel, refiner: LoadedModel | None,
+                   vae: tuple[str, str] | None, lora_hashes: str | None = None, ti_hashes: str | None = None) -> str:
+    """One image's A1111 infotext: the request's fields in A1111's order, with what ran (models, VAE, hashes)."""
+    fields = {
+        "Steps": params.steps,
+        "Sampler": sampler.name,
+        "Schedule type": schedule.name,
+        "CFG scale": params.cfg_scale,
+        "Seed": seed,
+        "Size": f"{params.width}x{params.height}",
+        "Model hash": base.short_hash or None,
+        "Model": base.checkpoint.short_name,
+        "VAE hash": vae[1] if vae else None,
+        "VAE": vae[0] if vae else None,
+        **img2img_run.infotext_fields(params),
+        "Variation seed": params.subseed + (seed - params.seed) if params.subseed_strength else None,
+        "Variation seed strength": params.subseed_strength or None,
+        "Seed resize from": (f"{params.seed_resize_from_w}x{params.seed_resize_from_h}"
+                             if params.seed_resize_from_w > 0 and params.seed_resize_from_h > 0 else None),
+        "Clip skip": params.clip_skip if params.clip_skip != 1 else None,  # written when not 1, as A1111
+        "Clip skip SDXL": True if params.sdxl_clip_l_skip else None,
+        "Tiling": True if params.tiling else None,
+        "Refiner": refiner.title if refiner else None,
+        "Refiner switch at": params.refiner_switch_at if refiner else None,
+        "Lora hashes": lora_hashes,
+        "TI hashes": ti_hashes,
+        "RNG": params.randn_source if params.randn_source != rng.DEFAULT_SOURCE else None,  # A1111 writes no GPU
+        "Styles": ", ".join(params.styles) or None,  # already in the prompts; a paste takes them out again
+        **base.infotext_fields(),  # v-prediction and zero terminal SNR, when the checkpoint has them
+        "Version": f"Homegrown {__version__}",
+    }
+    return infotext.build(params.prompt, params.negative_prompt, fields)
 
 
 def decode_latents(vae, latents: torch.Tensor) -> list[Image.Image]:

@@ -129,17 +129,19 @@ def combine_grid(grid: Grid) -> Image.Image:
     return combined
 
 
-def from_script_args(args) -> SdUpscale:
-    """A1111's script_args for "sd upscale": [info (ignored), overlap, upscaler index or name, scale factor]."""
+def from_script_args(args, upscalers: list[str] | None = None) -> SdUpscale:
+    """A1111's script_args for "sd upscale": [info (ignored), overlap, upscaler index or name, scale factor]. An
+    index counts in `upscalers` (GET /sdapi/v1/upscalers' order, model files included; None: the built-ins)."""
     if not isinstance(args, list):
         raise UserError("must be a list: [_, overlap, upscaler, scale]", field="script_args")
     values = list(args) + [None] * (4 - len(args))
     overlap, upscaler, scale = values[1:4]
     if isinstance(upscaler, int) and not isinstance(upscaler, bool):
-        if not 0 <= upscaler < len(IMAGE_UPSCALERS):
-            raise UserError(f"upscaler index {upscaler} is not one Homegrown has: 0 to {len(IMAGE_UPSCALERS) - 1} "
-                            f"({', '.join(IMAGE_UPSCALERS)})", field="script_args")
-        upscaler = IMAGE_UPSCALERS[upscaler]
+        known = list(IMAGE_UPSCALERS if upscalers is None else upscalers)
+        if not 0 <= upscaler < len(known):
+            raise UserError(f"upscaler index {upscaler} is not one Homegrown has: 0 to {len(known) - 1} "
+                            f"({', '.join(known)})", field="script_args")
+        upscaler = known[upscaler]
     return SdUpscale(64 if overlap is None else overlap, "Lanczos" if upscaler in (None, "") else upscaler,
                      2.0 if scale is None else scale)
 

@@ -11,6 +11,7 @@ for numbers also ranges `1-5` (1, 2, 3, 4, 5), `10-30 (+5)` (a step), `1-10 [4]`
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import os
@@ -146,6 +147,21 @@ def _apply_lora_weight(params, value, values):
                                                   params.prompt))
 
 
+def _needs_hires(check: Callable | None = None) -> Callable:
+    """An axis of the hires fix's second pass: refused when the request has no hires fix (A1111 would draw a grid
+    of identical images)."""
+    def checked(values, base, checkpoints):
+        if base.hires is None:
+            raise ValueError("turn the hires fix on: this axis varies its second pass")
+        return check(values, base, checkpoints) if check else values
+
+    return checked
+
+
+def _hires_field(name: str) -> Callable:
+    return lambda params, value, values: params.replace(hires=dataclasses.replace(params.hires, **{name: value}))
+
+
 def _sampler_names(checkpoints):
     return [s.name for s in samplers.SAMPLERS]
 
@@ -161,12 +177,16 @@ AXES: tuple[Axis, ...] = (
     NOTHING,
     Axis("Seed", int, _field("seed"), _in_limits("seed")),
     Axis("Steps", int, _field("steps"), _in_limits("steps")),
+    Axis("Hires steps", int, _hires_field("second_pass_steps"), _needs_hires()),  # 0: the first pass's steps
     Axis("CFG Scale", float, _field("cfg_scale"), _in_limits("cfg_scale")),
     Axis("Prompt S/R", str, _apply_prompt_sr, _check_prompt_sr, named=False, keep_empty=True),
     Axis("Sampler", str, _field("sampler_name"), _check_samplers, named=False, choices=_sampler_names),
+    Axis("Hires sampler", str, _hires_field("sampler_name"), _needs_hires(_check_samplers), choices=_sampler_names),
     Axis("Checkpoint name", str, _field("checkpoint"), _check_checkpoints, named=False, cost=1.0,
          strip_folder=True, choices=lambda checkpoints: sorted(checkpoints, key=str.casefold)),
     Axis("Schedule type", str, _field("scheduler"), _check_schedules, choices=_schedule_names),
+    Axis("Denoising", float, _hires_field("denoising_strength"), _needs_hires()),  # txt2img's: the hires pass's
+    Axis("Hires upscaler", str, _hires_field("upscaler"), _needs_hires()),  # each cell's check knows the names
     Axis("Refiner checkpoint", str, _field("refiner_checkpoint"), _check_refiners, named=False, cost=1.0,
          strip_folder=True, choices=lambda checkpoints: ["None", *sorted(checkpoints, key=str.casefold)]),
     Axis("Refiner switch at", float, _field("refiner_switch_at"), _in_limits("refiner_switch_at")),
@@ -333,12 +353,14 @@ class GridPlan:
 
 def make_plan(base: GenerationParams, axes: Sequence[tuple[str, str]], checkpoints: Sequence[str] = (), *,
               draw_legend: bool = True, no_fixed_seeds: bool = False, vary_seeds: Sequence[bool] = (False,) * 3,
-              margin: int = 0) -> GridPlan:
+              margin: int = 0, upscalers: Sequence[str] | None = None) -> GridPlan:
     """The cells of an X/Y/Z plot, each checked: `axes` are (label, values text) for X, Y and Z (missing ones
     are Nothing). Seeds as A1111: a -1 seed is made concrete once, so every cell has the same noise unless
     the Seed axis varies it (or `no_fixed_seeds` keeps -1: each cell random; `vary_seeds` adds the X/Y/Z
-    index to the seed, as A1111's "Vary seeds for X")."""
-    base.check()
+    index to the seed, as A1111's "Vary seeds for X"). `upscalers`: the image upscalers' names there are, for
+    the hires fix (None: the built-in ones)."""
+    upscalers = None if upscalers is None else list(upscalers)
+    base.check(upscalers=upscalers)
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin <= 500:
         raise UserError(f"must be 0 to 500 pixels, got {margin!r}", field="margin_size")
     specs = [_axis_values(letter, label, text, base, checkpoints)
@@ -355,7 +377,7 @@ def make_plan(base: GenerationParams, axes: Sequence[tuple[str, str]], checkpoin
     if base.batch_size > 1 or base.n_iter > 1:
         warnings.append("X/Y/Z plot makes one image per cell: batch count and batch size were set to 1")
     base = base.replace(batch_size=1, n_iter=1)
-    cells = [_cell(base, specs, ix, iy, iz, vary_seeds) for ix, iy, iz in _run_order(specs)]
+    cells = [_cell(base, specs, ix, iy, iz, vary_seeds, upscalers) for ix, iy, iz in _run_order(specs)]
     pixels = sum(cell.params.width * cell.params.height for cell in cells)
     if pixels > MAX_GRID_PIXELS:
         raise UserError(f"the grid would have {pixels / 1e6:.0f} megapixels; at most {MAX_GRID_PIXELS // 10**6}: "
@@ -410,7 +432,7 @@ def _run_order(specs: list[AxisValues]) -> list[tuple[int, int, int]]:
 
 
 def _cell(base: GenerationParams, specs: list[AxisValues], ix: int, iy: int, iz: int,
-          vary_seeds: Sequence[bool]) -> Cell:
+          vary_seeds: Sequence[bool], upscalers: list[str] | None = None) -> Cell:
     params = base
     for spec, i in zip(specs, (ix, iy, iz)):
         params = spec.axis.apply(params, spec.values[i], spec.values)
@@ -421,7 +443,7 @@ def _cell(base: GenerationParams, specs: list[AxisValues], ix: int, iy: int, iz:
         params = params.replace(seed=params.seed + offset)
     label = ", ".join(text for spec, i in zip(specs, (ix, iy, iz)) if (text := label_of(spec.axis, spec.values[i])))
     try:
-        params.check()
+        params.check(upscalers=upscalers)
     except UserError as err:
         raise UserError(f"the cell {label}: {err.message}", field=err.field, status=err.status) from None
     return Cell(ix, iy, iz, ix + iy * nx + iz * nx * ny, params, label)

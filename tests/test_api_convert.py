@@ -162,7 +162,8 @@ def test_xyz_list_axes_read_the_dropdown_unless_csv_mode():
 
 
 @pytest.mark.parametrize("args, field, words", [
-    ((5, "1, 2"), "x_type", ["'Hires steps'"]),
+    ((2, "1, 2"), "x_type", ["'Var. seed'"]),
+    ((5, "1, 2"), "x_values", ["Hires steps", "turn the hires fix on"]),
     ((4, "2", [], 29, "", ["vae"]), "y_type", ["'VAE'"]),
     ((99, "1"), "x_type", ["0 to 41"]),
     ((4, "2, x"), "x_values", ["Steps", "'x'"]),

@@ -102,7 +102,7 @@ def test_history_finds_a_saved_image_after_a_reload_sends_it_and_deletes_it_to_t
     relative = page.inner_text("#history-file").split(" · ")[0].strip()
     saved = demo_server.outputs / relative
     assert saved.is_file() and relative.startswith("txt2img-images/")
-    assert page.locator("#history-to-img2img").is_disabled() and page.locator("#history-to-extras").is_enabled()
+    assert all(page.locator(f"#history-to-{target}").is_enabled() for target in ("img2img", "inpaint", "extras"))
     page.screenshot(path=str(OUTPUT / "history-tab.png"), full_page=True)
 
     page.click("#history-to-txt2img")
@@ -110,6 +110,13 @@ def test_history_finds_a_saved_image_after_a_reload_sends_it_and_deletes_it_to_t
                            timeout=30_000)
     page.locator("#prompt textarea").wait_for(state="visible", timeout=30_000)  # the txt2img tab is shown
     assert page.input_value("#seed input") == "4321"
+
+    page.get_by_role("tab", name="History").click()
+    page.click("#history-to-img2img")
+    page.wait_for_function("(document.querySelector('#img2img-prompt textarea')?.value ?? '')"
+                           ".startsWith('a grey heron')", timeout=30_000)  # the tab is drawn when first shown
+    page.locator("#img2img-image img").wait_for(state="visible", timeout=30_000)  # the image is in img2img
+    assert page.input_value("#img2img-seed input") == "4321"
 
     page.get_by_role("tab", name="History").click()
     wait_for_label(page, "· 1 image")

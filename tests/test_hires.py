@@ -62,8 +62,8 @@ def studio(ckpt_dir, tmp_path_factory):
     """A studio whose upscaler folder holds the demo 4x model (models/ESRGAN): the engine gets it from the studio."""
     from conftest import make_studio
 
-    studio = make_studio(ckpt_dir, tmp_path_factory.mktemp("hires"), upscaler_dir=str(ckpt_dir.parent),
-                         preview_every=0)
+    studio = make_studio(ckpt_dir, tmp_path_factory.mktemp("hires"), ckpt_dir.parent / "Lora",
+                         upscaler_dir=str(ckpt_dir.parent), preview_every=0)
     studio.load_checkpoint("homegrown-demo-base")
     return studio
 
@@ -90,6 +90,26 @@ def test_model_upscaler_makes_the_hires_image(studio):
     assert np.array_equal(np.asarray(image(name).images[0]), np.asarray(model.images[0]))  # same seed, same pixels
 
 
+def test_the_hires_prompt_runs_with_its_own_loras_as_in_a1111(studio):
+    """A1111 activates the hires prompt's extra networks for the hires pass: its LoRA tags, none when it has a
+    prompt of its own without tags, the prompt's when it has none."""
+    import numpy as np
+
+    def run(prompt="a cat", hr_prompt=""):
+        spec = HiresParams(scale=2, upscaler="Latent", second_pass_steps=2, denoising_strength=0.6, prompt=hr_prompt)
+        result = studio.generate(GenerationParams(prompt=prompt, steps=3, width=64, height=64, seed=11, hires=spec),
+                                 save=False)
+        return np.asarray(result.images[0], dtype=int), result.infotexts[0]
+
+    plain, _ = run()
+    hires_lora, text = run(hr_prompt="a cat <lora:demo-detail:1>")
+    assert np.abs(hires_lora - plain).max() > 0 and "Lora hashes: \"demo-detail: " in text
+    both, text = run(prompt="a cat <lora:demo-detail:1>")  # no hires prompt: the prompt's LoRAs in both passes
+    first_only, _ = run(prompt="a cat <lora:demo-detail:1>", hr_prompt="a cat")
+    assert np.abs(both - first_only).max() > 0 and "Lora hashes: \"demo-detail: " in text
+    assert np.array_equal(run()[0], plain)  # every LoRA taken off again: the same pixels as before
+
+
 def test_unknown_hires_upscaler_is_refused_listing_what_there_is(studio):
     from sd_app.demo import UPSCALER_FILE
 
@@ -108,3 +128,46 @@ def test_pasting_a_model_hires_upscaler_needs_it_here():
     assert here.params.hires.upscaler == "4x-Demo" and not here.not_applied
     elsewhere = infotext.read_params(text)  # built-ins only: reported, not applied
     assert elsewhere.params.hires is None and "4x-Demo" in elsewhere.not_applied[0][0]
+
+
+def test_a_hires_checkpoint_of_its_own_runs_the_second_passes_and_the_first_comes_back(ckpt_dir, tmp_path):
+    """A1111's hr_checkpoint_name: the first passes on the chosen checkpoint, the hires passes on the other (loaded
+    once for every batch), and the chosen one loaded back for the next job."""
+    import shutil
+
+    import numpy as np
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from conftest import BASE, make_studio
+
+    folder = tmp_path / "Stable-diffusion"
+    folder.mkdir()
+    shutil.copy(ckpt_dir / f"{BASE}.safetensors", folder)
+    tensors = load_file(ckpt_dir / f"{BASE}.safetensors")
+    tensors["model.diffusion_model.out.2.weight"] *= 0.5  # another UNet: its hires pass draws otherwise
+    with safe_open(ckpt_dir / f"{BASE}.safetensors", "pt") as f:
+        metadata = f.metadata()  # names the demo's config set
+    save_file(tensors, folder / "other-base.safetensors", metadata)
+    studio = make_studio(folder, tmp_path / "data", preview_every=0)
+    studio.load_checkpoint(BASE)
+
+    def run(checkpoint=None, n_iter=1):
+        spec = HiresParams(scale=2, upscaler="Latent", second_pass_steps=2, denoising_strength=0.6,
+                           checkpoint=checkpoint)
+        return studio.generate(GenerationParams(prompt="a cat", steps=3, width=64, height=64, seed=21, n_iter=n_iter,
+                                                hires=spec), save=False)
+
+    def pixels(image):
+        return np.asarray(image, dtype=int)
+
+    same = run()
+    other = run("other-base", n_iter=2)
+    assert [image.size for image in other.images] == [(128, 128)] * 2 and other.seeds == [21, 22]
+    assert np.abs(pixels(other.images[0]) - pixels(same.images[0])).max() > 8
+    assert "Hires checkpoint: other-base" in other.infotexts[0] and f"Model: {BASE}," in other.infotexts[0]
+    assert studio.current_checkpoint() == BASE  # loaded back
+    assert np.abs(pixels(run().images[0]) - pixels(same.images[0])).max() <= 1  # a reloaded model: ~1e-6 apart
+    with pytest.raises(UserError) as err:
+        run("nope")
+    assert err.value.field == "hr_checkpoint_name" and "nope" in err.value.message

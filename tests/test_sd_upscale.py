@@ -31,6 +31,11 @@ def test_overlap_is_blended_linearly():
 def test_script_args_as_a1111_sends_them():
     assert sd_upscale.from_script_args(["", 64, 1, 2.0]) == SdUpscale(64, "Lanczos", 2.0)
     assert sd_upscale.from_script_args([None, 8, "Nearest", 1.5]) == SdUpscale(8, "Nearest", 1.5)
+    # an index counts in GET /upscalers' list, model files included
+    names = ["None", "Lanczos", "Nearest", "4x-Demo"]
+    assert sd_upscale.from_script_args(["", 32, 3, 2.0], names) == SdUpscale(32, "4x-Demo", 2.0)
+    with pytest.raises(UserError, match="0 to 3"):
+        sd_upscale.from_script_args(["", 32, 4, 2.0], names)
     with pytest.raises(UserError):
         sd_upscale.from_script_args(["", 64, 9, 2])
 

@@ -51,7 +51,8 @@ def test_a1111_value_syntax(label, text, values):
     ([("Size", "512x512, 1024")], "x_values", ["Size", "'1024'", "WIDTHxHEIGHT"]),
     ([("Prompt S/R", "dog, cat")], "x_values", ["Prompt S/R", "'dog'"]),
     ([("Steps", "")], "x_values", ["Steps", "no values"]),
-    ([("Hires steps", "1, 2")], "x_type", ["'Hires steps'", "Steps"]),
+    ([("Var. seed", "1, 2")], "x_type", ["'Var. seed'", "Steps"]),
+    ([("Hires steps", "1, 2")], "x_values", ["Hires steps", "turn the hires fix on"]),
     ([("Nothing", "")], "x_type", ["choose what to vary"]),
 ])
 def test_bad_values_are_refused_naming_the_axis_and_the_value(axes, field, words):
@@ -63,6 +64,25 @@ def test_bad_values_are_refused_naming_the_axis_and_the_value(axes, field, words
 
 
 # ---- plans ----------------------------------------------------------------------------------------
+
+
+def test_hires_axes_vary_the_second_pass_with_the_upscalers_there_are():
+    import dataclasses
+
+    from sd_app.hires import HiresParams
+
+    hires = HiresParams(scale=2, upscaler="4x-Demo")
+    names = ["None", "Lanczos", "Nearest", "4x-Demo"]
+    with pytest.raises(UserError, match="4x-Demo"):
+        xyz.make_plan(base(hires=hires), [("Hires steps", "1, 2")])  # the built-in upscalers only
+    plan = xyz.make_plan(base(hires=hires), [("Hires steps", "1, 2"), ("Denoising", "0.3, 0.6"),
+                                             ("Hires upscaler", "Lanczos, 4x-Demo")], upscalers=names)
+    assert plan.shape == (2, 2, 2)
+    last = next(cell for cell in plan.cells if (cell.ix, cell.iy, cell.iz) == (1, 1, 1))
+    assert last.params.hires == dataclasses.replace(hires, second_pass_steps=2, denoising_strength=0.6,
+                                                    upscaler="4x-Demo")
+    with pytest.raises(UserError, match="4x-Nope"):
+        xyz.make_plan(base(hires=hires), [("Hires upscaler", "Lanczos, 4x-Nope")], upscalers=names)
 
 
 def test_cells_apply_each_axis_and_share_one_seed():
@@ -257,10 +277,11 @@ def test_the_page_panel_builds_the_plan_and_fills_list_axes(studio):
     from sd_app.ui import xyz_panel
 
     form = [BASE, "a cat", "", "Euler a", "Automatic", 4.0, 64.0, 64.0, 7.0, -1.0, 2.0, 1.0, "None", 0.8, []]
-    plan = xyz_panel.plan_from_page(studio, form, ["Steps", "2, 3", "Nothing", "", "Nothing", "", False, False, 6.0])
+    plan = xyz_panel.plan_from_page(studio, form, [False], ["Steps", "2, 3", "Nothing", "", "Nothing", "", False,
+                                                            False, 6.0])
     assert plan.shape == (2, 1, 1) and plan.base.seed != -1 and plan.margin == 6 and not plan.draw_legend
     assert plan.warnings  # batch count 2 became 1 per cell
     assert xyz_panel.fill_values(studio, "Sampler").startswith("DPM++ 2M,DPM++ SDE,")
     assert xyz_panel.fill_values(studio, "Checkpoint name") == f"{BASE},homegrown-demo-inpaint,{REFINER}"
     with pytest.raises(UserError, match="choose what to vary"):
-        xyz_panel.plan_from_page(studio, form, ["Nothing", "", "Nothing", "", "Nothing", "", True, False, 0])
+        xyz_panel.plan_from_page(studio, form, [False], ["Nothing", "", "Nothing", "", "Nothing", "", True, False, 0])

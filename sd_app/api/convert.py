@@ -246,9 +246,10 @@ def wants_xyz(request: Txt2ImgRequest) -> bool:
     return isinstance(request.script_name, str) and request.script_name.strip().lower() == xyz.TITLE.lower()
 
 
-def xyz_request(request: Txt2ImgRequest, params: GenerationParams, checkpoints) -> XyzRequest:
+def xyz_request(request: Txt2ImgRequest, params: GenerationParams, checkpoints,
+                upscalers: list[str] | None = None) -> XyzRequest:
     """A1111's positional `script_args` for "x/y/z plot" -> the plan; UserError naming the argument at fault,
-    and an axis Homegrown lacks by its A1111 label."""
+    and an axis Homegrown lacks by its A1111 label. `upscalers`: the names `hr_upscaler` may take."""
     args = xyz_args(request.script_args)
     axes = []
     for letter in "xyz":
@@ -260,7 +261,7 @@ def xyz_request(request: Txt2ImgRequest, params: GenerationParams, checkpoints) 
     plan = xyz.make_plan(params, axes, checkpoints, draw_legend=args["draw_legend"],
                          no_fixed_seeds=args["no_fixed_seeds"],
                          vary_seeds=(args["vary_seeds_x"], args["vary_seeds_y"], args["vary_seeds_z"]),
-                         margin=args["margin_size"] or 0)
+                         margin=args["margin_size"] or 0, upscalers=upscalers)
     return XyzRequest(plan, args["include_lone_images"], args["include_sub_grids"])
 
 

@@ -88,14 +88,15 @@ def img2img_plan(request: Img2ImgRequest, current_vae: str, default_format: str,
     return convert.Txt2ImgPlan(params, plan.output_format, plan.save, plan.restore_checkpoint)
 
 
-def script(request: Img2ImgRequest):
-    """A1111's "SD upscale" script (`script_name: "sd upscale"`) as an SdUpscale, or None."""
+def script(request: Img2ImgRequest, upscalers: list[str] | None = None):
+    """A1111's "SD upscale" script (`script_name: "sd upscale"`) as an SdUpscale, or None. `upscalers`: the names
+    an upscaler index counts in (the studio's, as GET /upscalers lists them)."""
     from ..sd_upscale import TITLE, from_script_args
 
     name = request.script_name
     if not isinstance(name, str) or name.strip().lower() != TITLE.lower():
         return None
-    return from_script_args(request.script_args)
+    return from_script_args(request.script_args, upscalers)
 
 
 def hires_from_request(request: Txt2ImgRequest) -> HiresParams | None:

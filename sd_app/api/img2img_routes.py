@@ -26,7 +26,7 @@ async def _img2img(studio: Studio, request: Img2ImgRequest, http: Request) -> di
                                    studio.settings.get("output_format"), loras=studio.loras, styles=studio.styles)
     previous = studio.current_checkpoint()
     started = time.time()
-    upscale = script(request)
+    upscale = await run_in_threadpool(lambda: script(request, studio.upscaler_names()))  # lists a folder
     if upscale is not None:
         job = studio.start_sd_upscale(plan.params, upscale, API_OWNER, save=plan.save, output_format=plan.output_format)
     else:

@@ -263,7 +263,7 @@ async def _txt2img(studio: Studio, request: Txt2ImgRequest, http: Request) -> di
 
 def _xyz_plot(studio: Studio, request: Txt2ImgRequest, plan: convert.Txt2ImgPlan) -> dict:
     """`script_name: "x/y/z plot"`: the grid first, then (with include_lone_images) the single images."""
-    wanted = convert.xyz_request(request, plan.params, studio.checkpoint_names())
+    wanted = convert.xyz_request(request, plan.params, studio.checkpoint_names(), studio.upscaler_names())
     started = time.time()
     grid = studio.generate_grid(wanted.plan, save=plan.save, output_format=plan.output_format)
     result = grid.as_result(singles=wanted.include_lone_images, sub_grids=wanted.include_sub_grids)

@@ -57,7 +57,10 @@ def build(studio: Studio, startup: Startup | None = None) -> gr.Blocks:
             with img2img_tab_item:
                 extras_tab.wire_send(parts["extras"], tabs, gallery=parts["img2img_gallery"],
                                      elem_id="img2img-to-extras")
-            extras_tab.wire_send(parts["extras"], tabs, image=parts["history_image"], button=parts["history_to_extras"])
+            sends = parts["history_sends"]
+            extras_tab.wire_send(parts["extras"], tabs, image=parts["history_image"], button=sends["extras"])
+            img2img_tab.wire_image_send(parts["history_image"], parts["history_info"], img2img_form, img2img_sub_tabs,
+                                        tabs, {target: sends[target] for target in img2img_tab.MODES})
             with gr.Tab("Train", id="train"):
                 train_tab.build(studio)
             with gr.Tab("Settings", id="settings"):

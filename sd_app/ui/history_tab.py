@@ -1,5 +1,5 @@
 """The History tab: the images in the outputs folder, newest first, with their infotext; search by prompt,
-send the parameters to txt2img, delete into the trash folder with undo.
+send the parameters to txt2img, the image to img2img, inpaint or extras; delete into the trash folder with undo.
 
 The gallery shows thumbnails (a page of full-size PNGs would be tens of MB to send); the selected image is
 shown full size with its infotext. Images reach the browser through Gradio's cache as copies made here, so
@@ -19,7 +19,6 @@ from .handlers import bind, shows_user_errors
 from .txt2img import fill_form
 
 PER_PAGE = 36  # six rows of six thumbnails
-NOT_YET = "Send to img2img is not here yet: drop the image into PNG Info on the txt2img tab, then PNG Info → img2img."
 
 
 @dataclass
@@ -50,7 +49,8 @@ class Detail:
 
 def build(studio: Studio, form, size: gr.Dropdown, tabs: gr.Tabs, parts: dict | None = None):
     """Build the tab; return (listing function, its inputs, its outputs) for the app to fill it when shown.
-    `parts` (when given) gets the shown image and the "Send to extras" button, for the app to wire."""
+    `parts` (when given) gets the shown image, its infotext and the "Send to img2img / inpaint / extras" buttons,
+    for the app to wire to those tabs."""
     with gr.Row():
         search = gr.Textbox(label="Search prompts", placeholder="words in the prompt, e.g. red fox", scale=4,
                             elem_id="history-search")
@@ -73,9 +73,8 @@ def build(studio: Studio, form, size: gr.Dropdown, tabs: gr.Tabs, parts: dict | 
                               elem_id="history-infotext")
             with gr.Row():
                 to_txt2img = gr.Button("Send to txt2img", variant="primary", elem_id="history-to-txt2img")
-                gr.Button("Send to img2img", interactive=False, elem_id="history-to-img2img")
-                to_extras = gr.Button("Send to extras", interactive=parts is not None, elem_id="history-to-extras")
-            gr.Markdown(NOT_YET)
+                sends = {target: gr.Button(f"Send to {target}", interactive=parts is not None,
+                                           elem_id=f"history-to-{target}") for target in ("img2img", "inpaint", "extras")}
             with gr.Row():
                 delete = gr.Button("Delete (to the trash)", variant="stop", elem_id="history-delete")
                 undo = gr.Button("↶ Undo delete", visible=False, elem_id="history-undo")
@@ -83,8 +82,8 @@ def build(studio: Studio, form, size: gr.Dropdown, tabs: gr.Tabs, parts: dict | 
     browser = Browser(gallery, page_label, shown=gr.State([]), page=gr.State(0))
     detail = Detail(image, file, info, selected=gr.State(""))
     trashed = gr.State("")  # where the last deleted image went, for Undo
-    if parts is not None:  # "Send to extras" is wired once the Extras tab exists (ui/__init__.py)
-        parts["history_image"], parts["history_to_extras"] = image, to_extras
+    if parts is not None:  # the Send buttons are wired once their tabs exist (ui/__init__.py)
+        parts["history_image"], parts["history_info"], parts["history_sends"] = image, info, sends
 
     listing = bind(show_page, studio)
     search.submit(lambda query: listing(query, 0), search, browser.outputs(), api_name=False)

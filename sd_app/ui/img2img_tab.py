@@ -253,15 +253,28 @@ def wire_send(gallery: gr.Gallery, info: gr.Textbox, dropped: gr.Image, dropped_
     """The "Send to img2img / inpaint" buttons under the txt2img results and PNG Info (laid out where called)."""
     chosen = gr.State(0)
     gallery.select(_chosen_index, None, chosen, api_name=False)
-    targets = [form.mode, form.image, form.editor, form.prompt, form.negative_prompt, form.steps, form.width,
-               form.height, form.cfg_scale, form.seed, sub_tabs, tabs]
+    targets = _send_targets(form, sub_tabs, tabs)
     with gr.Row():
         for target in MODES:
             button = gr.Button(f"Send to {target}", elem_id=f"send-to-{target}", size="sm")
             button.click(bind(_send_from_gallery, target), [gallery, chosen, info], targets, api_name=False)
         for target in MODES:
             button = gr.Button(f"PNG Info → {target}", elem_id=f"png-info-to-{target}", size="sm")
-            button.click(bind(_send_from_png_info, target), [dropped, dropped_info], targets, api_name=False)
+            button.click(bind(_send_image_with_text, target), [dropped, dropped_info], targets, api_name=False)
+
+
+def wire_image_send(image: gr.Image, info: gr.Textbox, form: Img2ImgForm, sub_tabs: gr.Tabs, tabs: gr.Tabs,
+                    buttons: dict[str, gr.Button]) -> None:
+    """`buttons` ("img2img" / "inpaint" -> a button laid out elsewhere) send `image` with the text in `info`."""
+    targets = _send_targets(form, sub_tabs, tabs)
+    for target, button in buttons.items():
+        button.click(bind(_send_image_with_text, target), [image, info], targets, api_name=False)
+
+
+def _send_targets(form: Img2ImgForm, sub_tabs: gr.Tabs, tabs: gr.Tabs) -> list:
+    """What `send_image` fills, in its order."""
+    return [form.mode, form.image, form.editor, form.prompt, form.negative_prompt, form.steps, form.width,
+            form.height, form.cfg_scale, form.seed, sub_tabs, tabs]
 
 
 def _chosen_index(evt: gr.SelectData):
@@ -277,5 +290,5 @@ def _send_from_gallery(target: str, images, index, text):
 
 
 @shows_user_errors
-def _send_from_png_info(target: str, image, text):
+def _send_image_with_text(target: str, image, text):
     return send_image(image, text if text and not text.startswith("(") else None, target)

@@ -227,7 +227,7 @@ def build(studio: Studio, loading: bool = False) -> tuple[Form, dict]:
     # Gradio's own status ("Error") goes beside the form, not over the last results.
     generate.click(bind(run, studio, results), inputs=form.inputs() + hires.inputs(), outputs=results.outputs(),
                    concurrency_limit=None, api_name="txt2img", show_progress_on=[results.error])
-    xyz_panel.wire(grid_controls, studio, form, results)  # "Generate grid": the same form, the same results
+    xyz_panel.wire(grid_controls, studio, form, hires, results)  # "Generate grid": the same form and results
     interrupt.click(bind(interrupt_job, studio), None, None, queue=False, api_name="interrupt")
     skip.click(bind(skip_job, studio), None, None, queue=False, api_name="skip")
     results.gallery.select(select_infotext, results.infotexts, results.info, api_name=False)

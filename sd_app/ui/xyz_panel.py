@@ -14,6 +14,7 @@ import gradio as gr
 from .. import xyz
 from ..errors import UserError
 from ..studio import Studio
+from . import hires as hires_ui
 from . import txt2img  # the tab this panel sits in: its form, progress bar and session owner
 from .handlers import bind, shows_user_errors
 
@@ -75,10 +76,12 @@ def layout(studio: Studio) -> Controls:
     return Controls(panel, generate, rows, swap)
 
 
-def wire(controls: Controls, studio: Studio, form, results) -> None:
-    """Bind the panel: *Generate grid* runs the form's request with the axes into the tab's results."""
-    controls.generate.click(bind(run_grid, studio, results, len(form.inputs())),
-                            inputs=form.inputs() + controls.panel.inputs(), outputs=results.outputs(),
+def wire(controls: Controls, studio: Studio, form, hires: hires_ui.HiresControls, results) -> None:
+    """Bind the panel: *Generate grid* runs the form's request (with its hires fix) with the axes into the tab's
+    results."""
+    sizes = (len(form.inputs()), len(hires.inputs()))
+    controls.generate.click(bind(run_grid, studio, results, sizes),
+                            inputs=form.inputs() + hires.inputs() + controls.panel.inputs(), outputs=results.outputs(),
                             concurrency_limit=1, concurrency_id="gpu", api_name="xyz_plot")
     for fill, kind, values in controls.fills:
         fill.click(bind(fill_values, studio), kind, values, queue=False, api_name=False)
@@ -87,19 +90,23 @@ def wire(controls: Controls, studio: Studio, form, results) -> None:
     controls.swap.click(lambda a, b, c, d: (c, d, a, b), pair, pair, queue=False, api_name=False)
 
 
-def plan_from_page(studio: Studio, form_values: list, panel_values: list) -> xyz.GridPlan:
-    """The form's request and the panel's axes -> a checked plan."""
+def plan_from_page(studio: Studio, form_values: list, hires_values: list, panel_values: list) -> xyz.GridPlan:
+    """The form's request, its hires fix and the panel's axes -> a checked plan."""
     x_type, x_values, y_type, y_values, z_type, z_values, draw_legend, no_fixed_seeds, margin = panel_values
     axes = [(x_type, x_values), (y_type, y_values), (z_type, z_values)]
-    return xyz.make_plan(txt2img.values_to_params(form_values, studio.limits()), axes,
-                         studio.checkpoint_names(), draw_legend=bool(draw_legend), no_fixed_seeds=bool(no_fixed_seeds),
-                         margin=int(margin or 0))
+    params = hires_ui.with_hires(txt2img.values_to_params(form_values, studio.limits()), hires_values)
+    return xyz.make_plan(params, axes, studio.checkpoint_names(), draw_legend=bool(draw_legend),
+                         no_fixed_seeds=bool(no_fixed_seeds), margin=int(margin or 0),
+                         upscalers=studio.upscaler_names())
 
 
 @shows_user_errors
-def run_grid(studio: Studio, results, form_size: int, request: gr.Request, *values):
-    """Generate grid: one job for every cell; the progress spans the cells; then the grid, then each image."""
-    plan = plan_from_page(studio, list(values[:form_size]), list(values[form_size:]))
+def run_grid(studio: Studio, results, sizes: tuple[int, int], request: gr.Request, *values):
+    """Generate grid: one job for every cell; the progress spans the cells; then the grid, then each image.
+    `sizes`: how many of `values` are the form's, then the hires fix's (the panel's follow)."""
+    form_size, hires_size = sizes
+    plan = plan_from_page(studio, list(values[:form_size]), list(values[form_size:form_size + hires_size]),
+                          list(values[form_size + hires_size:]))
     job = studio.start_grid(plan, owner=txt2img.session_owner(request))
     while not job.done:
         job.wait(txt2img.POLL_SECONDS)

@@ -1,0 +1,141 @@
+"""A request's plan: which model runs which stretch of the schedule with which conditioning, where a pass starts
+other than from noise, and the hires fix's second pass (its request, conditioning and LoRAs).
+
+The engine runs the plan (one denoise loop for every pass); this module only decides it, and encodes each
+distinct prompt once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from . import nonfinite, samplers
+from .denoiser import Inpainting
+from .encoding import Conditioning
+from .errors import UserError
+from .hires import Target
+from .loading import check_kind
+from .lora_library import ActiveLora, LoraLibrary, resolve_tags
+from .params import GenerationParams
+from .pipelines import LoadedModel
+from .prompts import extract_lora_tags
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One model's stretch of the run: from `start` to `end`, as A1111's completed ratio of the schedule
+    (the refiner takes over from `refiner_switch_at`)."""
+
+    model: LoadedModel
+    cond: Conditioning  # already repeated for the batch
+    start: float
+    end: float
+    # Conditioning that changes during sampling (prompt editing): the n-th denoiser call's conditioning,
+    # batch-sized. None: `cond` throughout.
+    cond_at: Callable[[int], Conditioning] | None = None
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where a pass starts other than from noise (img2img, inpainting): the clean latents (scaled as the UNet
+    sees them, batch-sized), the denoising strength, and for inpainting the latent mask (1: repaint, 0: keep)
+    and a 9-channel inpainting UNet's extra input (cat of mask and masked-image latents, (batch, 5, h, w))."""
+
+    init_latent: torch.Tensor
+    strength: float
+    mask: torch.Tensor | None = None
+    image_cond: torch.Tensor | None = None
+    from_noise: bool = False  # txt2img on an inpainting UNet: only image_cond is used
+
+    def inpainting(self) -> Inpainting:
+        return Inpainting(self.init_latent, self.mask, self.image_cond)
+
+
+@dataclass(frozen=True)
+class HiresPlan:
+    """A1111's hires fix: the second pass's request (size, steps, sampler), its pass, its sampler and schedule,
+    the size the first pass is upscaled to, and the LoRAs it runs with."""
+
+    params: GenerationParams
+    passes: list[Pass]
+    sampling: tuple[samplers.Sampler, samplers.Schedule]
+    target: Target
+    # A1111 activates the hires prompt's own extra networks for the hires pass: its LoRA tags when it has a
+    # prompt of its own (none when that prompt has no tags), else the prompt's.
+    loras: list[ActiveLora]
+
+
+def passes(encoder, params: GenerationParams, prompt: str, base: LoadedModel, refiner: LoadedModel | None,
+           embeddings, max_schedules: int) -> list[Pass]:
+    """The passes this request runs, with their conditioning: each distinct prompt that prompt editing makes
+    is encoded once, and a pass whose conditioning changes during sampling gets the schedule's `cond_at`."""
+    schedule = encoder.encode_schedule(prompt, params.negative_prompt, params.steps, embeddings, max_schedules,
+                                       clip_l_layer=params.clip_skip if params.sdxl_clip_l_skip else None)
+    for cond in schedule.conds:
+        nonfinite.check(cond.tensors(), "the prompt's conditioning", base, ("text_encoder", "text_encoder_2"),
+                        largest_weight=cond.largest_weight)
+    schedule = schedule.repeat(params.batch_size)
+    cond = schedule.cond_at(0)
+    if refiner is None:
+        return [Pass(base, cond, 0.0, 1.0, schedule.cond_at if schedule.changes else None)]
+    switch, refined = params.refiner_switch_at, schedule.for_refiner()
+    return [Pass(base, cond, 0.0, switch, schedule.cond_at if schedule.changes else None),
+            Pass(refiner, refined.cond_at(0), switch, 1.0, refined.cond_at if schedule.changes else None)]
+
+
+def other_hires_checkpoint(params: GenerationParams, base: LoadedModel, checkpoints) -> str | None:
+    """The hires pass's own checkpoint (A1111's hr_checkpoint_name) when it is not `base`: checked now, before any
+    first pass runs (a name that is not here, or not an SDXL base, is refused naming the field); else None."""
+    name = params.hires.checkpoint if params.hires else None
+    if name in (None, "", params.checkpoint, base.checkpoint.name):
+        return None
+    try:
+        checkpoint = checkpoints.get(name)
+        if checkpoint.path == base.checkpoint.path:
+            return None
+        check_kind(checkpoint, "sdxl-base")
+    except UserError as err:
+        raise UserError(err.message, field="hr_checkpoint_name", status=err.status) from None
+    return checkpoint.name
+
+
+def hires_loras(params: GenerationParams, active: list[ActiveLora], loras: LoraLibrary | None) -> list[ActiveLora]:
+    """The LoRAs of the hires pass. A1111 activates the hires prompt's own extra networks for it: its LoRA tags
+    when it has a prompt of its own (none when that prompt has no tags), else the prompt's (`active`)."""
+    spec = params.hires
+    if not spec.prompt or spec.prompt == params.prompt:
+        return active
+    tags = extract_lora_tags(spec.prompt)[1]
+    if tags and loras is None:
+        raise UserError("this Homegrown has no LoRA folder configured", field="hr_prompt")
+    return resolve_tags(loras, tags) if tags else []
+
+
+def hires(encoder, params: GenerationParams, prompt: str, base: LoadedModel, cond: Conditioning | None,
+          active: list[ActiveLora], loras: LoraLibrary | None) -> HiresPlan:
+    """The hires pass of `params` on `base`, whose first pass runs `prompt` with the LoRAs `active` and `cond`
+    (None: the first pass ran on another checkpoint; its conditioning is encoded here). A hires prompt or LoRAs
+    of its own are encoded with its LoRAs in place; `active` is put back after."""
+    spec = params.hires
+    hr_prompt = extract_lora_tags(spec.prompt)[0] if spec.prompt and spec.prompt != params.prompt else prompt
+    hr_active = hires_loras(params, active, loras)
+    negative = spec.negative_prompt or params.negative_prompt
+    if cond is None or hr_prompt != prompt or negative != params.negative_prompt or _key(hr_active) != _key(active):
+        base.loras.apply(hr_active)  # the text encoders' LoRAs shape the hires conditioning too
+        try:
+            cond = encoder.encode(hr_prompt, negative).repeat(params.batch_size)
+        finally:
+            base.loras.apply(active)
+    target = spec.target(params.width, params.height)
+    hr_params = params.replace(width=target.width, height=target.height, steps=spec.steps(params.steps),
+                               sampler_name=spec.sampler_name or params.sampler_name,
+                               scheduler=spec.scheduler or params.scheduler, hires=None, img2img=None)
+    sampling = samplers.resolve(hr_params.sampler_name, hr_params.scheduler)
+    return HiresPlan(hr_params, [Pass(base, cond, 0.0, 1.0)], sampling, target, hr_active)
+
+
+def _key(active: list[ActiveLora]) -> list[tuple[str, float]]:
+    return sorted((str(item.info.path), item.weight) for item in active)
