@@ -5,7 +5,7 @@ import threading
 
 from PIL import Image
 
-from sd_app import engine as engine_module, lora_patch
+from sd_app import engine as engine_module, lora_patch, plan
 from sd_app.jobs import Job, JobBoard
 from sd_app.preview import enlarged
 from sd_app.ui.txt2img import progress_html
@@ -28,7 +28,7 @@ def test_each_phase_before_the_steps_says_what_it_does(ckpt_dir, tmp_path, small
     monkeypatch.setattr(pipes, "ensure_base", watch("load", pipes.ensure_base))
     monkeypatch.setattr(pipes, "ensure_refiner", watch("refiner", pipes.ensure_refiner))
     monkeypatch.setattr(lora_patch.LoraSet, "apply", watch("lora", lora_patch.LoraSet.apply))
-    monkeypatch.setattr(engine, "_plan", watch("encode", engine._plan))
+    monkeypatch.setattr(plan, "passes", watch("encode", plan.passes))
     monkeypatch.setattr(engine_module, "decode_latents", watch("decode", engine_module.decode_latents))
     real_callback = engine._progress_callback
     monkeypatch.setattr(engine, "_progress_callback",

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import gradio as gr
@@ -16,11 +15,10 @@ from .. import infotext, samplers
 from ..errors import UserError
 from ..img2img import INPAINT_AREAS, MASK_MODES, MASKED_CONTENT, RESIZE_MODES, Img2ImgParams
 from ..params import LIMITS, GenerationParams
-from ..preview import enlarged
 from ..studio import Studio
 from .components import form_slider
 from .handlers import bind, refused, shows_user_errors
-from .txt2img import POLL_SECONDS, error_html, interrupt_job, progress_html, session_owner, skip_job
+from .txt2img import done_html, error_html, follow_job, interrupt_job, session_owner, skip_job
 
 MODES = ("img2img", "inpaint")
 
@@ -200,28 +198,8 @@ def run(studio: Studio, results: Img2ImgResults, request: gr.Request, *values):
         raise refused("img2img", err, toast=False) from None
     job = studio.start(params, owner=session_owner(request))
     yield {results.error: ""}
-    shown = None
-    try:
-        while not job.done:
-            job.wait(POLL_SECONDS)
-            queued = job.started is None
-            update = {results.progress: progress_html(job, queued, studio.queue_position(job) if queued else 0)}
-            if job.preview is not None and job.preview is not shown:
-                shown = job.preview
-                update[results.preview] = gr.update(value=enlarged(shown, params.width, params.height), visible=True)
-            yield update
-    finally:
-        if not job.done:
-            job.interrupt()
-    if job.error is not None:
-        yield {results.progress: "", results.preview: gr.update(visible=False), results.error: error_html(job.error)}
-        raise refused("img2img", job.error, toast=False)
-    result = job.result
-    for warning in result.warnings:
-        gr.Warning(warning)
-    done = (f"<div class='hg-progress'><span>Done: {len(result.images)} image(s) in "
-            f"{time.time() - job.started:.1f}s</span></div>")
-    yield {results.progress: done, results.preview: gr.update(visible=False),
+    result = yield from follow_job(studio, job, results, params, "img2img")
+    yield {results.progress: done_html(job), results.preview: gr.update(visible=False),
            results.gallery: [(img, f"seed {s}") for img, s in zip(result.images, result.seeds)],
            results.info: result.infotexts[0] if result.infotexts else ""}
 

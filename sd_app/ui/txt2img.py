@@ -439,6 +439,17 @@ def run(studio: Studio, results: Results, request: gr.Request, *values):
         raise refused("txt2img", err, toast=False) from None
     job = studio.start(params, owner=session_owner(request))
     yield {results.error: ""}
+    result = yield from follow_job(studio, job, results, params, "txt2img")
+    yield {results.progress: done_html(job), results.preview: gr.update(visible=False),
+           results.gallery: [(img, f"seed {s}") for img, s in zip(result.images, result.seeds)],
+           results.info: result.infotexts[0] if result.infotexts else "", results.infotexts: result.infotexts,
+           results.last_seed: result.seeds[0] if result.seeds else -1}
+
+
+def follow_job(studio: Studio, job, results, params: GenerationParams, what: str):
+    """Yield `job`'s progress bar and each new preview into `results` (any with progress, preview and error) until
+    it ends, then show its warnings; return its result. If the page goes away first (Gradio closes the generator)
+    the job is interrupted. A failed job clears the bar, shows why beside the form and raises for `what`."""
     shown = None
     try:
         while not job.done:
@@ -454,17 +465,16 @@ def run(studio: Studio, results: Results, request: gr.Request, *values):
             job.interrupt()  # closed (GeneratorExit) or failed: nobody will see the rest
     if job.error is not None:
         yield {results.progress: "", results.preview: gr.update(visible=False), results.error: error_html(job.error)}
-        raise refused("txt2img", job.error, toast=False)
-    result = job.result
-    note = " (interrupted)" if result.interrupted else ""
-    for warning in result.warnings:
+        raise refused(what, job.error, toast=False)
+    for warning in job.result.warnings:
         gr.Warning(warning)
-    done = (f"<div class='hg-progress'><span>Done{note}: {len(result.images)} image(s) in "
+    return job.result
+
+
+def done_html(job) -> str:
+    note = " (interrupted)" if job.result.interrupted else ""
+    return (f"<div class='hg-progress'><span>Done{note}: {len(job.result.images)} image(s) in "
             f"{time.time() - job.started:.1f}s</span></div>")
-    yield {results.progress: done, results.preview: gr.update(visible=False),
-           results.gallery: [(img, f"seed {s}") for img, s in zip(result.images, result.seeds)],
-           results.info: result.infotexts[0] if result.infotexts else "", results.infotexts: result.infotexts,
-           results.last_seed: result.seeds[0] if result.seeds else -1}
 
 
 def error_html(message: str) -> str:
