@@ -121,7 +121,7 @@ class Engine:
         passes = plan.passes(pipes.encoder, params, prompt, base, refiner, self.embeddings,
                              self.limits.max_prompt_schedules)
         # A hires checkpoint of its own is loaded after the first passes, and its conditioning encoded then.
-        hires_plan = plan.hires(pipes.encoder, params, prompt, base, passes[0].cond, active, self.loras) \
+        hires_plan = self._hires_plan(params, prompt, base, active) \
             if params.hires and not plan.other_hires_checkpoint(params, base, pipes.checkpoints) else None
         hires_loras = plan.hires_loras(params, active, self.loras) if params.hires else []
         used = {a.info.path: a for a in [*active, *hires_loras]}  # both passes'
@@ -195,7 +195,7 @@ class Engine:
         try:
             other = pipes.ensure_base(params.hires.checkpoint)
             result.warnings.extend(w for w in other.warnings if w not in result.warnings)
-            hires_plan = plan.hires(pipes.encoder, params, prompt, other, None, active, self.loras)
+            hires_plan = self._hires_plan(params, prompt, other, active)
             for batch_no, seeds, latents, init in batches:
                 if job.interrupted:
                     break
@@ -209,6 +209,10 @@ class Engine:
             job.note = f"Loading the checkpoint {first} back…"
             pipes.ensure_base(first)
             job.note = None
+
+    def _hires_plan(self, params, prompt: str, base: LoadedModel, active: list) -> plan.HiresPlan:
+        return plan.hires(self.pipelines.encoder, params, prompt, base, active, self.loras, self.embeddings,
+                          self.limits.max_prompt_schedules)
 
     def _first_pass(self, params, passes: list[plan.Pass], sampler, schedule, seeds: list[int], job: Job,
                     prepared, active: list):

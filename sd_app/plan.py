@@ -72,18 +72,25 @@ def passes(encoder, params: GenerationParams, prompt: str, base: LoadedModel, re
            embeddings, max_schedules: int) -> list[Pass]:
     """The passes this request runs, with their conditioning: each distinct prompt that prompt editing makes
     is encoded once, and a pass whose conditioning changes during sampling gets the schedule's `cond_at`."""
-    schedule = encoder.encode_schedule(prompt, params.negative_prompt, params.steps, embeddings, max_schedules,
-                                       clip_l_layer=params.clip_skip if params.sdxl_clip_l_skip else None)
-    for cond in schedule.conds:
-        nonfinite.check(cond.tensors(), "the prompt's conditioning", base, ("text_encoder", "text_encoder_2"),
-                        largest_weight=cond.largest_weight)
-    schedule = schedule.repeat(params.batch_size)
+    schedule = _schedule(encoder, params, prompt, params.negative_prompt, params.steps, base, embeddings,
+                         max_schedules)
     cond = schedule.cond_at(0)
     if refiner is None:
         return [Pass(base, cond, 0.0, 1.0, schedule.cond_at if schedule.changes else None)]
     switch, refined = params.refiner_switch_at, schedule.for_refiner()
     return [Pass(base, cond, 0.0, switch, schedule.cond_at if schedule.changes else None),
             Pass(refiner, refined.cond_at(0), switch, 1.0, refined.cond_at if schedule.changes else None)]
+
+
+def _schedule(encoder, params: GenerationParams, prompt: str, negative: str, steps: int, base: LoadedModel,
+              embeddings, max_schedules: int):
+    """The batch-sized conditioning of every step of a pass of `steps` steps, each distinct prompt checked."""
+    schedule = encoder.encode_schedule(prompt, negative, steps, embeddings, max_schedules,
+                                       clip_l_layer=params.clip_skip if params.sdxl_clip_l_skip else None)
+    for cond in schedule.conds:
+        nonfinite.check(cond.tensors(), "the prompt's conditioning", base, ("text_encoder", "text_encoder_2"),
+                        largest_weight=cond.largest_weight)
+    return schedule.repeat(params.batch_size)
 
 
 def other_hires_checkpoint(params: GenerationParams, base: LoadedModel, checkpoints) -> str | None:
@@ -114,28 +121,24 @@ def hires_loras(params: GenerationParams, active: list[ActiveLora], loras: LoraL
     return resolve_tags(loras, tags) if tags else []
 
 
-def hires(encoder, params: GenerationParams, prompt: str, base: LoadedModel, cond: Conditioning | None,
-          active: list[ActiveLora], loras: LoraLibrary | None) -> HiresPlan:
-    """The hires pass of `params` on `base`, whose first pass runs `prompt` with the LoRAs `active` and `cond`
-    (None: the first pass ran on another checkpoint; its conditioning is encoded here). A hires prompt or LoRAs
-    of its own are encoded with its LoRAs in place; `active` is put back after."""
+def hires(encoder, params: GenerationParams, prompt: str, base: LoadedModel, active: list[ActiveLora],
+          loras: LoraLibrary | None, embeddings, max_schedules: int) -> HiresPlan:
+    """The hires pass of `params` on `base`, whose first pass runs `prompt` with the LoRAs `active`. As in A1111
+    its conditioning is the hires prompt's (or the prompt's) schedule over the hires steps, so prompt editing
+    goes on in the second pass; it is encoded with the hires pass's LoRAs in place, and `active` put back."""
     spec = params.hires
     hr_prompt = extract_lora_tags(spec.prompt)[0] if spec.prompt and spec.prompt != params.prompt else prompt
     hr_active = hires_loras(params, active, loras)
-    negative = spec.negative_prompt or params.negative_prompt
-    if cond is None or hr_prompt != prompt or negative != params.negative_prompt or _key(hr_active) != _key(active):
-        base.loras.apply(hr_active)  # the text encoders' LoRAs shape the hires conditioning too
-        try:
-            cond = encoder.encode(hr_prompt, negative).repeat(params.batch_size)
-        finally:
-            base.loras.apply(active)
     target = spec.target(params.width, params.height)
     hr_params = params.replace(width=target.width, height=target.height, steps=spec.steps(params.steps),
                                sampler_name=spec.sampler_name or params.sampler_name,
                                scheduler=spec.scheduler or params.scheduler, hires=None, img2img=None)
+    base.loras.apply(hr_active)  # the text encoders' LoRAs shape the hires conditioning too
+    try:
+        schedule = _schedule(encoder, params, hr_prompt, spec.negative_prompt or params.negative_prompt,
+                             hr_params.steps, base, embeddings, max_schedules)
+    finally:
+        base.loras.apply(active)
     sampling = samplers.resolve(hr_params.sampler_name, hr_params.scheduler)
-    return HiresPlan(hr_params, [Pass(base, cond, 0.0, 1.0)], sampling, target, hr_active)
-
-
-def _key(active: list[ActiveLora]) -> list[tuple[str, float]]:
-    return sorted((str(item.info.path), item.weight) for item in active)
+    step = Pass(base, schedule.cond_at(0), 0.0, 1.0, schedule.cond_at if schedule.changes else None)
+    return HiresPlan(hr_params, [step], sampling, target, hr_active)

@@ -241,6 +241,26 @@ def test_the_sampler_receives_the_edited_prompt_at_the_right_step(engine, small)
     assert all(torch.equal(states[1], cat.negative_embeds[0]) for states in received)
 
 
+def test_the_hires_pass_edits_the_prompt_over_its_own_steps(engine, small):
+    """A1111 builds the hires pass's conditioning over the hires steps: [cat:dog:0.5] with 4 hires steps at
+    strength 1 gives calls 0-2 "cat" and call 3 "dog" again, after the first pass's own 4 steps."""
+    from sd_app.hires import HiresParams
+
+    unet = engine.pipelines.base.pipe.unet
+    received = []
+    handle = unet.register_forward_pre_hook(
+        lambda module, args, kwargs: received.append(kwargs["encoder_hidden_states"][0].clone()), with_kwargs=True)
+    spec = HiresParams(scale=2, upscaler="Latent", second_pass_steps=4, denoising_strength=1.0)
+    try:
+        engine.generate(small.replace(prompt="a photo of a [cat:dog:0.5]", steps=4, hires=spec))
+    finally:
+        handle.remove()
+    enc = engine.pipelines.encoder
+    cat = enc.encode("a photo of a cat", small.negative_prompt).embeds[0]
+    assert len(received) == 8  # 4 + int(0.999 * 4) + 1
+    assert [torch.equal(p, cat) for p in received] == [True, True, True, False] * 2
+
+
 def test_the_refiner_goes_on_with_the_schedule_at_its_steps(engine, small):
     """[cat:dog:0.5], 4 steps, refiner from 0.5: steps 0-2 "cat", step 3 "dog", whichever model runs them."""
     from conftest import REFINER
