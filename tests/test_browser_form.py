@@ -9,7 +9,7 @@ FOX = "a red fox"
 A1111_TEXT = """masterpiece, a red fox in the snow <lora:missing:0.5>
 Negative prompt: lowres, blurry
 Steps: 28, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, Seed: 3890114117, Size: 832x1216, \
-Model hash: 31e35c80fc, Model: unknown_model, Denoising strength: 0.45, Clip skip: 2, Hires upscale: 2, \
+Variation seed: 99, Variation seed strength: 0.3, Seed resize from: 640x960, Model hash: 31e35c80fc, Model: unknown_model, Denoising strength: 0.45, Clip skip: 2, Hires upscale: 2, \
 Hires steps: 10, Hires upscaler: Latent, Version: v1.10.1"""
 
 
@@ -101,6 +101,9 @@ def test_paste_says_what_it_applied_and_leaves_the_form_alone_for_plain_text(pag
     assert steps != "28" and page.input_value("#width input") == "832"
     assert page.input_value("#checkpoint input") == "homegrown-demo-base"
     assert page.input_value("#clip-skip input") == "2"  # applied: A1111's field (on SDXL, its meaning)
+    page.get_by_text("Variation seed (A1111's Extra)", exact=True).click()  # drawn when first opened
+    assert [page.input_value(f"#{name} input") for name in ("subseed", "subseed-strength", "seed-resize-w",
+                                                            "seed-resize-h")] == ["99", "0.3", "640", "960"]
     report = page.inner_text("#paste-report")
     for words in ("Applied:", "Steps: 28", "Sampler: DPM++ 2M, Schedule type: Karras", "Not applied:",
                   "Hires upscale: 2, Hires steps: 10, Hires upscaler: Latent, Denoising strength: 0.45",

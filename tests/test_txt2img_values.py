@@ -51,3 +51,13 @@ def test_clip_skip_fields_come_last_and_are_checked():
     with pytest.raises(UserError) as err:
         values_to_params(GOOD + [0, False])
     assert err.value.field == "clip_skip"
+
+
+def test_variation_seed_fields_follow_and_reach_the_request():
+    params = values_to_params(GOOD + [1.0, False, False, 77.0, 0.25, 512.0, 768.0])
+    assert (params.subseed, params.subseed_strength, params.seed_resize_from_w, params.seed_resize_from_h) == \
+        (77, 0.25, 512, 768)
+    assert isinstance(params.subseed, int) and isinstance(params.seed_resize_from_w, int)
+    with pytest.raises(UserError) as err:
+        values_to_params(GOOD + [1.0, False, False, 77.0, 1.5, 0, 0])
+    assert err.value.field == "subseed_strength"

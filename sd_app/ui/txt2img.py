@@ -35,7 +35,8 @@ UNDO_DEPTH = 20  # presets the Undo button can take back, most recent first
 
 
 # The Form's last fields, after styles, in this order: optional, so a shorter list of values keeps the defaults.
-EXTRA_FIELDS = ("clip_skip", "sdxl_clip_l_skip", "tiling")
+EXTRA_FIELDS = ("clip_skip", "sdxl_clip_l_skip", "tiling", "subseed", "subseed_strength", "seed_resize_from_w",
+                "seed_resize_from_h")
 
 
 @dataclass
@@ -60,6 +61,10 @@ class Form:
     clip_skip: gr.Number | None = None  # last ones (EXTRA_FIELDS): values_to_params reads them when the form has them
     sdxl_clip_l_skip: gr.Checkbox | None = None
     tiling: gr.Checkbox | None = None
+    subseed: gr.Number | None = None  # A1111's "Extra" seed options: variation seed and seed resize
+    subseed_strength: gr.Slider | None = None
+    seed_resize_from_w: gr.Slider | None = None
+    seed_resize_from_h: gr.Slider | None = None
 
     def inputs(self) -> list:
         return [getattr(self, name) for name in self.__dataclass_fields__ if getattr(self, name) is not None]
@@ -110,8 +115,11 @@ def values_to_params(values: list, limits: Limits | None = None) -> GenerationPa
         return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     extra = dict(zip(EXTRA_FIELDS, more))  # missing ones keep GenerationParams' defaults
-    if "clip_skip" in extra:
-        extra["clip_skip"] = whole(extra["clip_skip"])
+    for name in ("clip_skip", "subseed", "seed_resize_from_w", "seed_resize_from_h"):
+        if name in extra:
+            extra[name] = whole(extra[name])
+    if "subseed_strength" in extra:
+        extra["subseed_strength"] = number(extra["subseed_strength"])
 
     return GenerationParams(
         prompt=prompt or "", negative_prompt=negative or "", steps=whole(steps),
@@ -372,6 +380,16 @@ def _options_column(studio: Studio, defaults: GenerationParams, loading: bool = 
         seed = gr.Number(defaults.seed, label="Seed (-1: random)", elem_id="seed", scale=3)  # no rounding of 1.5
         random_seed = gr.Button("Random", scale=0, min_width=70)
         reuse_seed = gr.Button("Reuse last", scale=0, min_width=90)
+    with gr.Accordion("Variation seed (A1111's Extra)", open=False, elem_id="variation"):
+        with gr.Row():
+            subseed = gr.Number(defaults.subseed, label="Variation seed (-1: random)", elem_id="subseed")
+            subseed_strength = form_slider(*LIMITS["subseed_strength"], value=defaults.subseed_strength, step=0.01,
+                                           label="Variation strength", elem_id="subseed-strength")
+        with gr.Row():  # A1111's sliders start at 0 (off); its API sends -1 for off, accepted as well
+            resize_w = form_slider(0, 2048, value=max(0, defaults.seed_resize_from_w), step=8,
+                                   label="Resize seed from width (0: off)", elem_id="seed-resize-w")
+            resize_h = form_slider(0, 2048, value=max(0, defaults.seed_resize_from_h), step=8,
+                                   label="Resize seed from height (0: off)", elem_id="seed-resize-h")
     with gr.Row():
         n_iter = form_slider(*LIMITS["n_iter"], value=defaults.n_iter, step=1, label="Batch count")
         batch_size = form_slider(*LIMITS["batch_size"], value=defaults.batch_size, step=1, label="Batch size")
@@ -389,7 +407,8 @@ def _options_column(studio: Studio, defaults: GenerationParams, loading: bool = 
     fields = dict(sampler_name=sampler_name, scheduler=scheduler, steps=steps, width=width, height=height,
                   cfg_scale=cfg_scale, seed=seed, n_iter=n_iter, batch_size=batch_size,
                   refiner_checkpoint=refiner_checkpoint, refiner_switch_at=refiner_switch_at, clip_skip=clip_skip,
-                  sdxl_clip_l_skip=sdxl_clip_l_skip, tiling=tiling)
+                  sdxl_clip_l_skip=sdxl_clip_l_skip, tiling=tiling, subseed=subseed, subseed_strength=subseed_strength,
+                  seed_resize_from_w=resize_w, seed_resize_from_h=resize_h)
     return fields, size, swap, random_seed, reuse_seed
 
 
