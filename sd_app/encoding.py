@@ -227,16 +227,41 @@ def _hidden_state(text_encoder, layer: int, token_ids: torch.Tensor,
     return output.hidden_states[-layer]
 
 
-def count_tokens(tokenizer, text: str, syntax: str = "a1111") -> int:
+def count_tokens(tokenizer, text: str, syntax: str = "a1111", embeddings: dict[str, int] | None = None) -> int:
     """Tokens a prompt uses (without start/end markers), for the UI's chunk counter. As in A1111, a BREAK
-    fills up the chunk it ends: "a cat BREAK a dog" counts 75 + 2."""
+    fills up the chunk it ends: "a cat BREAK a dog" counts 75 + 2, and an embedding's name counts as its vectors
+    (`embeddings`: name -> vectors)."""
     text = prompts.extract_lora_tags(text)[0]
     if syntax == "a1111":
         parts = ["".join(t for t, _ in part) for part in prompts.split_breaks(text)]
     else:
         parts = prompts.split_break_text(text)
-    counts = [len(tokenizer(part, truncation=False, verbose=False).input_ids) - 2 for part in parts]
+    names = _name_ids(tokenizer, embeddings or {})
+    counts = [_counted(tokenizer(part, truncation=False, verbose=False).input_ids[1:-1], names) for part in parts]
     return sum(max(1, -(-count // 75)) * 75 for count in counts[:-1]) + counts[-1]
+
+
+def _name_ids(tokenizer, embeddings: dict[str, int]) -> dict[int, list[tuple[list[int], int]]]:
+    """First token id -> [(a name's token ids, its vectors)], longest names first (as textual_inversion matches)."""
+    found: dict[int, list[tuple[list[int], int]]] = {}
+    if embeddings:
+        ids = tokenizer(list(embeddings), add_special_tokens=False, truncation=False)["input_ids"]
+        for name_ids, vectors in zip(ids, embeddings.values()):
+            if name_ids:
+                found.setdefault(name_ids[0], []).append((name_ids, vectors))
+    for matches in found.values():
+        matches.sort(key=lambda match: len(match[0]), reverse=True)
+    return found
+
+
+def _counted(token_ids: list[int], names: dict[int, list[tuple[list[int], int]]]) -> int:
+    count, position = 0, 0
+    while position < len(token_ids):
+        match = next(((ids, vectors) for ids, vectors in names.get(token_ids[position], ())
+                      if token_ids[position:position + len(ids)] == ids), None)
+        count += match[1] if match else 1
+        position += len(match[0]) if match else 1
+    return count
 
 
 class _Weights:

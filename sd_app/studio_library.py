@@ -121,4 +121,6 @@ class StudioLibrary:
         with self._lock:
             if self._tokenizer is None:
                 self._tokenizer = load_tokenizers()[0]
-        return count_tokens(self._tokenizer, text or "", self.settings.get("prompt_syntax"))
+        # An embedding's name counts as its vectors, as in A1111 (one listing of the folder per count).
+        embeddings = {info.name: info.vectors for info in self.embedding_library.list() if not info.problem}
+        return count_tokens(self._tokenizer, text or "", self.settings.get("prompt_syntax"), embeddings)

@@ -337,3 +337,16 @@ def test_clip_skip_is_a1111s_meaning_on_sdxl(engine, small):
     with pytest.raises(UserError) as err:
         small.replace(clip_skip=13).check()
     assert err.value.field == "clip_skip"
+
+
+def test_the_token_counter_counts_an_embedding_as_its_vectors():
+    """As A1111's counter: a textual inversion's name takes as many tokens as it has vectors."""
+    from sd_app.encoding import count_tokens
+    from sd_app.loading import load_tokenizers
+
+    tokenizer = load_tokenizers()[0]
+    name_tokens = len(tokenizer("demo-negative", add_special_tokens=False).input_ids)
+    plain = count_tokens(tokenizer, "a cat, demo-negative, demo-negative")
+    counted = count_tokens(tokenizer, "a cat, demo-negative, demo-negative", embeddings={"demo-negative": 7})
+    assert name_tokens > 1 and counted == plain + 2 * (7 - name_tokens)
+    assert count_tokens(tokenizer, "a cat", embeddings={"demo-negative": 7}) == count_tokens(tokenizer, "a cat")
