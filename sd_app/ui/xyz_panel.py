@@ -108,17 +108,8 @@ def run_grid(studio: Studio, results, sizes: tuple[int, int], request: gr.Reques
     plan = plan_from_page(studio, list(values[:form_size]), list(values[form_size:form_size + hires_size]),
                           list(values[form_size + hires_size:]))
     job = studio.start_grid(plan, owner=txt2img.session_owner(request))
-    while not job.done:
-        job.wait(txt2img.POLL_SECONDS)
-        shown = job.preview
-        yield {results.progress: txt2img.progress_html(job, queued=job.started is None),
-               results.preview: gr.update(value=shown, visible=shown is not None)}
-    if job.error is not None:
-        yield {results.progress: "", results.preview: gr.update(visible=False)}
-        raise gr.Error(job.error)
-    result = job.result
-    for warning in result.warnings:
-        gr.Warning(warning)
+    yield {results.error: ""}
+    result = yield from txt2img.follow_job(studio, job, results, plan.base, "xyz_plot")  # previews at a cell's size
     note = " (interrupted)" if result.interrupted else ""
     done = (f"<div class='hg-progress'>Done{note}: a grid of {len(result.images) - 1} image(s) in "
             f"{time.time() - job.started:.1f}s</div>")
