@@ -65,16 +65,18 @@ def set_compiled(pipe, mode: str, device: torch.device) -> None:
             module.compile(**arguments)
 
 
-def conv_layout(device: torch.device, compiled: bool) -> torch.memory_format:
+def conv_layout(device: torch.device, compiled: bool, dtype: torch.dtype | None = None) -> torch.memory_format:
     """The memory layout of the UNet's and the VAE's convolution weights (activations follow the weights).
 
-    NHWC on the CPU: oneDNN runs convolutions in it natively, without the transposes NCHW costs (measured on the
-    demo model: txt2img 13 % faster, a VAE decode or encode 30 %; plain diffusers' img2img got it by accident,
-    from its image processor's permuted pixels). NHWC for compiled CUDA modules: the tensor cores' layout, and
-    compiled kernels skip the transposes. NCHW (as loaded) for eager CUDA and MPS: not measured there yet."""
+    NHWC for fp32 on the CPU: oneDNN runs convolutions in it natively, without the transposes NCHW costs
+    (measured on the demo model: txt2img 13 % faster, a VAE decode or encode 30 %; plain diffusers' img2img got it
+    by accident, from its image processor's permuted pixels). Half-precision weights on the CPU stay as loaded:
+    they are mapped from the file, and a new layout would copy them (and it is not measured). NHWC for compiled
+    CUDA modules: the tensor cores' layout, and compiled kernels skip the transposes. NCHW (as loaded) for eager
+    CUDA and MPS: not measured there yet."""
     import torch
 
-    if device.type == "cpu" or (compiled and device.type == "cuda"):
+    if (device.type == "cpu" and dtype in (None, torch.float32)) or (compiled and device.type == "cuda"):
         return torch.channels_last
     return torch.contiguous_format
 
@@ -82,7 +84,7 @@ def conv_layout(device: torch.device, compiled: bool) -> torch.memory_format:
 def set_layout(pipe, device: torch.device, compiled: bool) -> None:
     """Put the UNet's and VAE's convolution weights in `conv_layout`'s layout. Pixels differ from the other layout
     by a float rounding (a level of 255 at most); LoRAs patch the weights in place and keep it."""
-    layout = conv_layout(device, compiled)
+    layout = conv_layout(device, compiled, pipe.unet.dtype)
     for module in (pipe.unet, pipe.vae):
         if any(p.dim() == 4 and not p.is_contiguous(memory_format=layout) for p in module.parameters()):
             module.to(memory_format=layout)
