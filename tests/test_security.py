@@ -30,7 +30,8 @@ PAGE_JOB = dict(checkpoint="homegrown-demo-base", prompt="a cat", negative_promp
                 scheduler="Automatic", steps=40, width=128, height=128, cfg=7, seed=11, n_iter=1, batch=1,
                 refiner="None", switch=0.8, styles=[],
                 # the form's optional last fields (txt2img.EXTRA_FIELDS), then the Hires fix accordion, unchanged
-                clip_skip=1, sdxl_clip_l_skip=False, tiling=False, hr_enable=False, hr_upscaler="Latent",
+                clip_skip=1, sdxl_clip_l_skip=False, tiling=False, subseed=-1, subseed_strength=0,
+                seed_resize_from_w=0, seed_resize_from_h=0, hr_enable=False, hr_upscaler="Latent",
                 hr_steps=0, hr_denoising=0.7, hr_scale=2.0, hr_resize_x=0, hr_resize_y=0, hr_sampler="Use same",
                 hr_prompt="", hr_negative_prompt="")
 STATE_CHANGING = [("interrupt", None), ("skip", None), ("refresh-checkpoints", None), ("refresh-loras", None),
