@@ -255,12 +255,18 @@ def _name_ids(tokenizer, embeddings: dict[str, int]) -> dict[int, list[tuple[lis
 
 
 def _counted(token_ids: list[int], names: dict[int, list[tuple[list[int], int]]]) -> int:
+    """Tokens of one BREAK-free part; an embedding that does not fit in what is left of a 75-token chunk starts
+    the next one, as the encoder (and A1111) puts it there."""
     count, position = 0, 0
     while position < len(token_ids):
         match = next(((ids, vectors) for ids, vectors in names.get(token_ids[position], ())
                       if token_ids[position:position + len(ids)] == ids), None)
-        count += match[1] if match else 1
-        position += len(match[0]) if match else 1
+        if match is None:
+            count, position = count + 1, position + 1
+            continue
+        if count % 75 and count % 75 + match[1] > 75:
+            count += 75 - count % 75
+        count, position = count + match[1], position + len(match[0])
     return count
 
 

@@ -9,6 +9,7 @@ studio). Nothing here knows about Gradio or HTTP. A request runs as a plan of pa
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -129,11 +130,10 @@ class Engine:
         prepared = img2img_run.prepare_images(params) if params.img2img else None
         timings["encode"] = time.perf_counter() - mark
         job.note, job.sampling_steps = None, params.steps  # "Step 0/N" from here: the first step is running
-        ti_hashes = passes[0].cond.ti_hashes
+        ti_hashes, ran = passes[0].cond.ti_hashes, ModelsRan.of(base, refiner)
 
         def text(seed: int) -> str:
-            return image_infotext(params, sampler, schedule, seed, base, refiner, pipes.vae_file, lora_hashes,
-                                  ti_hashes)
+            return image_infotext(params, sampler, schedule, seed, ran, pipes.vae_file, lora_hashes, ti_hashes)
 
         vae_name, vae_hash = pipes.vae_file or (None, None)
         result = GenerationResult([], [], [], params, sampler=sampler.name, schedule=schedule.name,
@@ -141,7 +141,7 @@ class Engine:
                                   vae_name=vae_name, vae_hash=vae_hash, timings=timings,
                                   warnings=[*base.warnings, *passes[0].cond.notes,  # what the file lacks, each time
                                             *(prepared[0].notes if prepared else [])])
-        elsewhere = []  # with a hires checkpoint of its own: (batch, seeds, upscaled latents, init) for its pass
+        elsewhere = []  # a hires checkpoint of its own: (batch, seeds, latents, upscaled latents, init) waiting
         for batch_no in range(params.n_iter):
             if job.interrupted:
                 break
@@ -154,16 +154,21 @@ class Engine:
                 lambda: self._first_pass(params, passes, sampler, schedule, seeds, job, prepared, active),
                 result.warnings)
             if params.hires is not None and not (job.interrupted or job.skipped):
-                latents = self._upscale_for_hires(params, latents, base.pipe.vae, job)
+                upscaled = self._upscale_for_hires(params, latents, base.pipe.vae, job)
                 if hires_plan is None:
-                    elsewhere.append((batch_no, seeds, latents, init))
+                    elsewhere.append((batch_no, seeds, latents, upscaled, init))
                     continue
                 latents = pipes.eager_if_compile_fails(
-                    lambda: self._hires_denoise(hires_plan, params, latents, seeds, job), result.warnings)
+                    lambda: self._hires_denoise(hires_plan, params, upscaled, seeds, job), result.warnings)
             timings["denoise"] += time.perf_counter() - mark
             self._add_images(result, latents, init, seeds, base.pipe.vae, job, text)
-        if elsewhere and not job.interrupted:
+        if elsewhere and job.interrupted:  # stopped before the hires checkpoint: the first passes' images
+            for _, seeds, latents, _, init in elsewhere:
+                self._add_images(result, latents, init, seeds, base.pipe.vae, job, text)
+        elif elsewhere:
+            del base, refiner, passes  # nothing here may keep the first checkpoint in memory beside the other
             self._hires_elsewhere(params, prompt, active, elsewhere, job, result, text)
+        result.in_seed_order()  # a batch skipped before its hires pass on another checkpoint was decoded first
         result.interrupted = job.interrupted
         job.set_progress(1.0)
         return result
@@ -193,22 +198,30 @@ class Engine:
         first = pipes.base.checkpoint.name
         self._note_loading(job, params.hires.checkpoint, pipes.base, "hires checkpoint")
         try:
-            other = pipes.ensure_base(params.hires.checkpoint)
-            result.warnings.extend(w for w in other.warnings if w not in result.warnings)
-            hires_plan = self._hires_plan(params, prompt, other, active)
-            for batch_no, seeds, latents, init in batches:
-                if job.interrupted:
-                    break
-                job.job_no = batch_no
-                mark = time.perf_counter()
-                latents = pipes.eager_if_compile_fails(
-                    lambda: self._hires_denoise(hires_plan, params, latents, seeds, job), result.warnings)
-                result.timings["denoise"] += time.perf_counter() - mark
-                self._add_images(result, latents, init, seeds, other.pipe.vae, job, text)
+            self._hires_passes_on(params.hires.checkpoint, params, prompt, active, batches, job, result, text)
         finally:
             job.note = f"Loading the checkpoint {first} back…"
             pipes.ensure_base(first)
             job.note = None
+
+    def _hires_passes_on(self, name: str, params, prompt: str, active: list, batches: list, job: Job,
+                         result: GenerationResult, text: Callable[[int], str]) -> None:
+        other = self.pipelines.ensure_base(name)
+        hires_plan = None
+        try:
+            result.warnings.extend(w for w in other.warnings if w not in result.warnings)
+            hires_plan = self._hires_plan(params, prompt, other, active)
+            for batch_no, seeds, latents, upscaled, init in batches:
+                job.job_no = batch_no
+                job.clear_skip()  # a Skip ends one image's pass, as in the first passes
+                if not job.interrupted:  # interrupted: the first pass's image, as the other batches end
+                    mark = time.perf_counter()
+                    latents = self.pipelines.eager_if_compile_fails(
+                        lambda: self._hires_denoise(hires_plan, params, upscaled, seeds, job), result.warnings)
+                    result.timings["denoise"] += time.perf_counter() - mark
+                self._add_images(result, latents, init, seeds, other.pipe.vae, job, text)
+        finally:
+            other = hires_plan = None  # noqa: F841 -- the first checkpoint loads next: this one must be freeable
 
     def _hires_plan(self, params, prompt: str, base: LoadedModel, active: list) -> plan.HiresPlan:
         return plan.hires(self.pipelines.encoder, params, prompt, base, active, self.loras, self.embeddings,
@@ -341,8 +354,24 @@ class Engine:
         return callback
 
 
-def image_infotext(params, sampler, schedule, seed: int, base: LoadedModel, refiner: LoadedModel | None,
-                   vae: tuple[str, str] | None, lora_hashes: str | None = None, ti_hashes: str | None = None) -> str:
+@dataclass(frozen=True)
+class ModelsRan:
+    """What an image's infotext says of the models that made it: plain values, so that a job's texts hold no
+    model (one kept alive would stay in memory beside the next checkpoint loaded)."""
+
+    model_hash: str | None
+    model_name: str
+    refiner_title: str | None
+    fields: dict  # the checkpoint's own keys (v-prediction, zero terminal SNR)
+
+    @classmethod
+    def of(cls, base: LoadedModel, refiner: LoadedModel | None) -> "ModelsRan":
+        return cls(base.short_hash or None, base.checkpoint.short_name, refiner.title if refiner else None,
+                   base.infotext_fields())
+
+
+def image_infotext(params, sampler, schedule, seed: int, ran: ModelsRan, vae: tuple[str, str] | None,
+                   lora_hashes: str | None = None, ti_hashes: str | None = None) -> str:
     """One image's A1111 infotext: the request's fields in A1111's order, with what ran (models, VAE, hashes)."""
     fields = {
         "Steps": params.steps,
@@ -351,8 +380,8 @@ def image_infotext(params, sampler, schedule, seed: int, base: LoadedModel, refi
         "CFG scale": params.cfg_scale,
         "Seed": seed,
         "Size": f"{params.width}x{params.height}",
-        "Model hash": base.short_hash or None,
-        "Model": base.checkpoint.short_name,
+        "Model hash": ran.model_hash,
+        "Model": ran.model_name,
         "VAE hash": vae[1] if vae else None,
         "VAE": vae[0] if vae else None,
         **img2img_run.infotext_fields(params),
@@ -363,13 +392,13 @@ def image_infotext(params, sampler, schedule, seed: int, base: LoadedModel, refi
         "Clip skip": params.clip_skip if params.clip_skip != 1 else None,  # written when not 1, as A1111
         "Clip skip SDXL": True if params.sdxl_clip_l_skip else None,
         "Tiling": True if params.tiling else None,
-        "Refiner": refiner.title if refiner else None,
-        "Refiner switch at": params.refiner_switch_at if refiner else None,
+        "Refiner": ran.refiner_title,
+        "Refiner switch at": params.refiner_switch_at if ran.refiner_title else None,
         "Lora hashes": lora_hashes,
         "TI hashes": ti_hashes,
         "RNG": params.randn_source if params.randn_source != rng.DEFAULT_SOURCE else None,  # A1111 writes no GPU
         "Styles": ", ".join(params.styles) or None,  # already in the prompts; a paste takes them out again
-        **base.infotext_fields(),  # v-prediction and zero terminal SNR, when the checkpoint has them
+        **ran.fields,  # v-prediction and zero terminal SNR, when the checkpoint has them
         "Version": f"Homegrown {__version__}",
     }
     return infotext.build(params.prompt, params.negative_prompt, fields)

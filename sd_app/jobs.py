@@ -132,6 +132,13 @@ class GenerationResult:
     warnings: list[str] = field(default_factory=list)  # for the user: what went other than asked, and why
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
 
+    def in_seed_order(self) -> None:
+        """Images, texts and seeds sorted by seed: a job's images in the order of its batches and places."""
+        order = sorted(range(len(self.seeds)), key=self.seeds.__getitem__)
+        self.images[:] = [self.images[i] for i in order]
+        self.infotexts[:] = [self.infotexts[i] for i in order]
+        self.seeds[:] = [self.seeds[i] for i in order]
+
 
 class JobBoard:
     """The jobs in flight, by owner: the page finds its session's job, the API finds the running one.

@@ -17,6 +17,7 @@ names the styles in `Styles: a, b`; pasting it back takes each style's text out 
 from __future__ import annotations
 
 import csv
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,10 +173,20 @@ class StyleLibrary:
         if not params.styles:
             return params
         styles, _ = self.load()
+        chosen = [self.get(name, styles) for name in params.styles]
         prompt, negative = params.prompt, params.negative_prompt
-        for name in params.styles:
-            prompt, negative = self.get(name, styles).apply_to(prompt, negative)
-        return params.replace(prompt=prompt, negative_prompt=negative)
+        for style in chosen:
+            prompt, negative = style.apply_to(prompt, negative)
+        params = params.replace(prompt=prompt, negative_prompt=negative)
+        spec = params.hires
+        if spec is None or not (spec.prompt or spec.negative_prompt):
+            return params  # the hires pass uses the prompts above
+        # As A1111: a hires prompt of its own gets the styles too (an empty one is the styled prompt already).
+        hr_prompt, hr_negative = spec.prompt, spec.negative_prompt
+        for style in chosen:
+            styled, styled_negative = style.apply_to(hr_prompt, hr_negative)
+            hr_prompt, hr_negative = styled if hr_prompt else "", styled_negative if hr_negative else ""
+        return params.replace(hires=dataclasses.replace(spec, prompt=hr_prompt, negative_prompt=hr_negative))
 
     def take_out(self, prompt: str, negative: str, names: list[str]) -> TakenOut:
         """Undo `apply` for pasted prompts: the last style first. A style that is unknown here, or whose text

@@ -350,3 +350,5 @@ def test_the_token_counter_counts_an_embedding_as_its_vectors():
     counted = count_tokens(tokenizer, "a cat, demo-negative, demo-negative", embeddings={"demo-negative": 7})
     assert name_tokens > 1 and counted == plain + 2 * (7 - name_tokens)
     assert count_tokens(tokenizer, "a cat", embeddings={"demo-negative": 7}) == count_tokens(tokenizer, "a cat")
+    # 74 tokens, then 8 vectors that do not fit in the chunk's last place: they start the next chunk (75 + 8)
+    assert count_tokens(tokenizer, "cat " * 74 + "demo-negative", embeddings={"demo-negative": 8}) == 83

@@ -130,18 +130,17 @@ def test_pasting_a_model_hires_upscaler_needs_it_here():
     assert elsewhere.params.hires is None and "4x-Demo" in elsewhere.not_applied[0][0]
 
 
-def test_a_hires_checkpoint_of_its_own_runs_the_second_passes_and_the_first_comes_back(ckpt_dir, tmp_path):
-    """A1111's hr_checkpoint_name: the first passes on the chosen checkpoint, the hires passes on the other (loaded
-    once for every batch), and the chosen one loaded back for the next job."""
+@pytest.fixture(scope="module")
+def two_bases(ckpt_dir, tmp_path_factory):
+    """A checkpoint folder with the demo base and "other-base", the same with another UNet output layer."""
     import shutil
 
-    import numpy as np
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from conftest import BASE, make_studio
+    from conftest import BASE
 
-    folder = tmp_path / "Stable-diffusion"
+    folder = tmp_path_factory.mktemp("two-bases") / "Stable-diffusion"
     folder.mkdir()
     shutil.copy(ckpt_dir / f"{BASE}.safetensors", folder)
     tensors = load_file(ckpt_dir / f"{BASE}.safetensors")
@@ -149,25 +148,83 @@ def test_a_hires_checkpoint_of_its_own_runs_the_second_passes_and_the_first_come
     with safe_open(ckpt_dir / f"{BASE}.safetensors", "pt") as f:
         metadata = f.metadata()  # names the demo's config set
     save_file(tensors, folder / "other-base.safetensors", metadata)
-    studio = make_studio(folder, tmp_path / "data", preview_every=0)
-    studio.load_checkpoint(BASE)
+    return folder
 
-    def run(checkpoint=None, n_iter=1):
-        spec = HiresParams(scale=2, upscaler="Latent", second_pass_steps=2, denoising_strength=0.6,
-                           checkpoint=checkpoint)
-        return studio.generate(GenerationParams(prompt="a cat", steps=3, width=64, height=64, seed=21, n_iter=n_iter,
-                                                hires=spec), save=False)
+
+def hires_elsewhere(checkpoint="other-base", n_iter=1):
+    spec = HiresParams(scale=2, upscaler="Latent", second_pass_steps=2, denoising_strength=0.6, checkpoint=checkpoint)
+    return GenerationParams(prompt="a cat", steps=3, width=64, height=64, seed=21, n_iter=n_iter, hires=spec)
+
+
+def test_a_hires_checkpoint_of_its_own_runs_the_second_passes_and_the_first_comes_back(two_bases, tmp_path):
+    """A1111's hr_checkpoint_name: the first passes on the chosen checkpoint, the hires passes on the other (loaded
+    once for every batch), and the chosen one loaded back for the next job."""
+    import numpy as np
+
+    from conftest import BASE, make_studio
+
+    studio = make_studio(two_bases, tmp_path / "data", preview_every=0)
+    studio.load_checkpoint(BASE)
 
     def pixels(image):
         return np.asarray(image, dtype=int)
 
-    same = run()
-    other = run("other-base", n_iter=2)
+    same = studio.generate(hires_elsewhere(None), save=False)
+    other = studio.generate(hires_elsewhere(n_iter=2), save=False)
     assert [image.size for image in other.images] == [(128, 128)] * 2 and other.seeds == [21, 22]
     assert np.abs(pixels(other.images[0]) - pixels(same.images[0])).max() > 8
     assert "Hires checkpoint: other-base" in other.infotexts[0] and f"Model: {BASE}," in other.infotexts[0]
     assert studio.current_checkpoint() == BASE  # loaded back
-    assert np.abs(pixels(run().images[0]) - pixels(same.images[0])).max() <= 1  # a reloaded model: ~1e-6 apart
+    again = studio.generate(hires_elsewhere(None), save=False)
+    assert np.abs(pixels(again.images[0]) - pixels(same.images[0])).max() <= 1  # a reloaded model: ~1e-6 apart
     with pytest.raises(UserError) as err:
-        run("nope")
+        studio.generate(hires_elsewhere("nope"), save=False)
     assert err.value.field == "hr_checkpoint_name" and "nope" in err.value.message
+
+
+def test_a_hires_checkpoint_of_its_own_loads_alone_and_skip_or_interrupt_spoil_nothing(two_bases, tmp_path,
+                                                                                        monkeypatch):
+    import gc
+    import weakref
+
+    import numpy as np
+
+    from conftest import BASE, make_engine
+    from sd_app.engine import Engine
+    from sd_app.jobs import Job
+    from sd_app.pipelines import Pipelines
+
+    engine = make_engine(two_bases, tmp_path, preview_every=0)
+    engine.pipelines.load_checkpoint(BASE)
+    clean = engine.generate(hires_elsewhere(n_iter=2))
+    ensure_base, first_pass = Pipelines.ensure_base, Engine._first_pass
+    seen, job = {}, Job()
+
+    def loading(pipes, name):  # the first model must be gone when the other is in memory; Skip pressed then
+        first = weakref.ref(pipes.base.pipe.unet) if pipes.base is not None else None
+        loaded = ensure_base(pipes, name)
+        gc.collect()
+        if name == "other-base":
+            seen["first freed"] = first is not None and first() is None
+            job.skip()
+        return loaded
+
+    monkeypatch.setattr(Pipelines, "ensure_base", loading)
+    skipped = engine.generate(hires_elsewhere(n_iter=2), job)
+    assert seen["first freed"]
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(skipped.images, clean.images))
+
+    monkeypatch.setattr(Pipelines, "ensure_base", ensure_base)
+    job, calls = Job(), []
+
+    def interrupting(*args):  # Interrupt during the second batch's first pass
+        calls.append(1)
+        if len(calls) == 2:
+            job.interrupt()
+        return first_pass(*args)
+
+    monkeypatch.setattr(Engine, "_first_pass", interrupting)
+    stopped = engine.generate(hires_elsewhere(n_iter=2), job)
+    assert stopped.interrupted and stopped.seeds == [21, 22]  # the first batch's image is kept
+    assert [image.size for image in stopped.images] == [(64, 64)] * 2  # first passes: no hires pass ran
+    assert engine.pipelines.base.checkpoint.name == BASE

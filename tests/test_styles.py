@@ -52,6 +52,18 @@ def test_shipped_styles_and_a1111_order():
     assert (err.value.field, err.value.status) == ("styles", 404) and "Pixel art" in err.value.message
 
 
+def test_a_hires_prompt_of_its_own_gets_the_styles_too_as_in_a1111():
+    from sd_app.hires import HiresParams
+
+    library = StyleLibrary(SHIPPED)
+    plain = library.apply(GenerationParams(prompt=FOX, styles=("Photo",)))
+    own = library.apply(GenerationParams(prompt=FOX, styles=("Photo",), hires=HiresParams(prompt=FOX)))
+    assert own.hires.prompt == own.prompt == plain.prompt  # an echoed prompt stays the prompt
+    assert own.hires.negative_prompt == ""  # empty: the (styled) negative prompt
+    sharp = library.apply(GenerationParams(prompt=FOX, styles=("Photo",), hires=HiresParams(prompt="sharp")))
+    assert sharp.hires.prompt.startswith("cinematic photo of sharp")
+
+
 def test_json_and_a1111_csv_files_user_replaces_shipped(tmp_path):
     user = tmp_path / "user"
     user.mkdir()
