@@ -122,7 +122,7 @@ class Engine:
         passes = plan.passes(pipes.encoder, params, prompt, base, refiner, self.embeddings,
                              self.limits.max_prompt_schedules)
         # A hires checkpoint of its own is loaded after the first passes, and its conditioning encoded then.
-        hires_plan = self._hires_plan(params, prompt, base, active) \
+        hires_plan = self._hires_plan(params, prompt, base, refiner, active) \
             if params.hires and not plan.other_hires_checkpoint(params, base, pipes.checkpoints) else None
         hires_loras = plan.hires_loras(params, active, self.loras) if params.hires else []
         used = {a.info.path: a for a in [*active, *hires_loras]}  # both passes'
@@ -210,7 +210,10 @@ class Engine:
         hires_plan = None
         try:
             result.warnings.extend(w for w in other.warnings if w not in result.warnings)
-            hires_plan = self._hires_plan(params, prompt, other, active)
+            refiner = None
+            if params.refiner_checkpoint and params.refiner_switch_at < 1.0 and params.hires.refiner_in(second=True):
+                refiner = self.pipelines.ensure_refiner(params.refiner_checkpoint)  # loading the other unloaded it
+            hires_plan = self._hires_plan(params, prompt, other, refiner, active)
             for batch_no, seeds, latents, upscaled, init in batches:
                 job.job_no = batch_no
                 job.clear_skip()  # a Skip ends one image's pass, as in the first passes
@@ -221,10 +224,11 @@ class Engine:
                     result.timings["denoise"] += time.perf_counter() - mark
                 self._add_images(result, latents, init, seeds, other.pipe.vae, job, text)
         finally:
-            other = hires_plan = None  # noqa: F841 -- the first checkpoint loads next: this one must be freeable
+            other = refiner = hires_plan = None  # noqa: F841 -- the first checkpoint loads next: free these
 
-    def _hires_plan(self, params, prompt: str, base: LoadedModel, active: list) -> plan.HiresPlan:
-        return plan.hires(self.pipelines.encoder, params, prompt, base, active, self.loras, self.embeddings,
+    def _hires_plan(self, params, prompt: str, base: LoadedModel, refiner: LoadedModel | None,
+                    active: list) -> plan.HiresPlan:
+        return plan.hires(self.pipelines.encoder, params, prompt, base, refiner, active, self.loras, self.embeddings,
                           self.limits.max_prompt_schedules)
 
     def _first_pass(self, params, passes: list[plan.Pass], sampler, schedule, seeds: list[int], job: Job,

@@ -23,6 +23,7 @@ LATENT_MODES = {
 }
 IMAGE_UPSCALERS = ("None", "Lanczos", "Nearest")  # decode, scale the image, encode again
 DEFAULT_UPSCALER = "Latent"  # A1111's latent_upscale_default_mode, used when hr_upscaler is None
+REFINER_PASSES = ("first pass", "second pass", "both passes")  # A1111's hires_fix_refiner_pass choices
 SCALE_RANGE = (1.0, 4.0)  # A1111's slider
 SIZE_MULTIPLE = 8
 
@@ -42,6 +43,9 @@ class HiresParams:
     prompt: str = ""  # hr_prompt: "" = the first pass's
     negative_prompt: str = ""
     checkpoint: str | None = None  # hr_checkpoint_name: None = the same checkpoint
+    # A1111's option "Hires fix: which pass to enable refiner for" (infotext `Hires refiner`): with a refiner,
+    # by default it runs in the hires pass only, at the same switch point of that pass's steps.
+    refiner_pass: str = "second pass"
 
     def replace(self, **changes) -> "HiresParams":
         return dataclasses.replace(self, **changes)
@@ -69,6 +73,9 @@ class HiresParams:
                                 else "hr_scheduler") from None
         if self.checkpoint is not None and not isinstance(self.checkpoint, str):
             raise UserError("must be a checkpoint name", field="hr_checkpoint_name")
+        if self.refiner_pass not in REFINER_PASSES:
+            raise UserError(f"must be one of {', '.join(REFINER_PASSES)}; got {self.refiner_pass!r}",
+                            field="hires_fix_refiner_pass")
         target = self.target(width, height)
         if target.width * target.height > max_pixels:
             field = "hr_scale" if not (self.resize_x or self.resize_y) else "hr_resize_x"
@@ -102,6 +109,10 @@ class HiresParams:
     def is_latent(self) -> bool:
         return self.upscaler in LATENT_MODES
 
+    def refiner_in(self, second: bool) -> bool:
+        """Whether a refiner runs in the first pass (second=False) or in the hires pass."""
+        return self.refiner_pass == "both passes" or self.refiner_pass == ("second pass" if second else "first pass")
+
     def infotext_fields(self, prompt: str, negative_prompt: str, sampler_name: str, scheduler: str) -> dict:
         """A1111's hires keys, in its order (after `Denoising strength`, which goes with the common fields)."""
         return {
@@ -115,6 +126,7 @@ class HiresParams:
             "Hires resize": f"{self.resize_x}x{self.resize_y}" if self.resize_x or self.resize_y else None,
             "Hires steps": self.second_pass_steps or None,
             "Hires upscaler": self.upscaler,
+            "Hires refiner": self.refiner_pass if self.refiner_pass != "second pass" else None,  # as A1111 writes
         }
 
 
@@ -137,6 +149,7 @@ def from_infotext(fields: dict[str, str]) -> tuple[HiresParams | None, list[str]
         "Hires upscaler": ("upscaler", str), "Hires sampler": ("sampler_name", str),
         "Hires schedule type": ("scheduler", str), "Hires prompt": ("prompt", str),
         "Hires negative prompt": ("negative_prompt", str), "Hires checkpoint": ("checkpoint", str),
+        "Hires refiner": ("refiner_pass", str),
         "Denoising strength": ("denoising_strength", float),
     }
     for key in keys + (["Denoising strength"] if "Denoising strength" in fields else []):

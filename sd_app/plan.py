@@ -74,10 +74,17 @@ def passes(encoder, params: GenerationParams, prompt: str, base: LoadedModel, re
     is encoded once, and a pass whose conditioning changes during sampling gets the schedule's `cond_at`."""
     schedule = _schedule(encoder, params, prompt, params.negative_prompt, params.steps, base, embeddings,
                          max_schedules)
+    if params.hires is not None and not params.hires.refiner_in(second=False):
+        refiner = None  # A1111's default with a hires fix: the refiner runs in the hires pass only
+    return _with_refiner(schedule, base, refiner, params.refiner_switch_at)
+
+
+def _with_refiner(schedule, base: LoadedModel, refiner: LoadedModel | None, switch: float) -> list[Pass]:
+    """The base's pass over `schedule`, or the base's then the refiner's from `switch` of the pass's steps."""
     cond = schedule.cond_at(0)
     if refiner is None:
         return [Pass(base, cond, 0.0, 1.0, schedule.cond_at if schedule.changes else None)]
-    switch, refined = params.refiner_switch_at, schedule.for_refiner()
+    refined = schedule.for_refiner()
     return [Pass(base, cond, 0.0, switch, schedule.cond_at if schedule.changes else None),
             Pass(refiner, refined.cond_at(0), switch, 1.0, refined.cond_at if schedule.changes else None)]
 
@@ -121,11 +128,12 @@ def hires_loras(params: GenerationParams, active: list[ActiveLora], loras: LoraL
     return resolve_tags(loras, tags) if tags else []
 
 
-def hires(encoder, params: GenerationParams, prompt: str, base: LoadedModel, active: list[ActiveLora],
-          loras: LoraLibrary | None, embeddings, max_schedules: int) -> HiresPlan:
-    """The hires pass of `params` on `base`, whose first pass runs `prompt` with the LoRAs `active`. As in A1111
-    its conditioning is the hires prompt's (or the prompt's) schedule over the hires steps, so prompt editing
-    goes on in the second pass; it is encoded with the hires pass's LoRAs in place, and `active` put back."""
+def hires(encoder, params: GenerationParams, prompt: str, base: LoadedModel, refiner: LoadedModel | None,
+          active: list[ActiveLora], loras: LoraLibrary | None, embeddings, max_schedules: int) -> HiresPlan:
+    """The hires pass of `params` on `base` (then `refiner`, when the hires fix's refiner pass says so), whose
+    first pass runs `prompt` with the LoRAs `active`. As in A1111 its conditioning is the hires prompt's (or the
+    prompt's) schedule over the hires steps, so prompt editing goes on in the second pass; it is encoded with
+    the hires pass's LoRAs in place, and `active` put back."""
     spec = params.hires
     hr_prompt = extract_lora_tags(spec.prompt)[0] if spec.prompt and spec.prompt != params.prompt else prompt
     hr_active = hires_loras(params, active, loras)
@@ -140,5 +148,6 @@ def hires(encoder, params: GenerationParams, prompt: str, base: LoadedModel, act
     finally:
         base.loras.apply(active)
     sampling = samplers.resolve(hr_params.sampler_name, hr_params.scheduler)
-    step = Pass(base, schedule.cond_at(0), 0.0, 1.0, schedule.cond_at if schedule.changes else None)
-    return HiresPlan(hr_params, [step], sampling, target, hr_active)
+    refiner = refiner if spec.refiner_in(second=True) else None
+    return HiresPlan(hr_params, _with_refiner(schedule, base, refiner, params.refiner_switch_at), sampling, target,
+                     hr_active)

@@ -189,3 +189,9 @@ def test_variation_seed_and_seed_resize_reach_the_request():
     p = plan(prompt="a cat", seed=3, subseed=8, subseed_strength=0.4, seed_resize_from_w=768, seed_resize_from_h=512).params
     assert (p.subseed, p.subseed_strength, p.seed_resize_from_w, p.seed_resize_from_h) == (8, 0.4, 768, 512)
     assert plan(prompt="a cat").params.seed_resize_from_w == 0  # A1111's -1: off
+
+
+def test_hires_refiner_pass_comes_from_override_settings_as_in_a1111():
+    made = plan(prompt="a cat", enable_hr=True, override_settings={"hires_fix_refiner_pass": "both passes"})
+    assert made.params.hires.refiner_pass == "both passes" and not made.warnings
+    assert plan(prompt="a cat", enable_hr=True).params.hires.refiner_pass == "second pass"  # A1111's default

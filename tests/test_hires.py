@@ -228,3 +228,38 @@ def test_a_hires_checkpoint_of_its_own_loads_alone_and_skip_or_interrupt_spoil_n
     assert stopped.interrupted and stopped.seeds == [21, 22]  # the first batch's image is kept
     assert [image.size for image in stopped.images] == [(64, 64)] * 2  # first passes: no hires pass ran
     assert engine.pipelines.base.checkpoint.name == BASE
+
+
+@pytest.mark.parametrize("refiner_pass, first, second", [
+    ("second pass", ["base"] * 4, ["base"] * 2 + ["refiner"] * 2),  # A1111's default
+    ("first pass", ["base"] * 2 + ["refiner"] * 2, ["base"] * 4),
+    ("both passes", ["base"] * 2 + ["refiner"] * 2, ["base"] * 2 + ["refiner"] * 2),
+])
+def test_the_refiner_runs_in_the_pass_a1111s_hires_refiner_option_says(engine, small, refiner_pass, first, second):
+    from conftest import REFINER
+
+    engine.pipelines.load_refiner(REFINER)
+    unets = {"base": engine.pipelines.base.pipe.unet, "refiner": engine.pipelines.refiner.pipe.unet}
+    calls = []
+    handles = [unet.register_forward_pre_hook(lambda module, args, kwargs, name=name: calls.append(name),
+                                              with_kwargs=True) for name, unet in unets.items()]
+    spec = HiresParams(scale=2, upscaler="Latent", second_pass_steps=4, denoising_strength=1.0,
+                       refiner_pass=refiner_pass)
+    try:
+        result = engine.generate(small.replace(steps=4, refiner_checkpoint=REFINER, refiner_switch_at=0.5,
+                                               hires=spec))
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert calls == first + second
+    text = result.infotexts[0]
+    assert f"Refiner: {REFINER}" in text
+    assert ("Hires refiner: " in text) == (refiner_pass != "second pass")  # A1111 writes it unless the default
+
+
+def test_hires_refiner_option_is_checked_and_read_back():
+    with pytest.raises(UserError) as err:
+        GenerationParams(width=64, height=64, hires=HiresParams(refiner_pass="third pass")).check()
+    assert err.value.field == "hires_fix_refiner_pass"
+    read, _, _ = hires.from_infotext({"Hires upscale": "2", "Hires refiner": "both passes"})
+    assert read.refiner_pass == "both passes"

@@ -79,6 +79,8 @@ def txt2img_plan(request: Txt2ImgRequest, current_vae: str, default_format: str,
     changes["checkpoint"] = checkpoint_name(overrides.get("sd_model_checkpoint")) or (
         base.checkpoint if request.infotext else None)
     changes["hires"] = img2img_convert.hires_from_request(request) or (base.hires if request.infotext else None)
+    if changes["hires"] is not None and "hires_fix_refiner_pass" in overrides:  # A1111's option, for this request
+        changes["hires"] = changes["hires"].replace(refiner_pass=overrides["hires_fix_refiner_pass"])
     params = base.replace(**changes)
     for name in params.styles if styles is not None else ():
         styles.get(name)  # an unknown style is a 404 naming the styles there are, before any work
@@ -92,7 +94,8 @@ def override_warnings(overrides: dict[str, Any]) -> list[str]:
     changes nothing in A1111 either: no warning for it."""
     warnings = []
     for key, value in overrides.items():
-        if key in ("sd_model_checkpoint", "sd_vae", "samples_format", *opts.PER_REQUEST_SETTINGS) or \
+        if key in ("sd_model_checkpoint", "sd_vae", "samples_format", "hires_fix_refiner_pass",
+                   *opts.PER_REQUEST_SETTINGS) or \
                 key in opts.REQUEST_OPTIONS:
             continue  # applied (or refused) by txt2img_plan
         if key not in opts.A1111_DEFAULTS:
