@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from . import __version__, hires, img2img_run, infotext, loop, nonfinite, plan, rng, samplers
-from .denoiser import Stage, size_time_ids
+from .denoiser import Stage
 from .embedding_library import EmbeddingLibrary
 from .errors import UserError
 from .jobs import GenerationResult, Job
@@ -25,7 +25,6 @@ from .nonfinite import NotFinite
 from .params import GenerationParams, Limits
 from .pipelines import LoadedModel, Pipelines, free_memory
 from .preview import latent_preview
-from .sigmas import ModelSchedule
 from .prompts import extract_lora_tags
 from .styles import StyleLibrary
 from .tiling import seamless
@@ -276,8 +275,8 @@ class Engine:
         `start`, the refiner taking over where A1111 switches. Returns the final latents in the model's dtype."""
         base = passes[0].model
         shape = (base.pipe.vae.config.latent_channels, params.height // 8, params.width // 8)
-        noise = self.make_rng(shape, seeds, params)
-        stages = [self._stage(step, params) for step in passes]
+        noise = image_rng(shape, seeds, params, self.pipelines.device)
+        stages = [step.stage(params, self.pipelines.device) for step in passes]
         refined = []
 
         def switch(stage: Stage, last_denoised) -> None:
@@ -302,28 +301,6 @@ class Engine:
         refining = step.start > 0
         nonfinite.check([latents], "the refiner's pass" if refining else "the base model's denoising", step.model,
                         ("unet",), "refiner_checkpoint" if refining else "checkpoint", step.cond.largest_weight)
-
-    def make_rng(self, shape: tuple[int, ...], seeds: list[int], params: GenerationParams) -> rng.ImageRNG:
-        """The batch's noise as A1111 draws it (rng.py: its source, variation seed and seed resize): the starting
-        noise is its first `next()`, each later call the noise an ancestral or SDE step adds."""
-        subseeds = [params.subseed + (seed - params.seed) for seed in seeds]
-        return rng.ImageRNG(shape, seeds, subseeds=subseeds, subseed_strength=params.subseed_strength,
-                            seed_resize_from_h=params.seed_resize_from_h, seed_resize_from_w=params.seed_resize_from_w,
-                            source=params.randn_source, device=self.pipelines.device)
-
-    def _stage(self, step: plan.Pass, params: GenerationParams) -> Stage:
-        model, cond = step.model, step.cond
-        device = self.pipelines.device
-        batch = cond.embeds.shape[0]
-        if getattr(model.pipe.config, "requires_aesthetics_score", False):  # the refiner: A1111's 6.0 and 2.5
-            ids = size_time_ids(batch, params.height, params.width, device, 6.0)
-            negative = size_time_ids(batch, params.height, params.width, device, 2.5)
-        else:
-            ids = negative = size_time_ids(batch, params.height, params.width, device)
-        return Stage(model.pipe.unet, step.cond_at or (lambda _call: cond), ids, negative,
-                     ModelSchedule.from_config(model.scheduler_config),
-                     v_prediction=model.scheduler_config.get("prediction_type") == "v_prediction",
-                     start=step.start, name=model.checkpoint.short_name)
 
     def _note_loading(self, job: Job, name: str | None, loaded: LoadedModel | None, what: str) -> None:
         """Loading a checkpoint takes seconds to minutes before any step: say so, unless it is loaded already."""
@@ -356,6 +333,15 @@ class Engine:
                 job.preview_step = job.sampling_step
 
         return callback
+
+
+def image_rng(shape: tuple[int, ...], seeds: list[int], params: GenerationParams, device) -> rng.ImageRNG:
+    """The batch's noise as A1111 draws it (rng.py: its source, variation seed and seed resize): the starting
+    noise is its first `next()`, each later call the noise an ancestral or SDE step adds."""
+    subseeds = [params.subseed + (seed - params.seed) for seed in seeds]
+    return rng.ImageRNG(shape, seeds, subseeds=subseeds, subseed_strength=params.subseed_strength,
+                        seed_resize_from_h=params.seed_resize_from_h, seed_resize_from_w=params.seed_resize_from_w,
+                        source=params.randn_source, device=device)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from . import nonfinite, samplers
-from .denoiser import Inpainting
+from .denoiser import Inpainting, Stage, size_time_ids
 from .encoding import Conditioning
 from .errors import UserError
 from .hires import Target
@@ -22,6 +22,7 @@ from .lora_library import ActiveLora, LoraLibrary, resolve_tags
 from .params import GenerationParams
 from .pipelines import LoadedModel
 from .prompts import extract_lora_tags
+from .sigmas import ModelSchedule
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,20 @@ class Pass:
     # Conditioning that changes during sampling (prompt editing): the n-th denoiser call's conditioning,
     # batch-sized. None: `cond` throughout.
     cond_at: Callable[[int], Conditioning] | None = None
+
+    def stage(self, params: GenerationParams, device) -> Stage:
+        """This pass as the denoiser runs it, for images of `params`' size."""
+        model, cond = self.model, self.cond
+        batch = cond.embeds.shape[0]
+        if getattr(model.pipe.config, "requires_aesthetics_score", False):  # the refiner: A1111's 6.0 and 2.5
+            ids = size_time_ids(batch, params.height, params.width, device, 6.0)
+            negative = size_time_ids(batch, params.height, params.width, device, 2.5)
+        else:
+            ids = negative = size_time_ids(batch, params.height, params.width, device)
+        return Stage(model.pipe.unet, self.cond_at or (lambda _call: cond), ids, negative,
+                     ModelSchedule.from_config(model.scheduler_config),
+                     v_prediction=model.scheduler_config.get("prediction_type") == "v_prediction",
+                     start=self.start, name=model.checkpoint.short_name)
 
 
 @dataclass(frozen=True)
