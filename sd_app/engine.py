@@ -22,7 +22,7 @@ from .errors import UserError
 from .jobs import GenerationResult, Job
 from .lora_library import LoraLibrary, resolve_tags
 from .nonfinite import NotFinite
-from .params import GenerationParams, Limits
+from .params import GenerationParams, Limits, RunDefaults
 from .pipelines import LoadedModel, Pipelines, free_memory
 from .preview import latent_preview
 from .prompts import extract_lora_tags
@@ -32,13 +32,13 @@ from .tiling import seamless
 
 class Engine:
     def __init__(self, pipelines: Pipelines, loras: LoraLibrary | None = None, preview_every: int = 3,
-                 limits: Limits | None = None, styles: StyleLibrary | None = None, randn_source: str = rng.DEFAULT_SOURCE):
+                 limits: Limits | None = None, styles: StyleLibrary | None = None, defaults: RunDefaults | None = None):
         self.pipelines = pipelines
         self.loras = loras
         self.styles = styles
         self.preview_every = preview_every  # steps between live previews; 0 turns them off
         self.limits = limits or Limits()  # what one request may ask for (Settings → Limits)
-        self.randn_source = randn_source  # where seeds' noise is drawn, unless a request says (rng.py)
+        self.defaults = defaults or RunDefaults()  # the noise source and such, unless a request says
         self.embeddings: EmbeddingLibrary | None = None  # textual inversion embeddings named in prompts
         self.upscalers = None  # an upscalers.Upscalers: model upscalers for the hires pass (None: built-ins only)
 
@@ -53,10 +53,10 @@ class Engine:
         """The image upscalers `hr_upscaler` may name (None: the built-in ones)."""
         return self.upscalers.names() if self.upscalers is not None else None
 
-    def configure(self, preview_every: int, limits: Limits | None = None, randn_source: str | None = None) -> None:
+    def configure(self, preview_every: int, limits: Limits | None = None, defaults: RunDefaults | None = None) -> None:
         self.preview_every = preview_every
         self.limits = limits or self.limits
-        self.randn_source = randn_source or self.randn_source
+        self.defaults = defaults or self.defaults
 
     # ---- generation -------------------------------------------------------------------------
 
@@ -74,7 +74,7 @@ class Engine:
             raise UserError("this Homegrown has no LoRA folder configured", field="prompt")
         active = resolve_tags(self.loras, tags) if tags else []
         sampler, schedule = samplers.resolve(params.sampler_name, params.scheduler)
-        params = params.with_noise(self.randn_source)
+        params = params.with_defaults(self.defaults)
         job = job or Job(params)
         job.params = params
         with self.pipelines.lock:

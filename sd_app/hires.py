@@ -44,8 +44,9 @@ class HiresParams:
     negative_prompt: str = ""
     checkpoint: str | None = None  # hr_checkpoint_name: None = the same checkpoint
     # A1111's option "Hires fix: which pass to enable refiner for" (infotext `Hires refiner`): with a refiner,
-    # by default it runs in the hires pass only, at the same switch point of that pass's steps.
-    refiner_pass: str = "second pass"
+    # by default it runs in the hires pass only, at the same switch point of that pass's steps. None: the
+    # setting's (`params.RunDefaults`).
+    refiner_pass: str | None = None
 
     def replace(self, **changes) -> "HiresParams":
         return dataclasses.replace(self, **changes)
@@ -73,7 +74,7 @@ class HiresParams:
                                 else "hr_scheduler") from None
         if self.checkpoint is not None and not isinstance(self.checkpoint, str):
             raise UserError("must be a checkpoint name", field="hr_checkpoint_name")
-        if self.refiner_pass not in REFINER_PASSES:
+        if self.refiner_pass is not None and self.refiner_pass not in REFINER_PASSES:
             raise UserError(f"must be one of {', '.join(REFINER_PASSES)}; got {self.refiner_pass!r}",
                             field="hires_fix_refiner_pass")
         target = self.target(width, height)
@@ -111,7 +112,8 @@ class HiresParams:
 
     def refiner_in(self, second: bool) -> bool:
         """Whether a refiner runs in the first pass (second=False) or in the hires pass."""
-        return self.refiner_pass == "both passes" or self.refiner_pass == ("second pass" if second else "first pass")
+        chosen = self.refiner_pass or REFINER_PASSES[1]  # None: A1111's default, when no setting filled it in
+        return chosen == "both passes" or chosen == ("second pass" if second else "first pass")
 
     def infotext_fields(self, prompt: str, negative_prompt: str, sampler_name: str, scheduler: str) -> dict:
         """A1111's hires keys, in its order (after `Denoising strength`, which goes with the common fields)."""
@@ -126,7 +128,7 @@ class HiresParams:
             "Hires resize": f"{self.resize_x}x{self.resize_y}" if self.resize_x or self.resize_y else None,
             "Hires steps": self.second_pass_steps or None,
             "Hires upscaler": self.upscaler,
-            "Hires refiner": self.refiner_pass if self.refiner_pass != "second pass" else None,  # as A1111 writes
+            "Hires refiner": self.refiner_pass if self.refiner_pass not in (None, "second pass") else None,  # A1111's
         }
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from . import rng, samplers
 from .errors import UserError
-from .hires import HiresParams
+from .hires import REFINER_PASSES, HiresParams
 from .img2img import Img2ImgParams
 from .prompts import prompt_chunks, prompt_nesting
 
@@ -86,6 +86,15 @@ SDXL_SIZES = (
 )
 
 
+
+@dataclass(frozen=True)
+class RunDefaults:
+    """A1111's options that apply to every job and that one request may set for itself (None there): they are
+    the settings' (Settings → Defaults) unless the request says, and are named in the infotext either way."""
+
+    randn_source: str = rng.DEFAULT_SOURCE  # "Random number generator source"
+    hires_refiner_pass: str = REFINER_PASSES[1]  # "Hires fix: which pass to enable refiner for"
+
 @dataclass
 class GenerationParams:
     prompt: str = ""
@@ -120,13 +129,18 @@ class GenerationParams:
     def replace(self, **changes) -> "GenerationParams":
         return dataclasses.replace(self, **changes)
 
-    def with_noise(self, default_source: str) -> "GenerationParams":
-        """The request with its random seeds drawn (-1) and its noise source named, as the infotext will say:
-        done once, where a request enters the engine or the pool (which splits it over workers)."""
+    def with_defaults(self, defaults: "RunDefaults") -> "GenerationParams":
+        """The request with its random seeds drawn (-1), and what it leaves to the settings (`defaults`: its noise
+        source, its hires fix's refiner pass) named, as the infotext will say: done once, where a request enters
+        the engine or the pool (which splits it over workers)."""
         last = 2**32 - self.batch_size * self.n_iter  # every image's seed + index stays a valid seed
         seed = self.seed if self.seed != -1 else random.randrange(last)
         subseed = self.subseed if self.subseed != -1 else random.randrange(last)
-        return self.replace(seed=seed, subseed=subseed, randn_source=rng.check_source(self.randn_source or default_source))
+        hires = self.hires
+        if hires is not None and hires.refiner_pass is None:
+            hires = hires.replace(refiner_pass=defaults.hires_refiner_pass)
+        return self.replace(seed=seed, subseed=subseed, hires=hires,
+                            randn_source=rng.check_source(self.randn_source or defaults.randn_source))
 
     def check(self, limits: Limits | None = None, upscalers: list[str] | None = None) -> "GenerationParams":
         """Raise UserError naming the first bad field; return self so calls chain. `limits` are Settings →

@@ -18,6 +18,7 @@ from typing import Any
 from . import rng, samplers
 from .errors import UserError
 from .fastpath import COMPILE_MODES
+from .hires import REFINER_PASSES
 from .outputs import OUTPUT_FORMATS
 from .params import LIMITS, GenerationParams, Limits
 from .pipeline_choices import DEVICES, DTYPE_NAMES, MEMORY_MODES, RELOAD_OPTIONS
@@ -67,6 +68,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("randn_source", rng.DEFAULT_SOURCE, "Random number generator source", "Defaults", choices=rng.SOURCES,
             help="A1111's: GPU (its default) gives a CUDA card's noise, here on any device; CPU: torch's CPU "
                  "generator; NV: a CUDA card's noise computed on the CPU. Infotexts say which (RNG)"),
+    Setting("hires_fix_refiner_pass", REFINER_PASSES[1], "Hires fix: which pass the refiner runs in", "Defaults",
+            choices=REFINER_PASSES, help="A1111's option: with a refiner and a hires fix, the refiner takes over "
+            "in this pass (second: the hires pass). A request may say otherwise (infotext Hires refiner)"),
     Setting("prompt_syntax", "a1111", "Prompt syntax", "Prompts", choices=SYNTAXES,
             help="a1111: (word:1.2), [word]. compel: word++, (word)1.2, .blend()"),
     Setting("device", "auto", "Device", "Device and memory", choices=DEVICES),

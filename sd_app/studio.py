@@ -28,7 +28,7 @@ from .kept_options import KeptOptions
 from .lora_library import LoraLibrary
 from .models import AUTOMATIC_VAE, CheckpointLibrary, HashCache, VaeLibrary
 from .outputs import OutputOptions, OutputWriter
-from .params import GenerationParams, Limits
+from .params import GenerationParams, Limits, RunDefaults
 from .presets import PresetLibrary
 from .settings import SettingsStore
 from .styles import StyleLibrary
@@ -105,7 +105,7 @@ class Studio(StudioLibrary, StudioExtras):
         pipelines = Pipelines(self.checkpoint_library, pipeline_options(self.settings), vaes=self.vae_library)
         self.engine = Engine(pipelines, self.loras, preview_every=self.settings.get("preview_every"),
                              limits=self.limits(), styles=self.styles,
-                             randn_source=self.settings.get("randn_source"))
+                             defaults=run_defaults(self.settings))
         self.engine.embeddings = self.embedding_library
         self.pipelines = pipelines
         self.engine.use_libraries(self.loras, self.upscalers())  # model upscalers for the hires pass
@@ -333,7 +333,7 @@ class Studio(StudioLibrary, StudioExtras):
             self.settings.update({name: before[name] for name in changed})  # keep the file matching what runs
             raise
         self.engine.configure(preview_every=self.settings.get("preview_every"), limits=self.limits(),
-                              randn_source=self.settings.get("randn_source"))
+                              defaults=run_defaults(self.settings))
         self.engine.use_libraries(self.loras, self.upscalers())  # the upscaler folder / device may have moved
         self.outputs.configure(output_options(self.settings))
         return message
@@ -381,6 +381,11 @@ def pipeline_options(settings: SettingsStore) -> PipelineOptions:
 
 def output_options(settings: SettingsStore) -> OutputOptions:
     return _from_settings(OutputOptions, settings, outputs_dir=Path)
+
+
+def run_defaults(settings: SettingsStore) -> RunDefaults:
+    """What a request leaves to the settings (the noise source, the hires fix's refiner pass)."""
+    return RunDefaults(settings.get("randn_source"), settings.get("hires_fix_refiner_pass"))
 
 
 def limits(settings: SettingsStore) -> Limits:

@@ -87,6 +87,7 @@ def test_options_post_applies_keeps_and_says_what_had_no_effect(client, demo_ser
     ({"samples_format": "bmp"}, "samples_format"),
     ({"samples_save": "no"}, "samples_save"),
     ({"randn_source": "AMD"}, "randn_source"),
+    ({"hires_fix_refiner_pass": "third pass"}, "hires_fix_refiner_pass"),
 ])
 def test_a_wrong_value_of_an_option_homegrown_uses_is_a_422_and_nothing_changes(client, body, field):
     r = client.post(f"{API}/options", json={"eta_noise_seed_delta": 7, **body})
@@ -169,6 +170,21 @@ def test_randn_source_is_homegrowns_setting(client):
         post_options(client, {"randn_source": "GPU"})
     _, info = txt2img(client, override_settings={"randn_source": "NV"})
     assert "RNG: NV" in info["infotexts"][0] and get(client, "/options")["randn_source"] == "GPU"
+
+
+def test_hires_refiner_pass_is_homegrowns_setting_and_said_in_the_infotext(client):
+    hires = {"enable_hr": True, "hr_scale": 1.5, "hr_second_pass_steps": 1, "denoising_strength": 0.5}
+    try:
+        assert post_options(client, {"hires_fix_refiner_pass": "both passes"})["applied"] == ["hires_fix_refiner_pass"]
+        assert get(client, "/options")["hires_fix_refiner_pass"] == "both passes"
+        _, info = txt2img(client, **hires)
+        assert "Hires refiner: both passes" in info["infotexts"][0]
+    finally:
+        post_options(client, {"hires_fix_refiner_pass": "second pass"})
+    _, info = txt2img(client, override_settings={"hires_fix_refiner_pass": "first pass"}, **hires)
+    assert "Hires refiner: first pass" in info["infotexts"][0]
+    _, info = txt2img(client, **hires)
+    assert "Hires refiner" not in info["infotexts"][0]  # A1111's default goes unsaid
 
 
 def test_sd_vae_reads_back_as_sd_vae_lists_it(client):

@@ -78,7 +78,7 @@ def test_info_is_a1111s_shape_from_the_result():
 def test_options_and_option_changes():
     model = ModelInfo("sub/m", "sub/m.safetensors [0123456789]", "m", "0123456789", "0123456789" + "a" * 54, "/x")
     settings = {"output_format": "jpeg", "vae": "sub/fix", "outputs_dir": "outputs", "save_images": True,
-                "embed_metadata": False, "randn_source": "NV"}
+                "embed_metadata": False, "randn_source": "NV", "hires_fix_refiner_pass": "second pass"}
     shown = options(model, settings, {"CLIP_stop_at_last_layers": 2, "eta_noise_seed_delta": 31337, "x": 1})
     assert shown["sd_model_checkpoint"] == "sub/m.safetensors [0123456789]" and shown["samples_format"] == "jpg"
     assert shown["sd_checkpoint_hash"] == "0123456789" + "a" * 54 and shown["sd_vae"] == "sub/fix.safetensors"
@@ -194,4 +194,4 @@ def test_variation_seed_and_seed_resize_reach_the_request():
 def test_hires_refiner_pass_comes_from_override_settings_as_in_a1111():
     made = plan(prompt="a cat", enable_hr=True, override_settings={"hires_fix_refiner_pass": "both passes"})
     assert made.params.hires.refiner_pass == "both passes" and not made.warnings
-    assert plan(prompt="a cat", enable_hr=True).params.hires.refiner_pass == "second pass"  # A1111's default
+    assert plan(prompt="a cat", enable_hr=True).params.hires.refiner_pass is None  # the setting's

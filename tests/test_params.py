@@ -51,8 +51,15 @@ def test_noise_fields_are_checked(changes, field):
     assert err.value.field == field
 
 
-def test_with_noise_draws_random_seeds_once_and_names_the_source():
-    filled = GenerationParams(batch_size=4, n_iter=2).with_noise("GPU")
+def test_with_defaults_draws_random_seeds_once_and_names_what_the_settings_chose():
+    from sd_app.hires import HiresParams
+    from sd_app.params import RunDefaults
+
+    defaults = RunDefaults("GPU", "both passes")
+    filled = GenerationParams(batch_size=4, n_iter=2, hires=HiresParams()).with_defaults(defaults)
     assert 0 <= filled.seed <= 2**32 - 8 and 0 <= filled.subseed <= 2**32 - 8 and filled.randn_source == "GPU"
-    kept = GenerationParams(seed=5, subseed=9, randn_source="nv").with_noise("GPU")
-    assert (kept.seed, kept.subseed, kept.randn_source) == (5, 9, "NV")
+    assert filled.hires.refiner_pass == "both passes"  # the setting's, as the infotext will say
+    kept = GenerationParams(seed=5, subseed=9, randn_source="nv",
+                            hires=HiresParams(refiner_pass="first pass")).with_defaults(defaults)
+    assert (kept.seed, kept.subseed, kept.randn_source, kept.hires.refiner_pass) == (5, 9, "NV", "first pass")
+    assert GenerationParams().with_defaults(defaults).hires is None

@@ -19,6 +19,7 @@ from typing import Any
 
 from .. import rng
 from ..errors import UserError
+from ..hires import REFINER_PASSES
 from ..outputs import output_format
 
 # Every option of A1111 v1.10 that holds a value (its OptionHTML explanations hold none), with A1111's default.
@@ -147,7 +148,8 @@ A1111_DEFAULTS: dict[str, Any] = {
 
 # A1111 option -> the Homegrown setting it is (value conversions in `to_setting` / `from_setting`).
 SETTING_OPTIONS = {"sd_vae": "vae", "samples_format": "output_format", "samples_save": "save_images",
-                   "enable_pnginfo": "embed_metadata", "randn_source": "randn_source"}
+                   "enable_pnginfo": "embed_metadata", "randn_source": "randn_source",
+                   "hires_fix_refiner_pass": "hires_fix_refiner_pass"}
 # Settings that one request may change with override_settings (the GenerationParams field of the same name).
 PER_REQUEST_SETTINGS = ("randn_source",)
 # A1111 option -> the GenerationParams field it fills for every API request (kept in the option store).
@@ -188,6 +190,10 @@ def to_setting(key: str, value: Any) -> tuple[str, Any]:
         return name, output_format(value, field=key)
     if key == "randn_source":
         return name, rng.check_source(value)  # a UserError naming randn_source and A1111's three sources
+    if key == "hires_fix_refiner_pass":
+        if value not in REFINER_PASSES:
+            raise UserError(f"must be one of {', '.join(REFINER_PASSES)}, got {value!r}", field=key, status=422)
+        return name, value
     if not isinstance(value, bool):
         raise UserError(f"must be true or false, got {value!r}", field=key, status=422)
     return name, value

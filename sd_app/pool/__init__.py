@@ -50,7 +50,7 @@ class PoolBackend:
         """Connect to Ray (or start it on this machine), start the workers; returns (models, engine)."""
         import ray
 
-        from ..studio import limits, pipeline_options
+        from ..studio import limits, pipeline_options, run_defaults
         from .pool import Pool
         from .worker import WorkerConfig
 
@@ -76,7 +76,7 @@ class PoolBackend:
                               settings.get("preview_every"), limits(settings), threads)
         resources = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 1}
         pool = Pool(count, config, studio.checkpoint_library, studio.vae_library, studio.styles, resources,
-                    randn_source=settings.get("randn_source"))
+                    defaults=run_defaults(settings))
         return pool.models, pool
 
 

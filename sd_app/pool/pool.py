@@ -27,11 +27,10 @@ from dataclasses import dataclass, field
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
-from .. import rng
 from ..errors import UserError
 from ..jobs import GenerationResult, Job
 from ..models import Checkpoint
-from ..params import GenerationParams
+from ..params import GenerationParams, RunDefaults
 from .router import Free, Router, Setup, Waiting
 from .worker import Outcome, Progress, Worker, WorkerConfig
 
@@ -97,9 +96,9 @@ class LoadedInfo:
 
 class Pool:
     def __init__(self, count: int, config: WorkerConfig, checkpoints, vaes, styles=None,
-                 resources: dict | None = None, router: Router | None = None, randn_source: str = rng.DEFAULT_SOURCE):
+                 resources: dict | None = None, router: Router | None = None, defaults: RunDefaults | None = None):
         self.config = config  # the latest: new and restarted workers are built from it
-        self.randn_source = randn_source  # where seeds' noise is drawn, unless a request says (rng.py)
+        self.defaults = defaults or RunDefaults()  # the noise source and such, unless a request says
         self.styles = styles
         self.models = PoolModels(self, checkpoints, vaes)
         self.router = router or Router()
@@ -128,7 +127,7 @@ class Pool:
             if self.styles is None:
                 raise UserError("this Homegrown has no styles", field="styles")
             params = self.styles.apply(params).check(self.limits)
-        params = params.with_noise(self.randn_source)
+        params = params.with_defaults(self.defaults)
         job = job or Job(params)
         job.params, job.job_count = params, params.n_iter
         checkpoint = params.checkpoint or (self.current.checkpoint.name if self.current else None)
@@ -183,8 +182,8 @@ class Pool:
                 log.warning("X/Y/Z plot cell %s failed: %s", cell.label, err)
         return first_error
 
-    def configure(self, preview_every: int, limits=None, randn_source: str | None = None) -> None:
-        self.randn_source = randn_source or self.randn_source
+    def configure(self, preview_every: int, limits=None, defaults: RunDefaults | None = None) -> None:
+        self.defaults = defaults or self.defaults
         self.config = dataclasses.replace(self.config, preview_every=preview_every, limits=limits or self.limits)
         self._on_all(lambda actor: actor.configure_engine.remote(preview_every, self.limits))
 
