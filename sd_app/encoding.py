@@ -19,7 +19,7 @@ from . import prompts
 from .errors import UserError
 from .embedding_library import EmbeddingLibrary
 from .prompts import SYNTAXES
-from .textual_inversion import Substitution, keep_vectors_together
+from .textual_inversion import Substitution, keep_vectors_together, name_at, name_lookup
 
 
 @dataclass
@@ -236,31 +236,20 @@ def count_tokens(tokenizer, text: str, syntax: str = "a1111", embeddings: dict[s
         parts = ["".join(t for t, _ in part) for part in prompts.split_breaks(text)]
     else:
         parts = prompts.split_break_text(text)
-    names = _name_ids(tokenizer, embeddings or {})
+    names = {}
+    if embeddings:
+        ids = tokenizer(list(embeddings), add_special_tokens=False, truncation=False)["input_ids"]
+        names = name_lookup(zip(ids, embeddings.values()))
     counts = [_counted(tokenizer(part, truncation=False, verbose=False).input_ids[1:-1], names) for part in parts]
     return sum(max(1, -(-count // 75)) * 75 for count in counts[:-1]) + counts[-1]
 
 
-def _name_ids(tokenizer, embeddings: dict[str, int]) -> dict[int, list[tuple[list[int], int]]]:
-    """First token id -> [(a name's token ids, its vectors)], longest names first (as textual_inversion matches)."""
-    found: dict[int, list[tuple[list[int], int]]] = {}
-    if embeddings:
-        ids = tokenizer(list(embeddings), add_special_tokens=False, truncation=False)["input_ids"]
-        for name_ids, vectors in zip(ids, embeddings.values()):
-            if name_ids:
-                found.setdefault(name_ids[0], []).append((name_ids, vectors))
-    for matches in found.values():
-        matches.sort(key=lambda match: len(match[0]), reverse=True)
-    return found
-
-
-def _counted(token_ids: list[int], names: dict[int, list[tuple[list[int], int]]]) -> int:
+def _counted(token_ids: list[int], names: dict[int, list]) -> int:
     """Tokens of one BREAK-free part; an embedding that does not fit in what is left of a 75-token chunk starts
     the next one, as the encoder (and A1111) puts it there."""
     count, position = 0, 0
     while position < len(token_ids):
-        match = next(((ids, vectors) for ids, vectors in names.get(token_ids[position], ())
-                      if token_ids[position:position + len(ids)] == ids), None)
+        match = name_at(token_ids, position, names)  # (a name's ids, its vectors): matched as the encoder does
         if match is None:
             count, position = count + 1, position + 1
             continue

@@ -22,6 +22,24 @@ PLACEHOLDER_BASE = 1 << 24  # far past any CLIP vocabulary (49408)
 KEYS = ("clip_l", "clip_g")  # an SDXL embedding's tensor for text_encoder, text_encoder_2
 
 
+def name_lookup(named_ids) -> dict[int, list]:
+    """(a name's token ids, its value) pairs -> first token id -> [(token ids, value)], longest names first
+    (A1111's ids_lookup)."""
+    lookup: dict[int, list] = {}
+    for ids, value in named_ids:
+        if ids:
+            lookup.setdefault(ids[0], []).append((ids, value))
+    for matches in lookup.values():
+        matches.sort(key=lambda match: len(match[0]), reverse=True)
+    return lookup
+
+
+def name_at(token_ids: list[int], position: int, lookup: dict[int, list]) -> tuple[list[int], object] | None:
+    """The (name's token ids, value) of `lookup` whose name starts at `position` of `token_ids`, or None."""
+    return next(((ids, value) for ids, value in lookup.get(token_ids[position], ())
+                 if token_ids[position:position + len(ids)] == ids), None)
+
+
 class _Manager(BaseTextualInversionManager):
     """compel's hook for one encoder: called on each fragment's token ids."""
 
@@ -84,14 +102,7 @@ class Substitution:
         if missing:
             ids = self.tokenizers[index](missing, add_special_tokens=False, truncation=False)["input_ids"]
             known.update(zip(missing, ids))
-        lookup: dict[int, list] = {}
-        for info in infos:
-            ids = known[info.name]
-            if ids:
-                lookup.setdefault(ids[0], []).append((ids, info))
-        for matches in lookup.values():
-            matches.sort(key=lambda match: len(match[0]), reverse=True)
-        return lookup
+        return name_lookup((known[info.name], info) for info in infos)
 
     def expand(self, index: int, token_ids: list[int]) -> list[int]:
         lookup = self._lookup[index]
@@ -99,11 +110,7 @@ class Substitution:
             return token_ids
         out, position = [], 0
         while position < len(token_ids):
-            found = None
-            for ids, info in lookup.get(token_ids[position], ()):
-                if token_ids[position:position + len(ids)] == ids:
-                    found = ids, info
-                    break
+            found = name_at(token_ids, position, lookup)
             if found is None:
                 out.append(token_ids[position])
                 position += 1
