@@ -105,7 +105,7 @@ class Engine:
         self._note_loading(job, params.checkpoint, pipes.base, "checkpoint")
         base = pipes.ensure_base(params.checkpoint)
         refiner = None
-        if params.refiner_checkpoint and params.refiner_switch_at < 1.0:
+        if params.refined:
             self._note_loading(job, params.refiner_checkpoint, pipes.refiner, "refiner")
             refiner = pipes.ensure_refiner(params.refiner_checkpoint)
         timings["load"] = time.perf_counter() - mark
@@ -210,7 +210,7 @@ class Engine:
         try:
             result.warnings.extend(w for w in other.warnings if w not in result.warnings)
             refiner = None
-            if params.refiner_checkpoint and params.refiner_switch_at < 1.0 and params.hires.refiner_in(second=True):
+            if params.refined and params.hires.refiner_in(second=True):
                 refiner = self.pipelines.ensure_refiner(params.refiner_checkpoint)  # loading the other unloaded it
             hires_plan = self._hires_plan(params, prompt, other, refiner, active)
             for batch_no, seeds, latents, upscaled, init in batches:

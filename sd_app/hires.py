@@ -115,8 +115,10 @@ class HiresParams:
         chosen = self.refiner_pass or REFINER_PASSES[1]  # None: A1111's default, when no setting filled it in
         return chosen == "both passes" or chosen == ("second pass" if second else "first pass")
 
-    def infotext_fields(self, prompt: str, negative_prompt: str, sampler_name: str, scheduler: str) -> dict:
-        """A1111's hires keys, in its order (after `Denoising strength`, which goes with the common fields)."""
+    def infotext_fields(self, prompt: str, negative_prompt: str, sampler_name: str, scheduler: str,
+                        refined: bool = False) -> dict:
+        """A1111's hires keys, in its order (after `Denoising strength`, which goes with the common fields).
+        `refined`: a refiner runs (A1111 writes `Hires refiner` only then)."""
         return {
             "Hires checkpoint": self.checkpoint,
             "Hires sampler": self.sampler_name if self.sampler_name and self.sampler_name != sampler_name else None,
@@ -128,7 +130,7 @@ class HiresParams:
             "Hires resize": f"{self.resize_x}x{self.resize_y}" if self.resize_x or self.resize_y else None,
             "Hires steps": self.second_pass_steps or None,
             "Hires upscaler": self.upscaler,
-            "Hires refiner": self.refiner_pass if self.refiner_pass not in (None, "second pass") else None,  # A1111's
+            "Hires refiner": self.refiner_pass if refined and self.refiner_pass not in (None, "second pass") else None,
         }
 
 

@@ -160,5 +160,5 @@ def infotext_fields(params) -> dict:
         return {"Denoising strength": params.img2img.denoising_strength, **params.img2img.infotext_fields()}
     if params.hires is not None:
         return {"Denoising strength": params.hires.denoising_strength, **params.hires.infotext_fields(
-            params.prompt, params.negative_prompt, params.sampler_name, params.scheduler)}
+            params.prompt, params.negative_prompt, params.sampler_name, params.scheduler, params.refined)}
     return {}

@@ -129,6 +129,11 @@ class GenerationParams:
     def replace(self, **changes) -> "GenerationParams":
         return dataclasses.replace(self, **changes)
 
+    @property
+    def refined(self) -> bool:
+        """Whether a refiner takes over during the run (switching at 1.0 leaves it nothing to do)."""
+        return bool(self.refiner_checkpoint) and self.refiner_switch_at < 1.0
+
     def with_defaults(self, defaults: "RunDefaults") -> "GenerationParams":
         """The request with its random seeds drawn (-1), and what it leaves to the settings (`defaults`: its noise
         source, its hires fix's refiner pass) named, as the infotext will say: done once, where a request enters

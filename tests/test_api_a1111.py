@@ -173,7 +173,8 @@ def test_randn_source_is_homegrowns_setting(client):
 
 
 def test_hires_refiner_pass_is_homegrowns_setting_and_said_in_the_infotext(client):
-    hires = {"enable_hr": True, "hr_scale": 1.5, "hr_second_pass_steps": 1, "denoising_strength": 0.5}
+    hires = {"enable_hr": True, "hr_scale": 1.5, "hr_second_pass_steps": 1, "denoising_strength": 0.5,
+             "refiner_checkpoint": "homegrown-demo-refiner", "refiner_switch_at": 0.5}
     try:
         assert post_options(client, {"hires_fix_refiner_pass": "both passes"})["applied"] == ["hires_fix_refiner_pass"]
         assert get(client, "/options")["hires_fix_refiner_pass"] == "both passes"
@@ -185,6 +186,9 @@ def test_hires_refiner_pass_is_homegrowns_setting_and_said_in_the_infotext(clien
     assert "Hires refiner: first pass" in info["infotexts"][0]
     _, info = txt2img(client, **hires)
     assert "Hires refiner" not in info["infotexts"][0]  # A1111's default goes unsaid
+    _, info = txt2img(client, override_settings={"hires_fix_refiner_pass": "first pass"},
+                      **{**hires, "refiner_checkpoint": None})
+    assert "Hires refiner" not in info["infotexts"][0]  # no refiner ran: A1111 says nothing of it either
 
 
 def test_sd_vae_reads_back_as_sd_vae_lists_it(client):
